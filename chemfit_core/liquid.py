@@ -1,0 +1,185 @@
+"""Liquid-state targets from LAMMPS NPT runs: density and enthalpy of vaporisation.
+
+Units at the edges are the user's (kg/m³, kJ/mol, K, bar); LAMMPS runs in
+``units metal`` (eV, Å, ps, bar, g/cm³). ΔHvap assumes an ideal vapour:
+ΔHvap = −⟨U⟩/N + RT − p⟨V⟩/N (the last term is ~0.003 kJ/mol at 1 atm, kept
+for exactness). Statistical errors are standard errors of the mean from block
+averages, so correlated MD frames are not counted as independent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import constants
+
+from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
+from chemfit_core.errors import ChemFitError
+from chemfit_core.lammps import LammpsQuantityComputer, read_thermo
+
+KB_EV_PER_K = constants.k / constants.e
+"""Boltzmann constant in eV/K."""
+EV_PER_ATOM_TO_KJ_PER_MOL = constants.e * constants.N_A / 1000.0
+"""1 eV per atom in kJ/mol."""
+GAS_CONSTANT_KJ_PER_MOL_K = constants.R / 1000.0
+BAR_A3_TO_KJ_PER_MOL = 1e5 * 1e-30 * constants.N_A / 1000.0
+"""1 bar·Å³ per atom in kJ/mol."""
+ATM_IN_BAR = constants.atm / constants.bar
+
+PROPERTY_UNITS = {"density_kg_m3": "kg/m³", "hvap_kJ_mol": "kJ/mol"}
+
+
+def block_average(samples: Sequence[float] | np.ndarray, n_blocks: int = 5) -> tuple[float, float]:
+    """Mean and standard error of the mean of correlated samples, from ``n_blocks`` block means."""
+    x = np.asarray(samples, dtype=float)
+    if x.size < n_blocks or n_blocks < 2:
+        raise ChemFitError(f"need at least {max(n_blocks, 2)} samples for block averaging, got {x.size}")
+    usable = x.size - x.size % n_blocks
+    blocks = x[x.size - usable :].reshape(n_blocks, -1).mean(axis=1)
+    return float(x.mean()), float(blocks.std(ddof=1) / math.sqrt(n_blocks))
+
+
+@dataclass(frozen=True)
+class LiquidProperties:
+    """Averages of one NPT production run, with standard errors."""
+
+    density_kg_m3: float
+    density_kg_m3_sem: float
+    hvap_kJ_mol: float
+    hvap_kJ_mol_sem: float
+    temperature_K: float
+    pressure_bar: float
+    n_atoms: int
+    n_frames: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for JSON, CSV and ``ctx.meta``)."""
+        return asdict(self)
+
+
+def liquid_properties(
+    thermo: Mapping[str, np.ndarray], temperature_K: float, n_blocks: int = 5
+) -> LiquidProperties:
+    """Density and ΔHvap from a production thermo table.
+
+    The table needs the columns ``Atoms``, ``PotEng`` (total, eV: ``thermo_modify
+    norm no``), ``Density`` (g/cm³), ``Volume`` (Å³), ``Press`` (bar) and ``Temp``
+    (K). ``temperature_K`` is the thermostat's set point used in RT.
+    """
+    missing = [c for c in ("Atoms", "PotEng", "Density", "Volume", "Press", "Temp") if c not in thermo]
+    if missing:
+        raise ChemFitError(
+            f"thermo output lacks {', '.join(missing)}; the template's production run needs "
+            "`thermo_style custom step atoms temp press pe density vol` with `thermo_modify norm no`"
+        )
+    n_atoms = int(thermo["Atoms"][-1])
+    if np.any(thermo["Atoms"] != n_atoms):
+        raise ChemFitError("atoms were lost during the production run")
+    density, density_sem = block_average(thermo["Density"] * 1000.0, n_blocks)  # g/cm³ → kg/m³
+    u_kj = thermo["PotEng"] / n_atoms * EV_PER_ATOM_TO_KJ_PER_MOL
+    pv_kj = thermo["Press"] * thermo["Volume"] / n_atoms * BAR_A3_TO_KJ_PER_MOL
+    hvap_samples = -u_kj - pv_kj + GAS_CONSTANT_KJ_PER_MOL_K * temperature_K
+    hvap, hvap_sem = block_average(hvap_samples, n_blocks)
+    return LiquidProperties(
+        density_kg_m3=density,
+        density_kg_m3_sem=density_sem,
+        hvap_kJ_mol=hvap,
+        hvap_kJ_mol_sem=hvap_sem,
+        temperature_K=float(np.mean(thermo["Temp"])),
+        pressure_bar=float(np.mean(thermo["Press"])),
+        n_atoms=n_atoms,
+        n_frames=int(len(thermo["PotEng"])),
+    )
+
+
+def properties_from_log(log_path: Path | str, temperature_K: float, n_blocks: int = 5) -> LiquidProperties:
+    """:func:`liquid_properties` of the last ``run`` in a LAMMPS log."""
+    return liquid_properties(read_thermo(log_path)[-1], temperature_K, n_blocks)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A measured value the fit aims at, and the denominator that scales its residual."""
+
+    value: float
+    denominator: float
+    source: str = ""
+
+
+class LiquidStatePointTerm(ObjectiveFunctor):
+    """One NPT simulation at (T, p) with its own seed; loss = Σ ((x − x_ref)/d)².
+
+    Args:
+        name: label of the term (logs, errors, work directories).
+        template: LAMMPS input template (Jinja) of the NPT run.
+        workdir: base folder of the per-evaluation directories.
+        temperature_K, pressure_bar: the state point.
+        references: ``{"density_kg_m3": Reference, "hvap_kJ_mol": Reference}`` (either or both).
+        seed: velocity seed, fixed across evaluations (common random numbers).
+        template_variables: further fixed template values (cell count, run lengths...).
+        n_blocks: blocks for the standard errors.
+        command_timeout: seconds one run may take.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        template: str | Path,
+        workdir: Path | str,
+        temperature_K: float,
+        pressure_bar: float,
+        references: Mapping[str, Reference],
+        seed: int,
+        template_variables: Mapping[str, Any] | None = None,
+        n_blocks: int = 5,
+        command_timeout: float | None = 3600.0,
+        keep_workdirs: bool = False,
+    ):
+        unknown = set(references) - set(PROPERTY_UNITS)
+        if unknown:
+            raise ValueError(f"{name}: unknown liquid properties {sorted(unknown)}; known: {sorted(PROPERTY_UNITS)}")
+        self.name = name
+        self.temperature_K = temperature_K
+        self.pressure_bar = pressure_bar
+        self.references = dict(references)
+        self.seed = seed
+        self.n_blocks = n_blocks
+        variables = {
+            "temperature_K": temperature_K,
+            "pressure_bar": pressure_bar,
+            "seed": seed,
+            "kB_eV_per_K": KB_EV_PER_K,
+            **(template_variables or {}),
+        }
+        self.computer = LammpsQuantityComputer(
+            template,
+            workdir,
+            output_parsers=[self._parse],
+            template_variables=variables,
+            command_timeout=command_timeout,
+            delete_temp_workdirs=not keep_workdirs,
+            name=name,
+        )
+
+    def _parse(self, output_files: list[Path]) -> dict[str, Any]:
+        log = next(p for p in output_files if p.name == "log.lammps")
+        return properties_from_log(log, self.temperature_K, self.n_blocks).as_dict()
+
+    def loss(self, properties: Mapping[str, float]) -> float:
+        """Σ over referenced properties of ((value − reference)/denominator)²."""
+        return math.fsum(
+            ((properties[key] - ref.value) / ref.denominator) ** 2 for key, ref in self.references.items()
+        )
+
+    def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
+        if ctx is None:
+            ctx = EvaluateContext()
+        properties = self.computer(parameters, ctx)
+        ctx.meta["properties"] = properties
+        ctx.loss = self.loss(properties)
+        return ctx.loss

@@ -1,0 +1,319 @@
+"""The workflow's stages as plain functions: the Snakemake scripts only call these.
+
+Stages of one fit (see ``rules/``):
+
+1. :func:`run_fit` — build the objective (one term per state point and replica,
+   each an NPT LAMMPS run with its own fixed seed), evaluate its terms
+   concurrently with :class:`AsyncWrapperCOB` and minimise it; write the fitted
+   parameters and the full history.
+2. :func:`render_validation_input` — the LAMMPS input of a longer run at the
+   fitted parameters, with seeds independent of the fit's.
+3. :func:`analyse_validation` — properties of those runs next to the targets and
+   the values at the initial parameters.
+4. :func:`collect_results` — all fits in one ``params.json`` and ``properties.csv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from chemfit_core.async_wrapper_cob import AsyncWrapperCOB
+from chemfit_core.combined_objective_function import CombinedObjectiveFunction
+from chemfit_core.config import config_hash, derived_seed
+from chemfit_core.file_based_computer import render_template
+from chemfit_core.fitter import Fitter
+from chemfit_core.liquid import (
+    KB_EV_PER_K,
+    PROPERTY_UNITS,
+    LiquidStatePointTerm,
+    Reference,
+    properties_from_log,
+)
+from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
+
+logger = logging.getLogger(__name__)
+
+
+def liquid_template_variables(fit: Mapping[str, Any]) -> dict[str, Any]:
+    """Fixed values the liquid template needs besides parameters, state point and seed."""
+    md = dict(fit["liquid"]["md"])
+    for key in ("n_blocks", "timeout_s"):
+        md.pop(key)
+    return {
+        **md,
+        "mass_g_mol": fit["mass_g_mol"],
+        "cutoff_sigma": fit["potential"]["cutoff_sigma"],
+        "tail_correction": fit["potential"]["tail_correction"],
+        "kB_eV_per_K": KB_EV_PER_K,
+    }
+
+
+def references_of(state_point: Mapping[str, Any]) -> dict[str, Reference]:
+    """The measured targets of a state point, keyed by property name."""
+    return {
+        key: Reference(spec["value"], spec["denominator"], spec.get("source", ""))
+        for key in PROPERTY_UNITS
+        if (spec := state_point.get(key)) is not None
+    }
+
+
+def build_liquid_objective(
+    fit_name: str,
+    fit: Mapping[str, Any],
+    master_seed: int,
+    template: Path | str,
+    workdir: Path | str,
+) -> tuple[CombinedObjectiveFunction, list[dict[str, Any]]]:
+    """One term per (state point, replica); a state point's weight is split over its replicas.
+
+    Returns the combined objective and, per term, its state point, replica and seed.
+    """
+    variables = liquid_template_variables(fit)
+    md = fit["liquid"]["md"]
+    cob = CombinedObjectiveFunction()
+    terms_info = []
+    for sp in fit["liquid"]["state_points"]:
+        for replica in range(sp["replicas"]):
+            seed = derived_seed(master_seed, fit_name, sp["name"], replica, "fit")
+            name = f"{sp['name']}/r{replica}"
+            term = LiquidStatePointTerm(
+                name=name,
+                template=template,
+                workdir=Path(workdir),
+                temperature_K=sp["temperature_K"],
+                pressure_bar=sp["pressure_bar"],
+                references=references_of(sp),
+                seed=seed,
+                template_variables=variables,
+                n_blocks=md["n_blocks"],
+                command_timeout=md["timeout_s"],
+            )
+            cob.add(term, weights=sp["weight"] / sp["replicas"], names=name)
+            terms_info.append({"name": name, "state_point": sp["name"], "replica": replica, "seed": seed})
+    return cob, terms_info
+
+
+def _workers(requested: int) -> int:
+    """``requested`` workers, or one per core available to this process when 0."""
+    if requested > 0:
+        return requested
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+GLOBAL_METHODS = ("differential_evolution", "dual_annealing", "direct")
+_BUDGET_KEYS = {"Nelder-Mead": "maxfev", "Powell": "maxfev", "COBYQA": "maxfev", "COBYLA": "maxiter",
+                "L-BFGS-B": "maxfun", "TNC": "maxfun"}
+
+
+def minimise(fitter: Fitter, optimizer: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """Run the configured optimiser with its evaluation budget; return the best parameters."""
+    method, budget = optimizer["method"], optimizer["max_evaluations"]
+    options = dict(optimizer["options"])
+    if method == "differential_evolution":
+        popsize = options.get("popsize", 15)
+        options.setdefault("maxiter", max(1, budget // (popsize * len(fitter.names)) - 1))
+        return fitter.fit_global(method, seed=seed, **options)
+    if method in GLOBAL_METHODS:
+        return fitter.fit_global(method, seed=seed, **{"maxfun": budget, **options})
+    options.setdefault(_BUDGET_KEYS.get(method, "maxiter"), budget)
+    return fitter.fit_scipy(method=method, options=options)
+
+
+def run_fit(
+    fit_name: str,
+    fit: Mapping[str, Any],
+    master_seed: int,
+    template: Path | str,
+    workdir: Path | str,
+    fit_json: Path | str,
+    params_json: Path | str,
+    history_csv: Path | str,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Fit one configuration's parameters; write fit.json, params.json and the history CSV."""
+    cob, terms_info = build_liquid_objective(fit_name, fit, master_seed, template, workdir)
+    n_workers = _workers(fit.get("workers", 0) if workers is None else workers)
+    parameters = fit["parameters"]
+    initial = {name: p["initial"] for name, p in parameters.items()}
+    bounds = {name: (p["lower"], p["upper"]) for name, p in parameters.items()}
+    optimizer = fit["optimizer"]
+    logger.info(
+        "fit %s: %d terms (%s) on %d workers, %s, at most %d evaluations",
+        fit_name, cob.n_terms(), ", ".join(cob.names), n_workers, optimizer["method"], optimizer["max_evaluations"],
+    )
+    start = time.monotonic()
+    with AsyncWrapperCOB(cob, max_workers=n_workers) as objective:
+        fitter = Fitter(objective, initial, bounds, near_bound_tol=0.01, normalize=True)
+        minimise(fitter, optimizer, seed=derived_seed(master_seed, fit_name, "optimizer"))
+    result = fitter.result
+    assert result is not None
+    fitted = result.parameters
+    initial_properties = _mean_properties_by_state(result.history[0].properties, terms_info)
+    record = {
+        "fit": fit_name,
+        "seed": master_seed,
+        "config": fit,
+        "config_sha256": config_hash(fit),
+        "terms": terms_info,
+        "n_workers": n_workers,
+        "wall_time_s": time.monotonic() - start,
+        "initial_properties": initial_properties,
+        "python": platform.python_version(),
+        **result.to_dict(),
+    }
+    write_json(fit_json, record)
+    write_json(params_json, params_summary(fit_name, fit, fitted, result))
+    write_csv(history_csv, result.history_frame())
+    return record
+
+
+def params_summary(fit_name: str, fit: Mapping[str, Any], fitted: Mapping[str, float], result: Any) -> dict[str, Any]:
+    """Fitted values with units, initial values and the published reference where known."""
+    parameters = {}
+    for name, spec in fit["parameters"].items():
+        entry = {"value": fitted[name], "unit": spec.get("unit", ""), "initial": spec["initial"]}
+        if "reference" in spec:
+            entry["reference"] = spec["reference"]
+            entry["reference_source"] = spec.get("reference_source", "")
+            entry["deviation_from_reference_percent"] = 100.0 * (fitted[name] / spec["reference"] - 1.0)
+        parameters[name] = entry
+    return {
+        fit_name: {
+            "potential": fit["potential"],
+            "parameters": parameters,
+            "objective": result.objective,
+            "n_evaluations": result.n_evaluations,
+            "method": result.method,
+            "converged": result.success,
+            "message": result.message,
+        }
+    }
+
+
+def _mean_properties_by_state(
+    per_term: Sequence[Mapping[str, Any] | None] | None, terms_info: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, float]]:
+    if not per_term:
+        return {}
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for props, info in zip(per_term, terms_info):
+        if props is not None:
+            grouped.setdefault(info["state_point"], []).append(props)
+    return {
+        state: {key: float(np.mean([p[key] for p in props])) for key in PROPERTY_UNITS}
+        for state, props in grouped.items()
+    }
+
+
+def validation_seed(master_seed: int, fit_name: str, state: str, replica: int) -> int:
+    """Seed of a validation replica: independent of every seed the fit used."""
+    return derived_seed(master_seed, fit_name, state, replica, "validation")
+
+
+def state_point(fit: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """The state point called ``name`` in a fit's configuration."""
+    for sp in fit["liquid"]["state_points"]:
+        if sp["name"] == name:
+            return sp
+    raise KeyError(f"no state point named {name!r}")
+
+
+def render_validation_input(
+    fit_name: str,
+    fit: Mapping[str, Any],
+    master_seed: int,
+    params_json: Path | str,
+    template: Path | str,
+    state: str,
+    replica: int,
+    out_path: Path | str,
+) -> None:
+    """Write the LAMMPS input of validation replica ``replica`` at state point ``state``."""
+    fitted = {name: entry["value"] for name, entry in read_json(params_json)[fit_name]["parameters"].items()}
+    sp = state_point(fit, state)
+    variables = {
+        **liquid_template_variables(fit),
+        "production_steps": fit["liquid"]["validation"]["production_steps"],
+        "temperature_K": sp["temperature_K"],
+        "pressure_bar": sp["pressure_bar"],
+        "seed": validation_seed(master_seed, fit_name, state, replica),
+        **fitted,
+    }
+    atomic_write_text(out_path, render_template(template, variables))
+
+
+def analyse_validation(
+    fit_name: str,
+    fit: Mapping[str, Any],
+    fit_json: Path | str,
+    logs: Mapping[str, Sequence[Path | str]],
+    out_csv: Path | str,
+) -> pd.DataFrame:
+    """Properties of the validation runs next to targets and initial values.
+
+    ``logs`` maps a state point name to the LAMMPS logs of its replicas. The
+    statistical uncertainty combines the replicas' block-average standard errors.
+    """
+    initial = read_json(fit_json).get("initial_properties", {})
+    n_blocks = fit["liquid"]["md"]["n_blocks"]
+    rows = []
+    for state, paths in logs.items():
+        sp = state_point(fit, state)
+        measured = [properties_from_log(p, sp["temperature_K"], n_blocks).as_dict() for p in paths]
+        for key, unit in PROPERTY_UNITS.items():
+            values = np.array([m[key] for m in measured])
+            sems = np.array([m[f"{key}_sem"] for m in measured])
+            fitted_value = float(values.mean())
+            # replicas are independent: combine their standard errors, and do not
+            # claim less than the spread between replicas shows
+            sem = float(np.sqrt(np.sum(sems**2)) / len(values))
+            if len(values) > 1:
+                sem = max(sem, float(values.std(ddof=1) / np.sqrt(len(values))))
+            spec = sp.get(key)
+            target = spec["value"] if spec else np.nan
+            rows.append(
+                {
+                    "fit": fit_name,
+                    "state_point": state,
+                    "temperature_K": sp["temperature_K"],
+                    "pressure_bar": sp["pressure_bar"],
+                    "property": key,
+                    "unit": unit,
+                    "fitted_to": bool(spec),
+                    "target": target,
+                    "initial": initial.get(state, {}).get(key, np.nan),
+                    "fitted": fitted_value,
+                    "error": fitted_value - target,
+                    "error_percent": 100.0 * (fitted_value / target - 1.0) if spec else np.nan,
+                    "statistical_uncertainty": sem,
+                    "replicas": len(values),
+                    "source": spec.get("source", "") if spec else "",
+                }
+            )
+    frame = pd.DataFrame(rows)
+    write_csv(out_csv, frame)
+    return frame
+
+
+def collect_results(
+    params_jsons: Sequence[Path | str],
+    property_csvs: Sequence[Path | str],
+    out_params: Path | str,
+    out_properties: Path | str,
+) -> None:
+    """Merge every fit's params.json and properties.csv into one of each."""
+    merged: dict[str, Any] = {}
+    for path in params_jsons:
+        merged.update(read_json(path))
+    write_json(out_params, merged)
+    frames = [pd.read_csv(p) for p in property_csvs]
+    write_csv(out_properties, pd.concat(frames, ignore_index=True))
