@@ -259,9 +259,13 @@ class AsyncWrapperCOB(ObjectiveFunctor):
                 # a thread-to-thread wake-up is cheaper than the loop's self-pipe.
                 batch.finished.acquire()
                 batch.deliver()
-            values = [await task for task in tasks]  # all finish together (see _TermBatch)
+            # all finish together (see _TermBatch); every outcome is retrieved
+            values = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             ctx.collect_child_meta_data()
+        for value in values:
+            if isinstance(value, BaseException):
+                raise value
         return self.cob.reduce(values, ctx)
 
     async def get_contrib(

@@ -254,7 +254,7 @@ class Fitter:
         ``dual_annealing`` or ``direct``. Every parameter needs finite bounds.
         """
         if not (np.isfinite(self._lower).all() and np.isfinite(self._upper).all()):
-            missing = [n for i, n in enumerate(self.names) if not np.isfinite(self._lower[i] + self._upper[i])]
+            missing = [n for i, n in enumerate(self.names) if not (np.isfinite(self._lower[i]) and np.isfinite(self._upper[i]))]
             raise ValueError(f"{method} needs finite bounds for every parameter; missing: {missing}")
         optimisers = {
             "differential_evolution": scipy.optimize.differential_evolution,

@@ -76,9 +76,14 @@ def _mpich_lib_dir() -> str | None:
     return None
 
 
-def lammps_env(extra_potentials: Sequence[Path | str] = ()) -> dict[str, str]:
-    """Environment variables a LAMMPS run needs (added to the caller's environment)."""
-    env: dict[str, str] = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+def lammps_env(extra_potentials: Sequence[Path | str] = (), omp_threads: int = 1) -> dict[str, str]:
+    """Environment variables a LAMMPS run needs (added to the caller's environment).
+
+    ``OMP_NUM_THREADS`` is set to ``omp_threads`` (default 1) whatever the caller
+    has: Snakemake sets it to a job's thread count, and LAMMPS processes that each
+    start idle OpenMP threads on cores meant for other runs slowed runs down 8x here.
+    """
+    env: dict[str, str] = {"OMP_NUM_THREADS": str(omp_threads)}
     search = [str(p) for p in extra_potentials] + [str(potentials_dir())]
     env["LAMMPS_POTENTIALS"] = os.pathsep.join(search)
     lib = _mpich_lib_dir()

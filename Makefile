@@ -1,0 +1,38 @@
+# chemfit-workflow: `make run` fits the default configuration, `make test` runs the tests.
+# Both create .venv on first use and install everything into it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+# CPU torch is pinned: an unpinned torch pulls the multi-GB CUDA build. GPU users
+# install their CUDA build of torch first (see README); pip then keeps it.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install
+	snakemake --cores all
+
+test: install
+	pytest
+	$(MAKE) --no-print-directory lint
+
+lint: install
+	snakefmt --check .
+	snakemake --lint
+
+bench: install
+	python bench/async_overhead.py
+
+clean:
+	rm -rf results logs benchmarks work .snakemake

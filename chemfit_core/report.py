@@ -1,0 +1,137 @@
+"""Plots and the one-file HTML report of a workflow run.
+
+``results/report.html`` embeds its plots (PNG, base64) so it can be mailed or
+attached to a paper's supplement as a single file; Snakemake's own
+``--report`` collects the same PNG files with captions from ``workflow/report/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from chemfit_core.results import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+
+def convergence_figure(fit_record: Mapping[str, Any]) -> bytes:
+    """PNG: objective per evaluation (log scale, best so far) and each parameter's path."""
+    history = fit_record["history"]
+    evals = np.array([e["index"] for e in history])
+    objective = np.array([np.nan if e["objective"] is None else e["objective"] for e in history], dtype=float)
+    names = list(history[0]["parameters"]) if history else []
+    params_cfg = fit_record["config"]["parameters"]
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4.2 * (1 + len(names)), 3.4), constrained_layout=True)
+    axes = np.atleast_1d(axes)
+    ax = axes[0]
+    ax.semilogy(evals, objective, "o", ms=4, color="0.55", label="evaluation")
+    ax.semilogy(evals, np.fmin.accumulate(np.where(np.isfinite(objective), objective, np.inf)), "-",
+                color="C0", label="best so far")
+    ax.set_xlabel("evaluation")
+    ax.set_ylabel("objective")
+    ax.set_title(f"{fit_record['fit']}: {fit_record['method']}")
+    ax.legend(frameon=False)
+    for ax, name in zip(axes[1:], names):
+        values = [e["parameters"][name] for e in history]
+        ax.plot(evals, values, "o-", ms=3, color="C1")
+        spec = params_cfg.get(name, {})
+        if "reference" in spec:
+            ax.axhline(spec["reference"], ls="--", color="k", lw=1, label="published")
+            ax.legend(frameon=False)
+        ax.set_xlabel("evaluation")
+        unit = spec.get("unit", "")
+        ax.set_ylabel(f"{name} ({unit})" if unit else name)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_convergence_plot(fit_record: Mapping[str, Any], out_png: Path | str) -> Path:
+    """Write :func:`convergence_figure` to ``out_png`` (atomically)."""
+    return atomic_write_bytes(out_png, convergence_figure(fit_record))
+
+
+def _table(frame: pd.DataFrame, float_format: str = "{:.6g}") -> str:
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if np.isnan(value) else float_format.format(value)
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def parameters_frame(params: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per fitted parameter: value, unit, initial, published reference, deviation."""
+    rows = []
+    for fit_name, summary in params.items():
+        for name, p in summary["parameters"].items():
+            rows.append({
+                "fit": fit_name, "parameter": name, "fitted": p["value"], "unit": p["unit"],
+                "initial": p["initial"], "published": p.get("reference", np.nan),
+                "deviation %": p.get("deviation_from_reference_percent", np.nan),
+                "source": p.get("reference_source", ""),
+            })
+    return pd.DataFrame(rows)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+.meta{color:#666;font-size:0.9em}
+"""
+
+
+def write_report(
+    fit_records: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    properties: pd.DataFrame,
+    out_html: Path | str,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """The one-file HTML report: parameters, properties with errors, convergence plots."""
+    sections = [
+        "<h1>chemfit-workflow report</h1>",
+        f"<p class='meta'>written {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}</p>",
+        "<h2>Fitted parameters</h2>",
+        _table(parameters_frame(params)),
+        "<h2>Properties</h2>",
+        "<p>Fitted values come from validation runs at the fitted parameters with seeds "
+        "independent of the fit; the uncertainty is one standard error of the mean "
+        "(block averages, combined over replicas). <i>initial</i> is the value at the "
+        "starting parameters (first evaluation of the fit).</p>",
+        _table(properties.drop(columns=[c for c in ("source",) if c in properties.columns])),
+    ]
+    for record in fit_records:
+        png = base64.b64encode(convergence_figure(record)).decode()
+        sections += [
+            f"<h2>Fit {html.escape(record['fit'])}</h2>",
+            f"<p>{html.escape(record['config'].get('description', ''))}</p>",
+            f"<p class='meta'>{record['n_evaluations']} evaluations with {html.escape(record['method'])} "
+            f"({html.escape(record['message'])}); objective {record['objective']:.4g}; "
+            f"{record['wall_time_s']:.0f} s on {record['n_workers']} workers; master seed {record['seed']}; "
+            f"config sha256 {record['config_sha256'][:16]}…</p>",
+            f"<img alt='convergence of {html.escape(record['fit'])}' src='data:image/png;base64,{png}'>",
+        ]
+    sources = sorted({s for s in properties.get("source", pd.Series(dtype=str)).dropna() if s})
+    if sources:
+        sections.append("<h2>Reference data</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sources) + "</ul>")
+    if provenance:
+        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in provenance.items())
+        sections.append(f"<h2>Provenance</h2><table>{rows}</table>")
+    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>chemfit-workflow report</title><style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n"
+    return atomic_write_text(out_html, page)

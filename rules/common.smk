@@ -1,0 +1,47 @@
+"""Helpers shared by the rules, and validation of the configuration."""
+
+import sys
+from pathlib import Path
+
+from chemfit_core.config import validate_config
+
+PYTHON = sys.executable
+TEMPLATE_DIR = Path(workflow.current_basedir).parent / "workflow" / "templates"
+
+validate_config(
+    config,
+    source=", ".join(str(f) for f in workflow.configfiles) or "the module's config",
+    schema_path=workflow.source_path("../workflow/schemas/config.schema.yaml"),
+    template_dir=TEMPLATE_DIR,
+)
+
+FITS = list(config["fits"])
+
+
+wildcard_constraints:
+    fit="|".join(FITS),
+    replica=r"\d+",
+
+
+def fit_config(wildcards):
+    return config["fits"][wildcards.fit]
+
+
+def liquid_template(wildcards):
+    name = config["fits"][wildcards.fit]["liquid"]["template"]
+    return workflow.source_path(f"../workflow/templates/{name}")
+
+
+def fit_threads(wildcards):
+    workers = config["fits"][wildcards.fit]["workers"]
+    return workers if workers > 0 else workflow.cores
+
+
+def validation_logs(wildcards):
+    fit = config["fits"][wildcards.fit]
+    replicas = fit["liquid"]["validation"]["replicas"]
+    return [
+        f"results/{wildcards.fit}/validation/{sp['name']}/r{replica}/log.lammps"
+        for sp in fit["liquid"]["state_points"]
+        for replica in range(replicas)
+    ]

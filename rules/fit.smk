@@ -1,0 +1,24 @@
+rule fit:
+    """Fit one configuration: every objective term is a LAMMPS run, run concurrently."""
+    input:
+        template=liquid_template,
+    output:
+        fit="results/{fit}/fit.json",
+        params="results/{fit}/params.json",
+        history="results/{fit}/fit_history.csv",
+    log:
+        "logs/{fit}/fit.log",
+    benchmark:
+        "benchmarks/{fit}/fit.tsv"
+    conda:
+        "../workflow/envs/chemfit.yaml"
+    threads: fit_threads
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    params:
+        fit=fit_config,
+        seed=config["seed"],
+        workdir=lambda wildcards: f"work/{wildcards.fit}",
+    script:
+        "../scripts/fit.py"

@@ -1,0 +1,72 @@
+rule collect:
+    """All fits' parameters and properties in one file each."""
+    input:
+        params=expand("results/{fit}/params.json", fit=FITS),
+        properties=expand("results/{fit}/properties.csv", fit=FITS),
+    output:
+        params="results/params.json",
+        properties="results/properties.csv",
+    log:
+        "logs/collect.log",
+    benchmark:
+        "benchmarks/collect.tsv"
+    conda:
+        "../workflow/envs/chemfit.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/collect.py"
+
+
+rule convergence_plot:
+    """Objective and parameters per evaluation of one fit."""
+    input:
+        "results/{fit}/fit.json",
+    output:
+        report(
+            "results/{fit}/convergence.png",
+            caption="../workflow/report/convergence.rst",
+            category="Fits",
+            subcategory="{fit}",
+        ),
+    log:
+        "logs/{fit}/convergence_plot.log",
+    benchmark:
+        "benchmarks/{fit}/convergence_plot.tsv"
+    conda:
+        "../workflow/envs/chemfit.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/convergence_plot.py"
+
+
+rule report:
+    """The one-file HTML report (results/report.html)."""
+    input:
+        params="results/params.json",
+        properties="results/properties.csv",
+        fits=expand("results/{fit}/fit.json", fit=FITS),
+        plots=expand("results/{fit}/convergence.png", fit=FITS),
+    output:
+        report(
+            "results/report.html",
+            caption="../workflow/report/report.rst",
+            category="Summary",
+        ),
+    log:
+        "logs/report.log",
+    benchmark:
+        "benchmarks/report.tsv"
+    conda:
+        "../workflow/envs/chemfit.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/report.py"

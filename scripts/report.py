@@ -1,0 +1,16 @@
+"""Snakemake script of rule `report`: the one-file HTML report."""
+
+import pandas as pd
+
+from chemfit_core.cli import log_to
+from chemfit_core.report import write_report
+from chemfit_core.results import read_json
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log_to(sm.log[0])
+write_report(
+    fit_records=[read_json(path) for path in sm.input.fits],
+    params=read_json(sm.input.params),
+    properties=pd.read_csv(sm.input.properties),
+    out_html=sm.output[0],
+)
