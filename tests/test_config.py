@@ -1,0 +1,131 @@
+"""Configuration validation: defaults filled, every error names the file, the key and what was expected."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chemfit_core import ConfigError
+from chemfit_core.config import config_hash, derived_seed, load_config, validate_config
+
+DEFAULT = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+def test_default_config_is_valid_and_defaults_are_filled(config):
+    validated = validate_config(config, "config.yaml")
+    md = validated["fits"]["argon"]["liquid"]["md"]
+    assert md["n_blocks"] == 5 and md["thermo_every"] == 20  # filled from the schema
+    assert validated["fits"]["argon"]["liquid"]["state_points"][0]["weight"] == 1.0
+
+
+def break_config(config, path, value):
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return config
+
+
+ARGON = ["fits", "argon"]
+SP0 = [*ARGON, "liquid", "state_points", 0]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key", "expected"),
+    [
+        ([*ARGON, "parameters", "sigma_A", "initial"], "3.4", "fits.argon.parameters.sigma_A.initial", "expected number"),
+        ([*ARGON, "potential", "form"], "buckingham", "fits.argon.potential.form", "expected one of ['lj/cut']"),
+        ([*ARGON, "colour"], "blue", "fits.argon", "unknown key(s) 'colour'"),
+        ([*SP0, "density_kg_m3", "denominator"], -1.0, "state_points[0].density_kg_m3.denominator", "expected a number > 0"),
+        ([*SP0, "replicas"], 0, "state_points[0].replicas", "expected a number >= 1"),
+        ([*SP0, "temperature_K"], KeyError, "state_points[0]", "missing required key(s) 'temperature_K'"),
+        ([*ARGON, "parameters", "sigma_A", "lower"], 5.0, "fits.argon.parameters.sigma_A", "expected lower < upper"),
+        ([*ARGON, "parameters", "epsilon_K", "initial"], 500.0, "epsilon_K.initial", "within [80.0, 180.0]"),
+        ([*ARGON, "liquid", "template"], "missing.j2", "fits.argon.liquid.template", "no such file"),
+        (["seed"], -3, "seed", "expected a number >= 0"),
+        (["fits"], {}, "fits", "expected at least 1 entry"),
+    ],
+)
+def test_broken_config_names_file_key_and_expectation(config, path, value, key, expected):
+    break_config(config, path, value)
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, "my_config.yaml")
+    message = str(info.value)
+    assert "my_config.yaml: " in message
+    assert key in message
+    assert expected in message
+
+
+def test_state_point_without_any_reference_is_rejected(config):
+    sp = config["fits"]["argon"]["liquid"]["state_points"][0]
+    del sp["density_kg_m3"], sp["hvap_kJ_mol"]
+    with pytest.raises(ConfigError, match=r"state_points\[0\]: expected at least one of the keys density_kg_m3, hvap_kJ_mol"):
+        validate_config(config, "c.yaml")
+
+
+def test_all_problems_are_reported_at_once(config):
+    config["fits"]["argon"]["mass_g_mol"] = "heavy"
+    config["seed"] = "abc"
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, "c.yaml")
+    assert "mass_g_mol" in str(info.value) and "seed" in str(info.value)
+
+
+def test_load_config_reports_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: configuration file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fits: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(scalar)
+
+
+def test_config_hash_is_canonical(config):
+    shuffled = dict(reversed(list(copy.deepcopy(config).items())))
+    assert config_hash(config) == config_hash(shuffled)
+    config["seed"] += 1
+    assert config_hash(config) != config_hash(shuffled)
+
+
+def test_derived_seeds_are_stable_and_distinct():
+    assert derived_seed(1, "argon", "nbp", 0) == derived_seed(1, "argon", "nbp", 0)
+    seeds = {derived_seed(1, "argon", "nbp", r) for r in range(100)}
+    assert len(seeds) == 100 and all(1 <= s < 2**31 for s in seeds)
+
+
+def test_snakemake_stops_on_a_schema_violation_before_any_job(tmp_path, config, venv_env, repo):
+    config["fits"]["argon"]["parameters"]["sigma_A"]["upper"] = "four"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "-n", "--configfile", str(bad)],
+        cwd=repo, env=venv_env, capture_output=True, text=True,
+    )
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "fits.argon.parameters.sigma_A.upper: expected number, got str 'four'" in output
+    assert str(bad) in output
+
+
+def test_cli_check_config_prints_defaults(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "chemfit_core", "check-config", str(DEFAULT)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "n_blocks: 5" in done.stdout

@@ -1,0 +1,129 @@
+"""The Snakemake workflow end to end, for real, on a small version of the default config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def small_config(path: Path) -> Path:
+    """The default argon config with runs of seconds instead of minutes."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    fit = config["fits"]["argon"]
+    fit["liquid"]["md"].update(n_cells=3, melt_steps=200, equilibration_steps=200, production_steps=500, thermo_every=10)
+    fit["liquid"]["validation"].update(replicas=2, production_steps=500)
+    fit["optimizer"]["max_evaluations"] = 3
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    command = [SNAKEMAKE, *args, "-s", str(REPO / "Snakefile"), "--cores", "2", "--configfile", "config.yaml"]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    import os
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    workdir = tmp_path_factory.mktemp("workflow")
+    small_config(workdir / "config.yaml")
+    done = snakemake(workdir, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, env
+
+
+@pytest.mark.slow
+def test_run_writes_parameters_with_units(finished_run):
+    workdir, _ = finished_run
+    params = json.loads((workdir / "results" / "params.json").read_text())["argon"]
+    assert params["parameters"]["epsilon_K"]["unit"] == "K"
+    assert params["parameters"]["sigma_A"]["unit"] == "Å"
+    assert params["n_evaluations"] == 3 and params["method"] == "COBYQA"
+    assert 80 <= params["parameters"]["epsilon_K"]["value"] <= 180
+
+
+@pytest.mark.slow
+def test_run_writes_the_properties_table(finished_run):
+    workdir, _ = finished_run
+    table = pd.read_csv(workdir / "results" / "properties.csv")
+    for column in ("property", "target", "initial", "fitted", "error", "statistical_uncertainty"):
+        assert column in table.columns
+    assert set(table["property"]) == {"density_kg_m3", "hvap_kJ_mol"}
+    assert (table["statistical_uncertainty"] > 0).all()
+    assert table.loc[table["property"] == "density_kg_m3", "target"].item() == 1395.40
+
+
+@pytest.mark.slow
+def test_run_records_seeds_history_and_config_hash(finished_run):
+    workdir, _ = finished_run
+    record = json.loads((workdir / "results" / "argon" / "fit.json").read_text())
+    assert record["seed"] == 20261123 and len(record["config_sha256"]) == 64
+    assert [t["seed"] for t in record["terms"]] and len({t["seed"] for t in record["terms"]}) == 2
+    assert len(record["history"]) == 3 and record["history"][0]["properties"][0]["n_atoms"] == 108
+    history = pd.read_csv(workdir / "results" / "argon" / "fit_history.csv")
+    assert list(history["evaluation"]) == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_report_holds_tables_and_the_convergence_plot(finished_run):
+    workdir, _ = finished_run
+    html = (workdir / "results" / "report.html").read_text()
+    assert "Fitted parameters" in html and "epsilon_K" in html and "hvap_kJ_mol" in html
+    assert "data:image/png;base64," in html
+    assert (workdir / "results" / "argon" / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_validation_runs_are_separate_lammps_jobs_with_logs(finished_run):
+    workdir, _ = finished_run
+    for replica in (0, 1):
+        run = workdir / "results" / "argon" / "validation" / "normal_boiling_point" / f"r{replica}"
+        assert "run             500" in (run / "in.lammps").read_text()
+        assert "Loop time" in (run / "log.lammps").read_text()
+    assert (workdir / "benchmarks" / "argon" / "fit.tsv").is_file()
+
+
+@pytest.mark.slow
+def test_second_run_has_nothing_to_do(finished_run):
+    workdir, env = finished_run
+    again = snakemake(workdir, env, "-n")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_fit_in_a_fresh_directory(finished_run, tmp_path):
+    """Reproducibility: LAMMPS on one core with fixed seeds is deterministic, so is the fit."""
+    workdir, env = finished_run
+    small_config(tmp_path / "config.yaml")
+    done = snakemake(tmp_path, env, "results/argon/params.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = json.loads((workdir / "results" / "argon" / "params.json").read_text())
+    second = json.loads((tmp_path / "results" / "argon" / "params.json").read_text())
+    assert first == second
+
+
+def test_dry_run_of_the_default_config_plans_every_stage(venv_env):
+    done = subprocess.run([SNAKEMAKE, "-n", "--forceall"], cwd=REPO, env=venv_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    for rule in ("fit", "render_validation_input", "simulate", "validate", "collect", "report"):
+        assert rule in output
+
+
+def test_workflow_entry_point_in_workflow_folder_has_the_default_target(venv_env):
+    done = subprocess.run([SNAKEMAKE, "-n", "-s", "workflow/Snakefile"], cwd=REPO, env=venv_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "results/report.html" in done.stdout + done.stderr
