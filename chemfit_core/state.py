@@ -46,9 +46,11 @@ class SimState:
     atomic_numbers: torch.Tensor
     system_idx: torch.Tensor | None = None
     info: list[dict[str, Any]] | None = None
+    neighbor_lists: list[Any] | None = dataclasses.field(default=None, repr=False)
 
     _atom_attributes: ClassVar[tuple[str, ...]] = ("positions", "masses", "atomic_numbers")
     _system_attributes: ClassVar[tuple[str, ...]] = ("cell", "pbc")
+    _system_lists: ClassVar[tuple[str, ...]] = ("info", "neighbor_lists")
 
     def __post_init__(self) -> None:
         n_atoms = self.positions.shape[0]
@@ -69,6 +71,8 @@ class SimState:
         self.pbc = pbc.clone()
         if self.info is None:
             self.info = [{} for _ in range(n_systems)]
+        if self.neighbor_lists is None or len(self.neighbor_lists) != n_systems:
+            self.neighbor_lists = [None] * n_systems
         for name in ("masses", "atomic_numbers", "system_idx"):
             if getattr(self, name).shape[0] != n_atoms:
                 raise ValueError(f"{name} has {getattr(self, name).shape[0]} entries for {n_atoms} atoms")
@@ -126,6 +130,7 @@ class SimState:
         """Deep copy (tensors cloned, info dicts copied)."""
         values = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self._fields().items()}
         values["info"] = [dict(i) for i in self.info]
+        values["neighbor_lists"] = list(self.neighbor_lists)
         return type(self)(**values)
 
     def to(self: T, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> T:
@@ -137,6 +142,8 @@ class SimState:
                 if dtype is not None and value.is_floating_point():
                     value = value.to(dtype=dtype)
             values[key] = value
+        if device is not None and torch.device(device) != self.device:
+            values["neighbor_lists"] = None  # built on the old device
         return type(self)(**values)
 
     # -- selecting, splitting, joining -----------------------------------------------------
@@ -159,7 +166,9 @@ class SimState:
         atom_attrs, system_attrs = self._scopes()
         values = {}
         for key, value in self._fields().items():
-            if key in atom_attrs:
+            if value is None:
+                values[key] = None
+            elif key in atom_attrs:
                 values[key] = value[atom_index]
             elif key in system_attrs:
                 values[key] = value[sys_t]
@@ -167,8 +176,8 @@ class SimState:
                 values[key] = torch.repeat_interleave(
                     torch.arange(len(systems), device=device), counts[sys_t]
                 )
-            elif key == "info":
-                values[key] = [self.info[s] for s in systems]
+            elif key in self._system_lists:
+                values[key] = [value[s] for s in systems]
             else:
                 values[key] = value
         return type(self)(**values)
@@ -190,6 +199,22 @@ class SimState:
         for key, value in remaining._fields().items():
             setattr(self, key, value)
         return popped
+
+    @classmethod
+    def from_state(cls: type[T], state: SimState, **extra: Any) -> T:
+        """A ``cls`` with the fields of ``state``; fields ``cls`` adds take their defaults.
+
+        Used when a plain state joins a batch of a subclass (a structure entering
+        a running relaxation gets a fresh optimiser state this way).
+        """
+        if isinstance(state, cls) and not extra:
+            return state
+        base = {f.name: getattr(state, f.name) for f in dataclasses.fields(SimState)}
+        return cls._with_defaults(base, extra)
+
+    @classmethod
+    def _with_defaults(cls: type[T], base: dict[str, Any], extra: dict[str, Any]) -> T:
+        return cls(**base, **extra)
 
     # -- ASE --------------------------------------------------------------------------------
     def to_atoms(self) -> list[Any]:
@@ -230,19 +255,24 @@ def concatenate_states(states: Sequence[T]) -> T:
     """Join states (of one type, on one device) into one batch, systems in order."""
     if not states:
         raise ValueError("concatenate_states needs at least one state")
+    cls = max((type(s) for s in states), key=lambda c: len(c.__mro__))
+    states = [s if type(s) is cls else cls.from_state(s) for s in states]
     first = states[0]
-    cls = type(first)
     atom_attrs, system_attrs = first._scopes()
     values: dict[str, Any] = {}
     for key in (f.name for f in dataclasses.fields(first)):
         items = [getattr(s, key) for s in states]
-        if key in atom_attrs or key in system_attrs:
+        if any(item is None for item in items):
+            if not all(item is None for item in items):
+                raise ValueError(f"cannot join states where only some have {key}")
+            values[key] = None
+        elif key in atom_attrs or key in system_attrs:
             values[key] = torch.cat(items)
         elif key == "system_idx":
             offsets = np.cumsum([0] + [s.n_systems for s in states[:-1]])
             values[key] = torch.cat([idx + int(o) for idx, o in zip(items, offsets)])
-        elif key == "info":
-            values[key] = [i for s in states for i in s.info]
+        elif key in first._system_lists:
+            values[key] = [item for s in states for item in getattr(s, key)]
         else:
             values[key] = items[0]
     return cls(**values)

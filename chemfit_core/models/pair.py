@@ -1,0 +1,93 @@
+"""Lennard-Jones and Morse pair potentials with LAMMPS's conventions.
+
+Both are truncated at the cutoff and, like LAMMPS's ``lj/cut`` and ``morse``,
+*not* shifted unless ``shift=True`` (LAMMPS ``pair_modify shift yes``). Parameters
+are per pair of species: a scalar for one species, or a symmetric
+``[n_species, n_species]`` table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from chemfit_core.models.base import PairModel
+
+
+def _pair_table(value: float | Sequence | torch.Tensor, n_species: int, name: str) -> torch.Tensor:
+    table = torch.as_tensor(value, dtype=torch.float64)
+    if table.ndim == 0:
+        table = table.expand(n_species, n_species).clone()
+    if table.shape != (n_species, n_species) or not torch.allclose(table, table.T):
+        raise ValueError(f"{name} must be a scalar or a symmetric {n_species}x{n_species} table")
+    return table
+
+
+class LennardJones(PairModel):
+    """E(r) = 4ε[(σ/r)¹² − (σ/r)⁶] for r < cutoff (LAMMPS ``lj/cut``).
+
+    Args:
+        epsilon: well depth, eV.
+        sigma: zero-crossing distance, Å.
+        cutoff: Å.
+        species: atomic numbers (default argon).
+        shift: subtract E(cutoff) so the energy is continuous (``pair_modify shift yes``).
+    """
+
+    def __init__(self, epsilon, sigma, cutoff: float, species: Sequence[int] = (18,), shift: bool = False,
+                 skin: float = 0.5, compute_stress: bool = True):
+        super().__init__(cutoff, species, skin, compute_stress)
+        n = len(self.species)
+        self.epsilon = torch.nn.Parameter(_pair_table(epsilon, n, "epsilon"))
+        self.sigma = torch.nn.Parameter(_pair_table(sigma, n, "sigma"))
+        self.shift = shift
+
+    def pair_terms(self, r2, ti, tj):
+        """LJ energy and (dE/dr)/r from r² (eV, eV/Å²); no square root needed."""
+        eps = self.parameter(self.epsilon, ti, tj, r2.dtype)
+        sig = self.parameter(self.sigma, ti, tj, r2.dtype)
+        sr2 = sig * sig / r2
+        sr6 = sr2 * sr2 * sr2
+        energy = 4 * eps * (sr6 * sr6 - sr6)
+        dedr_over_r = -24 * eps * (2 * sr6 * sr6 - sr6) / r2
+        if self.shift:
+            src6 = (sig / self.cutoff) ** 6
+            energy = energy - 4 * eps * (src6 * src6 - src6)
+        return energy, dedr_over_r
+
+
+class Morse(PairModel):
+    """E(r) = D[e^(−2α(r−r0)) − 2e^(−α(r−r0))] for r < cutoff (LAMMPS ``morse``).
+
+    Args:
+        D: well depth, eV.
+        alpha: width, 1/Å.
+        r0: equilibrium distance, Å.
+        cutoff: Å.
+        species: atomic numbers (default copper).
+        shift: subtract E(cutoff) (``pair_modify shift yes``).
+    """
+
+    def __init__(self, D, alpha, r0, cutoff: float, species: Sequence[int] = (29,), shift: bool = False,
+                 skin: float = 0.5, compute_stress: bool = True):
+        super().__init__(cutoff, species, skin, compute_stress)
+        n = len(self.species)
+        self.D = torch.nn.Parameter(_pair_table(D, n, "D"))
+        self.alpha = torch.nn.Parameter(_pair_table(alpha, n, "alpha"))
+        self.r0 = torch.nn.Parameter(_pair_table(r0, n, "r0"))
+        self.shift = shift
+
+    def pair_terms(self, r2, ti, tj):
+        """Morse energy and (dE/dr)/r from r² (eV, eV/Å²)."""
+        d = self.parameter(self.D, ti, tj, r2.dtype)
+        a = self.parameter(self.alpha, ti, tj, r2.dtype)
+        r0 = self.parameter(self.r0, ti, tj, r2.dtype)
+        r = torch.sqrt(r2)
+        x = torch.exp(-a * (r - r0))
+        energy = d * (x * x - 2 * x)
+        dedr_over_r = 2 * a * d * (x - x * x) / r
+        if self.shift:
+            xc = torch.exp(-a * (self.cutoff - r0))
+            energy = energy - d * (xc * xc - 2 * xc)
+        return energy, dedr_over_r
