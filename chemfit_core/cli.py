@@ -3,6 +3,8 @@
 Subcommands:
     chemfit lammps IN.lammps [--timeout S]   run LAMMPS on an input (log next to it)
     chemfit check-config CONFIG.yaml          validate a configuration, print it with defaults
+    chemfit relax IN.extxyz OUT.extxyz --model lj/cut --param epsilon=0.0104 ... [--fmax 0.01]
+                                              relax structures in batches (GPU when available)
 """
 
 from __future__ import annotations
@@ -48,6 +50,54 @@ def _cmd_check_config(args: argparse.Namespace) -> None:
     print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _cmd_relax(args: argparse.Namespace) -> None:
+    import torch
+    from ase.io import write
+
+    from chemfit_core.models import build_model
+    from chemfit_core.relax import relax_structures
+    from chemfit_core.results import atomic_write_text
+    from chemfit_core.state import read_structures
+
+    spec: dict = {"form": args.model}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ChemFitError(f"--param expects NAME=VALUE, got {item!r}")
+        spec[key] = _parse_value(value)
+    if args.cutoff is not None:
+        spec["cutoff"] = args.cutoff
+    if args.potential is not None:
+        spec["file"] = args.potential
+    if args.species:
+        spec["species"] = args.species
+    try:
+        model = build_model(spec)
+    except ValueError as exc:
+        raise ChemFitError(str(exc)) from exc
+    structures = read_structures(args.input)
+    result = relax_structures(
+        structures, model, fmax=args.fmax, max_steps=args.max_steps, relax_cell=args.relax_cell,
+        device=args.device, dtype=getattr(torch, args.dtype), progress_every_s=5.0,
+    )
+    import io
+
+    buffer = io.StringIO()
+    write(buffer, result.structures, format="extxyz")
+    atomic_write_text(args.output, buffer.getvalue())
+    print(f"relaxed {result.n_structures} structures ({int(result.converged.sum())} converged) "
+          f"in {result.wall_time_s:.2f} s -> {args.output}")
+    if not result.converged.all():
+        raise ChemFitError(f"{int((~result.converged).sum())} structures did not converge within "
+                           f"{args.max_steps} steps (flagged relax_converged=False in {args.output})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``chemfit`` command."""
     parser = argparse.ArgumentParser(prog="chemfit", description=__doc__.splitlines()[0])
@@ -59,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration and print it with defaults")
     p.add_argument("config", help="YAML configuration file")
     p.set_defaults(func=_cmd_check_config)
+    p = sub.add_parser("relax", help="relax the structures of an extxyz file in batches")
+    p.add_argument("input", help="structures (extxyz or any ASE-readable file)")
+    p.add_argument("output", help="relaxed structures with energies, forces and convergence flags (extxyz)")
+    p.add_argument("--model", required=True, help="lj/cut, morse, eam/alloy, eam or eam/analytic")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="model parameter, e.g. epsilon=0.0104 (eV), sigma=3.4 (Å); repeat")
+    p.add_argument("--cutoff", type=float, help="cutoff radius, Å")
+    p.add_argument("--potential", help="EAM file (path, or a file shipped with LAMMPS)")
+    p.add_argument("--species", nargs="+", help="elements in the order of the parameter tables")
+    p.add_argument("--fmax", type=float, default=0.01, help="largest force at convergence, eV/Å (0.01)")
+    p.add_argument("--max-steps", type=int, default=10_000, help="FIRE steps per structure at most")
+    p.add_argument("--relax-cell", action="store_true", help="relax the cell too (zero stress)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.set_defaults(func=_cmd_relax)
     return parser
 
 
@@ -67,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ChemFitError as exc:
+    except (ChemFitError, ValueError) as exc:
         print(f"chemfit {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

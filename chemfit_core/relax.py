@@ -36,7 +36,8 @@ class RelaxResult:
     n_steps: np.ndarray  # FIRE steps taken
     fmax: np.ndarray  # final largest force, eV/Å
     wall_time_s: float
-    n_force_calls: int  # batched model evaluations
+    n_force_calls: int  # batched model evaluations (torch engine)
+    engine: str = "torch"
 
     @property
     def n_structures(self) -> int:
@@ -73,6 +74,8 @@ def relax_structures(
     memory_scales_with: MemoryScaling = "n_atoms",
     fire: FireParameters = FireParameters(),
     progress_every_s: float | None = 10.0,
+    engine: str = "auto",
+    workers: int | None = None,
 ) -> RelaxResult:
     """Relax structures with batched FIRE; return them in input order.
 
@@ -91,10 +94,22 @@ def relax_structures(
             probed on CUDA, a fixed atom budget on CPU.
         fire: FIRE's constants (ASE's defaults).
         progress_every_s: seconds between progress log lines (None: silent).
+        engine: ``"torch"`` (batched FIRE, any device), ``"lammps"`` (LAMMPS workers,
+            one per core; fixed cells, models with ``lammps_commands``) or ``"auto"``:
+            LAMMPS on a CPU where it can, torch otherwise — the faster engine for the
+            device (``bench/relax_throughput.py``).
+        workers: LAMMPS processes (default: one per core).
     """
     if fmax <= 0:
         raise ValueError(f"fmax must be > 0 eV/Å, got {fmax}")
+    if engine not in ("auto", "torch", "lammps"):
+        raise ValueError(f"engine must be 'auto', 'torch' or 'lammps', got {engine!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    lammps_possible = hasattr(model, "lammps_commands") and not relax_cell and not isinstance(structures, SimState)
+    if engine == "lammps" and not lammps_possible:
+        raise ValueError("the LAMMPS engine needs fixed cells, ase.Atoms input and a model LAMMPS can express")
+    if engine == "lammps" or (engine == "auto" and device.type == "cpu" and lammps_possible):
+        return _relax_lammps(list(structures), model, fmax, max_steps, workers, progress_every_s)
     model = model.to(device=device, dtype=dtype)
     batcher = InFlightAutoBatcher(
         model, memory_scales_with=memory_scales_with, max_memory_scaler=max_memory_scaler,
@@ -122,6 +137,21 @@ def relax_structures(
         logger.info("relax: %d structures in %.2f s (%d converged), %d batched force calls",
                     result.n_structures, result.wall_time_s, int(result.converged.sum()), n_calls)
     return result
+
+
+def _relax_lammps(structures: list[Any], model: Any, fmax: float, max_steps: int, workers: int | None,
+                  progress_every_s: float | None) -> RelaxResult:
+    from chemfit_core.lammps_relax import relax_with_lammps
+
+    relaxed, energies, steps, fmaxes, wall = relax_with_lammps(
+        structures, model, fmax=fmax, max_steps=max_steps, workers=workers)
+    converged = fmaxes <= fmax
+    for atoms, ok, n, f in zip(relaxed, converged, steps, fmaxes):
+        atoms.info.update({"relax_converged": bool(ok), "relax_steps": int(n), "relax_fmax": float(f)})
+    if progress_every_s is not None:
+        logger.info("relax (LAMMPS workers): %d structures in %.2f s (%d converged)",
+                    len(relaxed), wall, int(converged.sum()))
+    return RelaxResult(relaxed, energies, converged, steps, fmaxes, wall, 0, engine="lammps")
 
 
 def _collect(states: Sequence[FireState], fmax: float, wall: float, n_calls: int) -> RelaxResult:

@@ -15,6 +15,15 @@ import torch
 from chemfit_core.models.base import PairModel
 
 
+def _pair_coeff_lines(tables: Sequence[torch.Tensor]) -> list[str]:
+    n = tables[0].shape[0]
+    return [
+        f"pair_coeff {a + 1} {b + 1} " + " ".join(repr(float(t.detach()[a, b])) for t in tables)
+        for a in range(n)
+        for b in range(a, n)
+    ]
+
+
 def _pair_table(value: float | Sequence | torch.Tensor, n_species: int, name: str) -> torch.Tensor:
     table = torch.as_tensor(value, dtype=torch.float64)
     if table.ndim == 0:
@@ -42,6 +51,11 @@ class LennardJones(PairModel):
         self.epsilon = torch.nn.Parameter(_pair_table(epsilon, n, "epsilon"))
         self.sigma = torch.nn.Parameter(_pair_table(sigma, n, "sigma"))
         self.shift = shift
+
+    def lammps_commands(self, species: Sequence[str]) -> list[str]:
+        """The same potential in LAMMPS input commands (types numbered in ``self.species`` order)."""
+        return [f"pair_style lj/cut {self.cutoff!r}", *_pair_coeff_lines([self.epsilon, self.sigma]),
+                f"pair_modify shift {'yes' if self.shift else 'no'}"]
 
     def pair_terms(self, r2, ti, tj):
         """LJ energy and (dE/dr)/r from r² (eV, eV/Å²); no square root needed."""
@@ -77,6 +91,11 @@ class Morse(PairModel):
         self.alpha = torch.nn.Parameter(_pair_table(alpha, n, "alpha"))
         self.r0 = torch.nn.Parameter(_pair_table(r0, n, "r0"))
         self.shift = shift
+
+    def lammps_commands(self, species: Sequence[str]) -> list[str]:
+        """The same potential in LAMMPS input commands (types numbered in ``self.species`` order)."""
+        return [f"pair_style morse {self.cutoff!r}", *_pair_coeff_lines([self.D, self.alpha, self.r0]),
+                f"pair_modify shift {'yes' if self.shift else 'no'}"]
 
     def pair_terms(self, r2, ti, tj):
         """Morse energy and (dE/dr)/r from r² (eV, eV/Å²)."""
