@@ -17,6 +17,7 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/fit.smk"
 include: "rules/simulate.smk"
+include: "rules/relax.smk"
 include: "rules/report.smk"
 
 

@@ -65,7 +65,19 @@ def _cmd_relax(args: argparse.Namespace) -> None:
     from chemfit_core.results import atomic_write_text
     from chemfit_core.state import read_structures
 
-    spec: dict = {"form": args.model}
+    if args.fit_params:
+        from chemfit_core.pipeline import fitted_model_spec
+        from chemfit_core.results import read_json
+
+        summaries = read_json(args.fit_params)
+        name = args.fit or (next(iter(summaries)) if len(summaries) == 1 else None)
+        if name not in summaries:
+            raise ChemFitError(f"{args.fit_params}: name the fit with --fit (one of {', '.join(summaries)})")
+        spec: dict = fitted_model_spec(summaries[name])
+    elif args.model:
+        spec = {"form": args.model}
+    else:
+        raise ChemFitError("give --model (with --param ...) or --fit-params")
     for item in args.param:
         key, sep, value = item.partition("=")
         if not sep:
@@ -84,7 +96,8 @@ def _cmd_relax(args: argparse.Namespace) -> None:
     structures = read_structures(args.input)
     result = relax_structures(
         structures, model, fmax=args.fmax, max_steps=args.max_steps, relax_cell=args.relax_cell,
-        device=args.device, dtype=getattr(torch, args.dtype), progress_every_s=5.0,
+        device=None if args.device in (None, "auto") else args.device, dtype=getattr(torch, args.dtype),
+        progress_every_s=5.0, engine=args.engine,
     )
     import io
 
@@ -112,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("relax", help="relax the structures of an extxyz file in batches")
     p.add_argument("input", help="structures (extxyz or any ASE-readable file)")
     p.add_argument("output", help="relaxed structures with energies, forces and convergence flags (extxyz)")
-    p.add_argument("--model", required=True, help="lj/cut, morse, eam/alloy, eam or eam/analytic")
+    p.add_argument("--model", help="lj/cut, morse, eam/alloy, eam or eam/analytic")
+    p.add_argument("--fit-params", help="take the model of a fit's params.json instead of --model")
+    p.add_argument("--fit", help="which fit of --fit-params (when it holds several)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="model parameter, e.g. epsilon=0.0104 (eV), sigma=3.4 (Å); repeat")
     p.add_argument("--cutoff", type=float, help="cutoff radius, Å")
@@ -122,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=10_000, help="FIRE steps per structure at most")
     p.add_argument("--relax-cell", action="store_true", help="relax the cell too (zero stress)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--engine", choices=["auto", "torch", "lammps"], default="auto",
+                   help="auto: LAMMPS workers on CPU where possible, batched torch otherwise")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     p.set_defaults(func=_cmd_relax)
     return parser

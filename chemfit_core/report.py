@@ -102,6 +102,7 @@ def write_report(
     properties: pd.DataFrame,
     out_html: Path | str,
     provenance: Mapping[str, Any] | None = None,
+    solid: pd.DataFrame | None = None,
 ) -> Path:
     """The one-file HTML report: parameters, properties with errors, convergence plots."""
     sections = [
@@ -116,6 +117,16 @@ def write_report(
         "starting parameters (first evaluation of the fit).</p>",
         _table(properties.drop(columns=[c for c in ("source",) if c in properties.columns])),
     ]
+    if solid is not None and len(solid):
+        sections += [
+            "<h2>Solid-state validation (not fitted)</h2>",
+            "<p>Crystal structures relaxed (cell included) with the fitted model in the batched "
+            "relaxation engine. Experimental values include zero-point motion, which a classical "
+            "static lattice does not: the errors show what the model was not fitted to do.</p>",
+            _table(solid.drop(columns=[c for c in ("source",) if c in solid.columns])),
+        ]
+        properties = pd.concat([properties, solid.rename(columns={"value": "fitted", "reference": "target"})],
+                               ignore_index=True)
     for record in fit_records:
         png = base64.b64encode(convergence_figure(record)).decode()
         sections += [

@@ -27,6 +27,20 @@ def fit_config(wildcards):
     return config["fits"][wildcards.fit]
 
 
+# Keys of a fit that do not change the fit itself: editing them must not rerun it.
+NOT_FITTED = ("solid", "description")
+
+
+def solid_config(wildcards):
+    fit = config["fits"][wildcards.fit]
+    return {"element": fit["element"], "solid": fit["solid"]}
+
+
+def fit_core_config(wildcards):
+    fit = config["fits"][wildcards.fit]
+    return {key: value for key, value in fit.items() if key not in NOT_FITTED}
+
+
 def liquid_template(wildcards):
     name = config["fits"][wildcards.fit]["liquid"]["template"]
     return workflow.source_path(f"../workflow/templates/{name}")
@@ -44,4 +58,12 @@ def validation_logs(wildcards):
         f"results/{wildcards.fit}/validation/{sp['name']}/r{replica}/log.lammps"
         for sp in fit["liquid"]["state_points"]
         for replica in range(replicas)
+    ]
+
+
+def solid_tables(wildcards=None):
+    return [
+        f"results/{name}/solid_properties.csv"
+        for name, fit in config["fits"].items()
+        if fit["solid"]["enabled"]
     ]

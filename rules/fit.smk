@@ -17,7 +17,7 @@ rule fit:
         mem_mb=2000,
         runtime=120,
     params:
-        fit=fit_config,
+        fit=fit_core_config,
         seed=config["seed"],
         workdir=lambda wildcards: f"work/{wildcards.fit}",
     script:

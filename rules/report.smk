@@ -52,6 +52,7 @@ rule report:
         properties="results/properties.csv",
         fits=expand("results/{fit}/fit.json", fit=FITS),
         plots=expand("results/{fit}/convergence.png", fit=FITS),
+        solid=solid_tables,
     output:
         report(
             "results/report.html",

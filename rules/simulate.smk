@@ -16,7 +16,7 @@ rule render_validation_input:
         mem_mb=500,
         runtime=5,
     params:
-        fit=fit_config,
+        fit=fit_core_config,
         seed=config["seed"],
     script:
         "../scripts/render_validation_input.py"
@@ -65,6 +65,6 @@ rule validate:
         mem_mb=1000,
         runtime=5,
     params:
-        fit=fit_config,
+        fit=fit_core_config,
     script:
         "../scripts/validate.py"

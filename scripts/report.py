@@ -13,4 +13,5 @@ write_report(
     params=read_json(sm.input.params),
     properties=pd.read_csv(sm.input.properties),
     out_html=sm.output[0],
+    solid=pd.concat([pd.read_csv(p) for p in sm.input.solid], ignore_index=True) if sm.input.solid else None,
 )

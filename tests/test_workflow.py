@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from ase.io import read
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -22,6 +23,7 @@ def small_config(path: Path) -> Path:
     fit["liquid"]["md"].update(n_cells=3, melt_steps=200, equilibration_steps=200, production_steps=500, thermo_every=10)
     fit["liquid"]["validation"].update(replicas=2, production_steps=500)
     fit["optimizer"]["max_evaluations"] = 3
+    fit["solid"]["perturbed_cells"] = 2
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -92,6 +94,20 @@ def test_validation_runs_are_separate_lammps_jobs_with_logs(finished_run):
         assert "run             500" in (run / "in.lammps").read_text()
         assert "Loop time" in (run / "log.lammps").read_text()
     assert (workdir / "benchmarks" / "argon" / "fit.tsv").is_file()
+
+
+@pytest.mark.slow
+def test_fitted_model_relaxes_crystals_in_the_batched_engine(finished_run):
+    workdir, _ = finished_run
+    solid = pd.read_csv(workdir / "results" / "argon" / "solid_properties.csv")
+    assert set(solid["property"]) >= {"lattice_constant_A", "cohesive_energy_eV", "E_hcp-E_fcc_eV", "E_bcc-E_fcc_eV"}
+    assert solid["converged"].all()
+    lattice = solid.loc[solid["property"] == "lattice_constant_A"].iloc[0]
+    assert lattice["reference"] == 5.31 and 4.5 < lattice["value"] < 6.5
+    relaxed = read(workdir / "results" / "argon" / "solid" / "relaxed.extxyz", ":")
+    assert [a.info["kind"] for a in relaxed] == ["fcc", "hcp", "bcc", "fcc-rattled", "fcc-rattled"]
+    assert "relaxed 5 structures (5 converged)" in (workdir / "logs" / "argon" / "solid" / "relax.log").read_text()
+    assert "Solid-state validation" in (workdir / "results" / "report.html").read_text()
 
 
 @pytest.mark.slow
