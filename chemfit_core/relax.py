@@ -132,11 +132,27 @@ def relax_structures(
                         len(completed), 0 if state is None else state.n_systems, n_calls,
                         len(completed) / (last_report - start))
     ordered: list[FireState] = batcher.restore_original_order(completed) if completed else []
+    if not relax_cell and getattr(model, "compute_stress", True):
+        _final_stress(ordered, model, batcher.max_memory_scaler, memory_scales_with)
     result = _collect(ordered, fmax, time.monotonic() - start, n_calls)
     if progress_every_s is not None:
         logger.info("relax: %d structures in %.2f s (%d converged), %d batched force calls",
                     result.n_structures, result.wall_time_s, int(result.converged.sum()), n_calls)
     return result
+
+
+def _final_stress(states: list[FireState], model: Any, budget: float | None, metric: MemoryScaling) -> None:
+    """Stress at the final positions (FIRE at fixed cells does not need it along the way)."""
+    from chemfit_core.autobatching import BinningAutoBatcher
+
+    if not states:
+        return
+    batcher = BinningAutoBatcher(model, memory_scales_with=metric, max_memory_scaler=budget)
+    batcher.load_states(states)
+    for batch, indices in batcher:
+        stress = model(batch, compute_stress=True)["stress"].detach()
+        for k, index in enumerate(indices):
+            states[index].stress = stress[k : k + 1]
 
 
 def _relax_lammps(structures: list[Any], model: Any, fmax: float, max_steps: int, workers: int | None,
