@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 from chemfit_core.state import SimState
@@ -82,20 +83,30 @@ class NeighborList:
         self.builds = 0  # systems built, for diagnostics and tests
 
     def _build(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor) -> SystemPairs:
-        import vesin.torch
-
         list_cutoff = self.cutoff + self.skin
         pos = positions.detach()
         box = cell.detach()
         if not bool(pbc.any()):
             box = torch.zeros_like(box)
-        calculator = vesin.torch.NeighborList(cutoff=list_cutoff, full_list=False)
-        i, j, shifts = calculator.compute(pos, box, pbc.detach(), "ijS")
-        shifts = shifts.to(dtype=pos.dtype)
+        if pos.is_cuda:
+            import vesin.torch
+
+            calculator = vesin.torch.NeighborList(cutoff=list_cutoff, full_list=False)
+            i, j, shifts = calculator.compute(pos, box, pbc.detach(), "ijS")
+        else:
+            # vesin's numpy interface: ~4x faster than its torch one on CPU (no autograd needed here)
+            import vesin
+
+            calculator = vesin.NeighborList(cutoff=list_cutoff, full_list=False)
+            i, j, shifts = (torch.from_numpy(np.asarray(a)) for a in calculator.compute(
+                pos.cpu().numpy().astype(np.float64), box.cpu().numpy().astype(np.float64),
+                pbc.cpu().numpy(), "ijS"))
+        shifts = shifts.to(dtype=pos.dtype, device=pos.device)
         self.builds += 1
         return SystemPairs(
-            i=i.to(torch.long), j=j.to(torch.long), shifts=shifts, ref_positions=pos.clone(), ref_cell=box.clone(),
-            list_cutoff=list_cutoff, max_shift=float(shifts.abs().max()) if shifts.numel() else 0.0,
+            i=i.to(device=pos.device, dtype=torch.long), j=j.to(device=pos.device, dtype=torch.long), shifts=shifts,
+            ref_positions=pos.clone(), ref_cell=box.clone(), list_cutoff=list_cutoff,
+            max_shift=float(shifts.abs().max()) if shifts.numel() else 0.0,
         )
 
     def _stale(self, state: SimState, entries: list[SystemPairs | None]) -> list[int]:
