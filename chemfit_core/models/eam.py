@@ -1,0 +1,339 @@
+"""Embedded-atom models: tabulated LAMMPS files and an analytic form that can be fitted.
+
+E = Σ_i F_{t_i}(ρ_i) + ½ Σ_{i≠j} φ_{t_i t_j}(r_ij),   ρ_i = Σ_{j≠i} ρ_{t_j}(r_ij)
+
+:class:`EAM` reads LAMMPS ``setfl`` (``pair_style eam/alloy``) and ``funcfl``
+(``pair_style eam``) files and interpolates them exactly as LAMMPS's ``pair_eam.cpp``
+does: the same cubic per grid interval (slopes from a five-point stencil), the same
+index clamping at the ends of the grids and the same linear extrapolation of F beyond
+the last tabulated density, so energies and forces agree with LAMMPS to rounding.
+
+:class:`AnalyticEAM` is a Finnis–Sinclair-type EAM with smooth cutoffs whose
+parameters are tensors (gradients by autograd); :meth:`AnalyticEAM.write_setfl`
+tabulates it for LAMMPS.
+
+Forces and stresses of both come from one autograd pass with respect to the pair
+vectors, assembled per atom and per system like the pair models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chemfit_core.models.base import Model
+from chemfit_core.neighbors import Pairs
+from chemfit_core.state import SimState
+
+# LAMMPS funcfl files tabulate the effective charge Z(r); φ(r) = 27.2·0.529·Z_i Z_j / r
+# (Hartree·Bohr in eV·Å, the factor LAMMPS uses).
+HARTREE_BOHR = 27.2 * 0.529
+
+
+def lammps_spline(values: np.ndarray) -> np.ndarray:
+    """Per-interval cubic coefficients [c3, c4, c5, c6] of LAMMPS's ``PairEAM::interpolate``.
+
+    f(m + p) = ((c3 p + c4) p + c5) p + c6 for 0 ≤ p ≤ 1 on interval m (grid units).
+    """
+    f = np.asarray(values, dtype=np.float64)
+    n = len(f)
+    if n < 5:
+        raise ValueError(f"an EAM table needs at least 5 points, got {n}")
+    slope = np.empty(n)
+    slope[0] = f[1] - f[0]
+    slope[1] = 0.5 * (f[2] - f[0])
+    slope[n - 2] = 0.5 * (f[n - 1] - f[n - 3])
+    slope[n - 1] = f[n - 1] - f[n - 2]
+    slope[2:n - 2] = ((f[0:n - 4] - f[4:n]) + 8.0 * (f[3:n - 1] - f[1:n - 3])) / 12.0
+    c4 = np.zeros(n)
+    c3 = np.zeros(n)
+    c4[:-1] = 3.0 * (f[1:] - f[:-1]) - 2.0 * slope[:-1] - slope[1:]
+    c3[:-1] = slope[:-1] + slope[1:] - 2.0 * (f[1:] - f[:-1])
+    return np.stack([c3, c4, slope, f], axis=1)
+
+
+def _evaluate(coeffs: torch.Tensor, x: torch.Tensor, delta: float, table: torch.Tensor | int = 0
+              ) -> torch.Tensor:
+    """Spline value at ``x`` with LAMMPS's clamping (index in [0, n−2], fraction ≤ 1)."""
+    n = coeffs.shape[-2]
+    p = x / delta
+    m = torch.clamp(p.detach().floor().long(), 0, n - 2)
+    frac = torch.clamp(p - m, max=1.0)
+    c = coeffs[table, m]
+    return ((c[..., 0] * frac + c[..., 1]) * frac + c[..., 2]) * frac + c[..., 3]
+
+
+def _read_numbers(lines: list[str], start: int, count: int) -> tuple[np.ndarray, int]:
+    """``count`` floats from ``lines[start:]`` (any number per line); returns values and next line."""
+    values: list[float] = []
+    line = start
+    while len(values) < count:
+        if line >= len(lines):
+            raise ValueError(f"file ends after {len(values)} of {count} expected values")
+        values.extend(float(v) for v in lines[line].replace("D", "E").split())
+        line += 1
+    if len(values) != count:
+        raise ValueError(f"expected {count} values, a line boundary gave {len(values)}")
+    return np.array(values), line
+
+
+class _EAMBase(Model):
+    """Energy assembly shared by the tabulated and analytic forms."""
+
+    def embedding(self, rho: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def density(self, r: torch.Tensor, tj: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pair(self, r: torch.Tensor, ti: torch.Tensor, tj: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, state: SimState, compute_stress: bool | None = None) -> dict[str, torch.Tensor]:
+        """Energies (eV), forces (eV/Å) and stresses (eV/Å³) of every system of ``state``."""
+        pairs = self.neighbor_list.pairs(state)
+        stress = self.compute_stress if compute_stress is None else compute_stress
+        return self.assemble(state, pairs, stress)
+
+    def assemble(self, state: SimState, pairs: Pairs, compute_stress: bool = True) -> dict[str, torch.Tensor]:
+        """Per-system energies and, by one autograd pass over the pair vectors, forces and stress."""
+        types = self.types(state)
+        with torch.enable_grad():
+            vectors = pairs.vectors(state)
+            r2 = (vectors * vectors).sum(0)
+            inside = torch.nonzero(r2 < self.cutoff**2).squeeze(1)
+            i, j, system = pairs.i[inside], pairs.j[inside], pairs.system[inside]
+            vectors = vectors[:, inside].detach().requires_grad_(True)
+            r = torch.sqrt((vectors * vectors).sum(0))
+            ti, tj = types[i], types[j]
+            # a half list: each pair adds to both atoms' densities (with the other's function)
+            rho = torch.zeros(state.n_atoms, dtype=r.dtype, device=state.device)
+            rho = rho.index_add(0, i, self.density(r, tj)).index_add(0, j, self.density(r, ti))
+            atom_energy = self.embedding(rho, types)
+            energy = torch.zeros(state.n_systems, dtype=r.dtype, device=state.device)
+            energy = energy.index_add(0, state.system_idx, atom_energy)
+            energy = energy.index_add(0, system, self.pair(r, ti, tj))
+            needs_graph = any(p.requires_grad for p in self.parameters()) and torch.is_grad_enabled()
+            (grad,) = torch.autograd.grad(energy.sum(), vectors, create_graph=needs_graph)
+        forces = torch.zeros((3, state.n_atoms), dtype=grad.dtype, device=state.device)
+        forces = forces.index_add(1, i, grad).index_add(1, j, -grad).T
+        out = {"energy": energy if needs_graph else energy.detach(), "forces": forces}
+        if compute_stress:
+            virial = torch.zeros(state.n_systems, 3, 3, dtype=grad.dtype, device=state.device)
+            virial = virial.index_add(0, system, torch.einsum("ap,bp->pab", vectors.detach(), grad))
+            volume = torch.linalg.det(state.cell).abs().clamp_min(1e-30)
+            stress_tensor = virial / volume.view(-1, 1, 1)
+            periodic = state.pbc.all(dim=1).view(-1, 1, 1)
+            out["stress"] = torch.where(periodic, stress_tensor, torch.zeros_like(stress_tensor))
+        return out
+
+
+class EAM(_EAMBase):
+    """Tabulated EAM from a LAMMPS ``setfl`` or ``funcfl`` file (LAMMPS interpolation).
+
+    Use :meth:`from_setfl` (``pair_style eam/alloy``) or :meth:`from_funcfl`
+    (``pair_style eam``, one element). The tables are buffers, not parameters: a
+    tabulated potential is evaluated, not fitted (fit :class:`AnalyticEAM`).
+    """
+
+    def __init__(self, species: Sequence[int], frho: np.ndarray, rhor: np.ndarray, z2r: np.ndarray,
+                 drho: float, dr: float, cutoff: float, *, style: str, file: Path | None = None,
+                 elements: Sequence[str] = (), skin: float = 0.5, compute_stress: bool = True):
+        super().__init__(cutoff, species, skin, compute_stress)
+        n = len(self.species)
+        if frho.shape[0] != n or rhor.shape[0] != n or z2r.shape[:2] != (n, n):
+            raise ValueError("EAM tables do not match the number of species")
+        self.drho, self.dr = float(drho), float(dr)
+        self.rhomax = (frho.shape[1] - 1) * self.drho
+        self.style, self.file, self.elements = style, file, list(elements)
+        spline = lambda rows: torch.from_numpy(np.stack([lammps_spline(v) for v in rows]))  # noqa: E731
+        self.register_buffer("frho_spline", spline(frho))
+        self.register_buffer("rhor_spline", spline(rhor))
+        self.register_buffer("z2r_spline", spline(z2r.reshape(n * n, -1)))
+
+    @classmethod
+    def from_setfl(cls, path: str | Path, species: Sequence[int] | None = None, **options) -> EAM:
+        """Read a DYNAMO ``setfl`` file (``*.eam.alloy``), all its elements in file order."""
+        from ase.data import atomic_numbers
+
+        path = Path(path)
+        lines = path.read_text().splitlines()
+        try:
+            header = lines[3].split()
+            elements = header[1:1 + int(header[0])]
+            nrho, drho, nr, dr, cutoff = lines[4].split()[:5]
+            nrho, nr, drho, dr, cutoff = int(nrho), int(nr), float(drho), float(dr), float(cutoff)
+            line = 5
+            frho, rhor = [], []
+            for _ in elements:
+                line += 1  # Z, mass, lattice constant, lattice
+                values, line = _read_numbers(lines, line, nrho)
+                frho.append(values)
+                values, line = _read_numbers(lines, line, nr)
+                rhor.append(values)
+            n = len(elements)
+            z2r = np.zeros((n, n, nr))
+            for a in range(n):
+                for b in range(a + 1):
+                    z2r[a, b], line = _read_numbers(lines, line, nr)
+                    z2r[b, a] = z2r[a, b]
+        except (IndexError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable setfl file ({exc})") from None
+        if species is not None and list(species) != [atomic_numbers[e] for e in elements]:
+            raise ValueError(f"{path} holds {elements}; species {list(species)} do not match")
+        return cls([atomic_numbers[e] for e in elements], np.array(frho), np.array(rhor), z2r, drho, dr,
+                   cutoff, style="eam/alloy", file=path, elements=elements, **options)
+
+    @classmethod
+    def from_funcfl(cls, path: str | Path, species: Sequence[int] | None = None, **options) -> EAM:
+        """Read a DYNAMO ``funcfl`` file (``*.eam``, one element); φ = 27.2·0.529·Z(r)²/r."""
+        from ase.data import chemical_symbols
+
+        path = Path(path)
+        lines = path.read_text().splitlines()
+        try:
+            z = int(lines[1].split()[0])
+            nrho, drho, nr, dr, cutoff = lines[2].split()[:5]
+            nrho, nr, drho, dr, cutoff = int(nrho), int(nr), float(drho), float(dr), float(cutoff)
+            frho, line = _read_numbers(lines, 3, nrho)
+            zr, line = _read_numbers(lines, line, nr)
+            rhor, line = _read_numbers(lines, line, nr)
+        except (IndexError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable funcfl file ({exc})") from None
+        if species is not None and list(species) != [z]:
+            raise ValueError(f"{path} is for Z={z}; species {list(species)} do not match")
+        # LAMMPS (file2array) tabulates F on nrho+1 points, the last one repeating the
+        # file's last value, over the same grid spacing; z2r = 27.2*0.529*Z*Z.
+        frho = np.append(frho, frho[-1])
+        z2r = HARTREE_BOHR * zr * zr
+        return cls([z], frho[None], rhor[None], z2r[None, None], drho, dr, cutoff, style="eam", file=path,
+                   elements=[chemical_symbols[z]], **options)
+
+    def embedding(self, rho, types):
+        value = _evaluate(self.frho_spline, rho, self.drho, types)
+        # LAMMPS continues F linearly (with the slope at the end of its table) beyond rhomax
+        beyond = torch.clamp(rho - self.rhomax, min=0.0)
+        n = self.frho_spline.shape[1]
+        slope = (3 * self.frho_spline[types, n - 2, 0] + 2 * self.frho_spline[types, n - 2, 1]
+                 + self.frho_spline[types, n - 2, 2]) / self.drho
+        return value + slope * beyond
+
+    def density(self, r, tj):
+        return _evaluate(self.rhor_spline, r, self.dr, tj)
+
+    def pair(self, r, ti, tj):
+        return _evaluate(self.z2r_spline, r, self.dr, ti * len(self.species) + tj) / r
+
+    def lammps_commands(self, species: Sequence[str]) -> list[str]:
+        """The same potential in LAMMPS input commands (the file it was read from)."""
+        if self.file is None:
+            raise ValueError("this EAM was not read from a file")
+        if self.style == "eam":
+            return ["pair_style eam", f"pair_coeff * * {self.file}"]
+        return ["pair_style eam/alloy", f"pair_coeff * * {self.file} {' '.join(species)}"]
+
+
+def smooth_cutoff(r: torch.Tensor, cutoff: float, width: float) -> torch.Tensor:
+    """ψ(x) = x⁴/(1+x⁴), x = (r − cutoff)/width, for r < cutoff, 0 beyond: C² at the cutoff."""
+    x = torch.clamp((r - cutoff) / width, max=0.0)
+    x4 = x**4
+    return x4 / (1 + x4)
+
+
+class AnalyticEAM(_EAMBase):
+    """Finnis–Sinclair-type EAM for one element, all parameters fittable (autograd).
+
+    φ(r) = D [e^{−2α(r−r0)} − 2 e^{−α(r−r0)}] ψ(r)  (pair, eV)
+    ρ(r) = e^{−β(r/re − 1)} ψ(r)                       (density, dimensionless)
+    F(ρ) = −A √ρ                                        (embedding, eV)
+
+    with ψ the smooth cutoff of :func:`smooth_cutoff` (``cutoff``, ``width`` in Å).
+
+    Args:
+        D: pair well depth, eV.  alpha: pair stiffness, 1/Å.  r0: pair minimum, Å.
+        A: embedding strength, eV.  beta: density decay (dimensionless).  re: density
+        reference distance, Å.  cutoff, width: Å.  species: atomic number(s), one element.
+    """
+
+    PARAMETERS = ("D", "alpha", "r0", "A", "beta", "re")
+
+    def __init__(self, D: float = 0.05, alpha: float = 1.5, r0: float = 2.8, A: float = 1.2,
+                 beta: float = 5.0, re: float = 2.556, cutoff: float = 5.5, width: float = 1.0,
+                 species: Sequence[int] | int = (29,), skin: float = 0.5, compute_stress: bool = True):
+        species = [species] if isinstance(species, int) else list(species)
+        if len(species) != 1:
+            raise ValueError("AnalyticEAM describes one element")
+        super().__init__(cutoff, species, skin, compute_stress)
+        self.width = float(width)
+        for name, value in zip(self.PARAMETERS, (D, alpha, r0, A, beta, re)):
+            setattr(self, name, torch.nn.Parameter(torch.tensor(float(value), dtype=torch.float64)))
+
+    def parameters_dict(self) -> dict[str, float]:
+        """Current parameter values (eV, Å, 1/Å)."""
+        return {name: getattr(self, name).item() for name in self.PARAMETERS}
+
+    def set_parameters(self, values: Mapping[str, float]) -> None:
+        """Overwrite parameters by name; an unknown name is an error."""
+        for name, value in values.items():
+            if name not in self.PARAMETERS:
+                raise KeyError(f"AnalyticEAM has no parameter {name!r}; it has {self.PARAMETERS}")
+            with torch.no_grad():
+                getattr(self, name).fill_(float(value))
+
+    def _p(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        return getattr(self, name).to(like.dtype)
+
+    def embedding(self, rho, types):
+        # √ρ has an infinite slope at 0: an isolated atom (ρ = 0) gets F = 0 and no force
+        safe = torch.where(rho > 0, rho, torch.ones_like(rho))
+        return torch.where(rho > 0, -self._p("A", rho) * torch.sqrt(safe), torch.zeros_like(rho))
+
+    def density(self, r, tj=None):
+        return torch.exp(-self._p("beta", r) * (r / self._p("re", r) - 1)) * smooth_cutoff(r, self.cutoff,
+                                                                                              self.width)
+
+    def pair(self, r, ti=None, tj=None):
+        a = torch.exp(-self._p("alpha", r) * (r - self._p("r0", r)))
+        return self._p("D", r) * (a * a - 2 * a) * smooth_cutoff(r, self.cutoff, self.width)
+
+    def write_setfl(self, path: str | Path, nrho: int = 10000, rhomax: float | None = None, nr: int = 10000,
+                    comment: str = "chemfit_core AnalyticEAM") -> Path:
+        """Tabulate the model as a LAMMPS ``setfl`` file (``pair_style eam/alloy``); returns the path.
+
+        ``rhomax`` defaults to 50 × ρ(re) (twelve neighbours at 0.8·re stay inside the table);
+        LAMMPS continues F linearly beyond it.
+        """
+        from ase.data import atomic_masses, chemical_symbols, reference_states
+
+        z = self.species[0]
+        symbol = chemical_symbols[z]
+        if rhomax is None:
+            with torch.no_grad():
+                rhomax = 50 * float(self.density(self.re.detach().clone()))
+        dr = self.cutoff / (nr - 1)
+        drho = rhomax / (nrho - 1)
+        with torch.no_grad():
+            r = torch.arange(nr, dtype=torch.float64) * dr
+            rho_grid = torch.arange(nrho, dtype=torch.float64) * drho
+            frho = self.embedding(rho_grid, None).numpy()
+            rhor = self.density(r).numpy()
+            z2r = (r * self.pair(r)).numpy()
+        state = reference_states[z] or {}
+        lattice = state.get("a", 0.0)
+        structure = state.get("symmetry", "fcc")
+
+        def block(values: np.ndarray) -> str:
+            return "\n".join(" ".join(f"{v:.16e}" for v in values[k:k + 5]) for k in range(0, len(values), 5))
+
+        path = Path(path)
+        text = "\n".join([
+            comment, f"parameters {self.parameters_dict()}", f"cutoff {self.cutoff} width {self.width}",
+            f"1 {symbol}", f"{nrho} {drho!r} {nr} {dr!r} {self.cutoff!r}",
+            f"{z} {atomic_masses[z]:.4f} {lattice} {structure}", block(frho), block(rhor), block(z2r), "",
+        ])
+        path.write_text(text)
+        return path
