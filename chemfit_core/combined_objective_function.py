@@ -218,6 +218,7 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
         values = list(values)
         ctx.meta["terms"] = values
         ctx.meta["term_names"] = self.names
+        ctx.meta["weights"] = self.weights
         ctx.meta["skipped_indices"] = [i for i, v in enumerate(values) if v is None]
         with self._last_lock:
             self._last_contributions = values

@@ -68,6 +68,7 @@ class Evaluation:
     wall_time_s: float = 0.0
     error: str | None = None
     properties: list[dict[str, Any] | None] | None = None  # per term, from ctx.meta["properties"]
+    residuals: list[float] | None = None  # weighted residual vector, when the terms give one
 
 
 @dataclass
@@ -87,6 +88,15 @@ class FitResult:
     wall_time_s: float
     history: list[Evaluation] = field(default_factory=list)
     optimizer_result: Any = None
+    covariance: np.ndarray | None = None  # of the flat parameters, in their units
+    parameter_names: list[str] | None = None
+    reduced_chi2: float | None = None
+
+    def standard_errors(self) -> dict[str, float]:
+        """One-sigma uncertainty of each (flat) parameter from the covariance."""
+        if self.covariance is None or self.parameter_names is None:
+            return {}
+        return {n: float(np.sqrt(max(v, 0.0))) for n, v in zip(self.parameter_names, np.diag(self.covariance))}
 
     @property
     def x(self) -> dict[str, Any]:
@@ -114,6 +124,10 @@ class FitResult:
             "n_evaluations": self.n_evaluations,
             "wall_time_s": self.wall_time_s,
             "history": [asdict(e) for e in self.history],
+            "covariance": None if self.covariance is None else self.covariance.tolist(),
+            "parameter_names": self.parameter_names,
+            "standard_errors": self.standard_errors(),
+            "reduced_chi2": self.reduced_chi2,
         }
 
     def history_frame(self):
@@ -219,6 +233,7 @@ class Fitter:
             self._offset[:] = 0.0
             self._scale[:] = 1.0
         self._best: Evaluation | None = None
+        self._last_jacobian: np.ndarray | None = None
 
     # -- public API -----------------------------------------------------------------------
     def register_callback(self, func: Callable[[int, list[Evaluation]], None], n_steps: int) -> None:
@@ -246,6 +261,65 @@ class Fitter:
             **kwargs,
         )
         return self._finish(method, raw, bool(raw.success), str(raw.message), start)
+
+    def fit_least_squares(self, method: str = "trf", jac: str = "2-point", **kwargs: Any) -> dict[str, Any]:
+        """Minimise Σ r² with ``scipy.optimize.least_squares`` over the terms' residuals.
+
+        Terms report their residuals ((value − reference)/denominator) in
+        ``ctx.meta["residuals"]``; a combined objective's weights scale them by √w.
+        ``jac="analytic"`` uses the Jacobians terms report in ``ctx.meta["jacobian"]``
+        (``{parameter: [d r_k / d parameter]}``, e.g. fluctuation formulas of MD
+        averages), so one evaluation gives residuals and derivatives; otherwise
+        scipy's finite differences (``"2-point"``, ``"3-point"``). Sets
+        ``result.covariance`` = (JᵀJ)⁻¹ at the optimum (denominators read as 1σ
+        uncertainties), scaled by the reduced χ² when there are more residuals
+        than parameters and χ² > 1.
+        """
+        cache: dict[bytes, tuple[np.ndarray, np.ndarray | None]] = {}
+
+        def evaluate(z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            key = np.asarray(z, dtype=float).tobytes()
+            if key not in cache:
+                self._evaluate_internal(z)
+                record = self.history[-1]
+                if record.residuals is None:
+                    raise ValueError("least-squares fitting needs terms that report residuals in ctx.meta['residuals']")
+                cache.clear()
+                cache[key] = (np.asarray(record.residuals, dtype=float), self._last_jacobian)
+            return cache[key]
+
+        def jacobian(z: np.ndarray) -> np.ndarray:
+            r, j = evaluate(z)
+            if j is None:
+                raise ValueError("jac='analytic' needs terms that report ctx.meta['jacobian']")
+            return j * self._scale  # d r / d z = d r / d x * dx/dz
+
+        lower, upper = self._to_internal(self._lower), self._to_internal(self._upper)
+        start = time.monotonic()
+        self._announce(f"least squares ({method}, jac={jac})")
+        raw = scipy.optimize.least_squares(
+            lambda z: evaluate(z)[0], self._to_internal(self._x0()),
+            jac=jacobian if jac == "analytic" else jac, bounds=(lower, upper), method=method, **kwargs,
+        )
+        params = self._finish(method, raw, bool(raw.success), str(raw.message), start)
+        j_internal = jacobian(raw.x) if jac == "analytic" else np.asarray(raw.jac)
+        self._store_covariance(j_internal / self._scale, np.asarray(raw.fun))
+        return params
+
+    def _store_covariance(self, j_phys: np.ndarray, residuals: np.ndarray) -> None:
+        m, n = j_phys.shape
+        try:
+            cov = np.linalg.inv(j_phys.T @ j_phys)
+        except np.linalg.LinAlgError:
+            logger.warning("Jacobian is singular at the optimum: parameters are not all determined by the data")
+            return
+        chi2 = float(residuals @ residuals / (m - n)) if m > n else None
+        if chi2 is not None and chi2 > 1:
+            cov = cov * chi2
+        assert self.result is not None
+        self.result.covariance = cov
+        self.result.parameter_names = list(self.names)
+        self.result.reduced_chi2 = chi2
 
     def fit_global(
         self, method: str = "differential_evolution", seed: int | None = None, **kwargs: Any
@@ -338,7 +412,11 @@ class Fitter:
             wall_time_s=wall,
             error=error,
             properties=_term_properties(ctx),
+            residuals=None,
         )
+        residuals, jacobian = _residuals_and_jacobian(ctx, self.names)
+        evaluation.residuals = None if residuals is None else residuals.tolist()
+        self._last_jacobian = jacobian
         self.history.append(evaluation)
         if error is None and (self._best is None or value < self._best.objective):
             self._best = evaluation
@@ -394,6 +472,32 @@ class Fitter:
                 margin = self.near_bound_tol * (hi - lo)
                 if flat[name] < lo + margin or flat[name] > hi - margin:
                     logger.warning("parameter %s = %g is near its bounds [%g, %g]", name, flat[name], lo, hi)
+
+
+def _residuals_and_jacobian(ctx: EvaluateContext, names: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Weighted residual vector (and Jacobian over ``names``) of an evaluation, when terms give them."""
+    if "residuals" in ctx.meta:
+        parts = [(1.0, ctx.meta)]
+    elif ctx.meta.get("children") and "weights" in ctx.meta:
+        parts = [(w, child.get("meta", {})) for w, child in zip(ctx.meta["weights"], ctx.meta["children"])]
+        if not all("residuals" in meta for w, meta in parts if w > 0):
+            return None, None
+    else:
+        return None, None
+    residuals, rows, complete = [], [], True
+    for weight, meta in parts:
+        if weight == 0 or "residuals" not in meta:
+            continue
+        r = np.sqrt(weight) * np.asarray(meta["residuals"], dtype=float)
+        residuals.append(r)
+        jac = meta.get("jacobian")
+        if jac is None:
+            complete = False
+            continue
+        rows.append(np.sqrt(weight) * np.column_stack([np.asarray(jac.get(n, np.zeros(len(r))), dtype=float)
+                                                       for n in names]))
+    vector = np.concatenate(residuals) if residuals else np.zeros(0)
+    return vector, (np.vstack(rows) if complete and rows else None)
 
 
 def _term_properties(ctx: EvaluateContext) -> list[dict[str, Any] | None] | None:

@@ -171,3 +171,47 @@ def test_callbacks_run_every_n_evaluations():
     fitter.register_callback(lambda n, history: calls.append(n), n_steps=5)
     fitter.fit_scipy(method="Nelder-Mead", options={"maxfev": 20})
     assert calls == [5, 10, 15, 20]
+
+
+class LinearDataTerm:
+    """Residuals (a x_k + b − y_k)/s of a straight-line fit, with their exact Jacobian."""
+
+    def __init__(self, x, y, s):
+        self.x, self.y, self.s = x, y, s
+
+    def __call__(self, p, ctx=None):
+        residuals = [(p["a"] * x + p["b"] - y) / self.s for x, y in zip(self.x, self.y)]
+        if ctx is not None:
+            ctx.meta["residuals"] = residuals
+            ctx.meta["jacobian"] = {"a": [x / self.s for x in self.x], "b": [1 / self.s] * len(self.x)}
+        return math.fsum(r * r for r in residuals)
+
+
+@pytest.mark.parametrize("jac", ["2-point", "analytic"])
+def test_least_squares_gives_the_linear_regression_and_its_standard_errors(jac):
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    x = np.linspace(0, 10, 30)
+    s = 0.5
+    y = 1.7 * x - 2.0 + rng.normal(0, s, x.size)
+    half = len(x) // 2  # two terms: the residuals of a combined objective are stacked
+    cob = CombinedObjectiveFunction([LinearDataTerm(x[:half], y[:half], s), LinearDataTerm(x[half:], y[half:], s)])
+    fitter = Fitter(cob, {"a": 0.0, "b": 0.0}, progress=False)
+    params = fitter.fit_least_squares(jac=jac)
+    design = np.column_stack([x, np.ones_like(x)])
+    exact, *_ = np.linalg.lstsq(design, y, rcond=None)
+    assert [params["a"], params["b"]] == pytest.approx(exact, abs=1e-6)
+    covariance = np.linalg.inv(design.T @ design) * s**2
+    chi2 = float(np.sum((design @ exact - y) ** 2) / s**2 / (len(x) - 2))
+    expected = np.sqrt(np.diag(covariance * max(chi2, 1.0)))
+    errors = fitter.result.standard_errors()
+    assert [errors["a"], errors["b"]] == pytest.approx(expected, rel=1e-4)
+    assert fitter.result.reduced_chi2 == pytest.approx(chi2, rel=1e-6)
+    assert fitter.result.to_dict()["standard_errors"] == errors
+
+
+def test_least_squares_needs_residuals():
+    fitter = Fitter(lambda p: (p["a"] - 1) ** 2, {"a": 0.0}, progress=False)
+    with pytest.raises(ValueError, match="report residuals"):
+        fitter.fit_least_squares()
