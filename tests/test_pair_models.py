@@ -346,3 +346,13 @@ def test_two_species_table_gradient_matches_symmetric_finite_difference():
             numeric = (values[0] - values[1]) / (2 * h)
             analytic = grad[i, j] + (grad[j, i] if i != j else 0)
             assert analytic.item() == pytest.approx(numeric, rel=1e-6), (name, i, j)
+
+
+def test_lj_tail_correction_equals_lammps_pair_modify_tail(tmp_path):
+    structures = crystals("Ar", 5.26, 6, seed=21)
+    model = LennardJones(**LJ, tail_correction=True)
+    ref = lammps_reference(structures, model.lammps_commands(["Ar"]), tmp_path, ["Ar"])
+    assert_matches(evaluate(model, structures), ref)
+    plain = evaluate(LennardJones(**LJ), structures)
+    # the correction is a real, negative energy (attractive tail) that LAMMPS also counts
+    assert all(t["energy"] < p["energy"] for t, p in zip(evaluate(model, structures), plain))

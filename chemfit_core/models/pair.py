@@ -42,20 +42,53 @@ class LennardJones(PairModel):
         cutoff: Å.
         species: atomic numbers (default argon).
         shift: subtract E(cutoff) so the energy is continuous (``pair_modify shift yes``).
+        tail_correction: add LAMMPS's mean-field tail energy and pressure beyond the
+            cutoff (``pair_modify tail yes``; periodic systems, uniform density assumed).
     """
 
     def __init__(self, epsilon, sigma, cutoff: float, species: Sequence[int] = (18,), shift: bool = False,
-                 skin: float = 0.5, compute_stress: bool = True):
+                 skin: float = 0.5, compute_stress: bool = True, tail_correction: bool = False):
         super().__init__(cutoff, species, skin, compute_stress)
         n = len(self.species)
         self.epsilon = torch.nn.Parameter(_pair_table(epsilon, n, "epsilon"))
         self.sigma = torch.nn.Parameter(_pair_table(sigma, n, "sigma"))
         self.shift = shift
+        self.tail_correction = tail_correction
+
+    def forward(self, state, compute_stress: bool | None = None):
+        """Pair sum, plus the tail correction when enabled."""
+        out = super().forward(state, compute_stress)
+        if not self.tail_correction:
+            return out
+        # LAMMPS pair_lj_cut: etail_ij = 8 pi N_i N_j eps sig^6 (sig^6 - 3 rc^6) / (9 rc^9), counted
+        # twice for i != j; E += etail / V and the pressure tensor's diagonal gets ptail / V^2.
+        dtype = out["energy"].dtype
+        types = self.types(state)
+        n_types = len(self.species)
+        counts = torch.zeros(state.n_systems, n_types, dtype=dtype, device=state.device)
+        counts = counts.index_put((state.system_idx, types), torch.ones_like(types, dtype=dtype), accumulate=True)
+        eps, sig = self.epsilon.to(dtype), self.sigma.to(dtype)
+        sig6 = sig**6
+        rc3 = self.cutoff**3
+        prefactor = 8 * torch.pi * eps * sig6 / (9 * rc3**3)
+        etail_table = prefactor * (sig6 - 3 * rc3 * rc3)
+        ptail_table = 2 * prefactor * (2 * sig6 - 3 * rc3 * rc3)
+        pairs = counts.unsqueeze(2) * counts.unsqueeze(1)  # N_i N_j, both orders
+        etail = (pairs * etail_table).sum((1, 2))
+        ptail = (pairs * ptail_table).sum((1, 2))
+        periodic = state.pbc.all(dim=1)
+        volume = torch.linalg.det(state.cell).abs().clamp_min(1e-30)
+        out["energy"] = out["energy"] + torch.where(periodic, etail / volume, torch.zeros_like(etail))
+        if "stress" in out:
+            eye = torch.eye(3, dtype=dtype, device=state.device)
+            tail_stress = -(ptail / volume**2).view(-1, 1, 1) * eye
+            out["stress"] = out["stress"] + torch.where(periodic.view(-1, 1, 1), tail_stress, torch.zeros_like(tail_stress))
+        return out
 
     def lammps_commands(self, species: Sequence[str]) -> list[str]:
         """The same potential in LAMMPS input commands (types numbered in ``self.species`` order)."""
         return [f"pair_style lj/cut {self.cutoff!r}", *_pair_coeff_lines([self.epsilon, self.sigma]),
-                f"pair_modify shift {'yes' if self.shift else 'no'}"]
+                f"pair_modify shift {'yes' if self.shift else 'no'} tail {'yes' if self.tail_correction else 'no'}"]
 
     def pair_terms(self, r2, ti, tj):
         """LJ energy and (dE/dr)/r from r² (eV, eV/Å²); no square root needed."""
