@@ -63,9 +63,14 @@ class LiquidProperties:
 
 
 def liquid_properties(
-    thermo: Mapping[str, np.ndarray], temperature_K: float, n_blocks: int = 5
+    thermo: Mapping[str, np.ndarray], temperature_K: float, n_blocks: int = 5, pressure_bar: float | None = None
 ) -> LiquidProperties:
     """Density and ΔHvap from a production thermo table.
+
+    ΔHvap = −U/N − p V/N + RT (ideal gas). ``pressure_bar`` is the barostat's set point,
+    used for p (H = U + p_ext V, the NPT enthalpy, as ForceBalance does); without it the
+    instantaneous pressure is used, which adds its fluctuations (±0.03 kJ/mol for
+    argon) and makes the parameter derivative of H depend on the virial.
 
     The table needs the columns ``Atoms``, ``PotEng`` (total, eV: ``thermo_modify
     norm no``), ``Density`` (g/cm³), ``Volume`` (Å³), ``Press`` (bar) and ``Temp``
@@ -82,7 +87,8 @@ def liquid_properties(
         raise ChemFitError("atoms were lost during the production run")
     density, density_sem = block_average(thermo["Density"] * 1000.0, n_blocks)  # g/cm³ → kg/m³
     u_kj = thermo["PotEng"] / n_atoms * EV_PER_ATOM_TO_KJ_PER_MOL
-    pv_kj = thermo["Press"] * thermo["Volume"] / n_atoms * BAR_A3_TO_KJ_PER_MOL
+    pressure = thermo["Press"] if pressure_bar is None else pressure_bar
+    pv_kj = pressure * thermo["Volume"] / n_atoms * BAR_A3_TO_KJ_PER_MOL
     hvap_samples = -u_kj - pv_kj + GAS_CONSTANT_KJ_PER_MOL_K * temperature_K
     hvap, hvap_sem = block_average(hvap_samples, n_blocks)
     return LiquidProperties(
@@ -97,9 +103,10 @@ def liquid_properties(
     )
 
 
-def properties_from_log(log_path: Path | str, temperature_K: float, n_blocks: int = 5) -> LiquidProperties:
+def properties_from_log(log_path: Path | str, temperature_K: float, n_blocks: int = 5,
+                        pressure_bar: float | None = None) -> LiquidProperties:
     """:func:`liquid_properties` of the last ``run`` in a LAMMPS log."""
-    return liquid_properties(read_thermo(log_path)[-1], temperature_K, n_blocks)
+    return liquid_properties(read_thermo(log_path)[-1], temperature_K, n_blocks, pressure_bar)
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,12 @@ class Reference:
 class LiquidStatePointTerm(ObjectiveFunctor):
     """One NPT simulation at (T, p) with its own seed; loss = Σ ((x − x_ref)/d)².
 
+    Reports ``ctx.meta["properties"]`` and the residuals (x − x_ref)/d in
+    ``ctx.meta["residuals"]``. With ``form`` given, it also saves frames every
+    ``dump_every`` steps and reports the residuals' derivatives with respect to the
+    fit's parameters in ``ctx.meta["jacobian"]``, from the fluctuation formula
+    (:mod:`chemfit_core.fluctuation`): gradients from the same single run.
+
     Args:
         name: label of the term (logs, errors, work directories).
         template: LAMMPS input template (Jinja) of the NPT run.
@@ -124,6 +137,8 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         template_variables: further fixed template values (cell count, run lengths...).
         n_blocks: blocks for the standard errors.
         command_timeout: seconds one run may take.
+        form: the potential form (:mod:`chemfit_core.forms`), for gradients.
+        dump_every: steps between frames saved for gradients (a multiple of ``thermo_every``).
     """
 
     def __init__(
@@ -139,6 +154,8 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         n_blocks: int = 5,
         command_timeout: float | None = 3600.0,
         keep_workdirs: bool = False,
+        form: Any | None = None,
+        dump_every: int = 100,
     ):
         unknown = set(references) - set(PROPERTY_UNITS)
         if unknown:
@@ -149,37 +166,108 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         self.references = dict(references)
         self.seed = seed
         self.n_blocks = n_blocks
+        self.form = form
+        self.keep_workdirs = keep_workdirs
         variables = {
             "temperature_K": temperature_K,
             "pressure_bar": pressure_bar,
             "seed": seed,
             "kB_eV_per_K": KB_EV_PER_K,
+            "dump_every": dump_every if form is not None else 0,
             **(template_variables or {}),
         }
+        if form is not None and dump_every % int(variables.get("thermo_every", 1)):
+            raise ValueError(f"{name}: dump_every ({dump_every}) must be a multiple of thermo_every")
         self.computer = LammpsQuantityComputer(
             template,
             workdir,
             output_parsers=[self._parse],
             template_variables=variables,
             command_timeout=command_timeout,
-            delete_temp_workdirs=not keep_workdirs,
+            delete_temp_workdirs=False,  # the frames are read after parsing; removed below
             name=name,
         )
 
     def _parse(self, output_files: list[Path]) -> dict[str, Any]:
         log = next(p for p in output_files if p.name == "log.lammps")
-        return properties_from_log(log, self.temperature_K, self.n_blocks).as_dict()
+        thermo = read_thermo(log)[-1]
+        properties = liquid_properties(thermo, self.temperature_K, self.n_blocks, self.pressure_bar).as_dict()
+        properties["_thermo"] = thermo
+        return properties
 
     def loss(self, properties: Mapping[str, float]) -> float:
         """Σ over referenced properties of ((value − reference)/denominator)²."""
-        return math.fsum(
-            ((properties[key] - ref.value) / ref.denominator) ** 2 for key, ref in self.references.items()
-        )
+        return math.fsum(r * r for r in self.residuals(properties))
+
+    def residuals(self, properties: Mapping[str, float]) -> list[float]:
+        """(value − reference)/denominator for each referenced property, in a fixed order."""
+        return [(properties[key] - ref.value) / ref.denominator for key, ref in self.references.items()]
 
     def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
         if ctx is None:
             ctx = EvaluateContext()
-        properties = self.computer(parameters, ctx)
-        ctx.meta["properties"] = properties
-        ctx.loss = self.loss(properties)
+        quantities = dict(self.computer(parameters, ctx))
+        workdir = Path(ctx.meta["workdir"])
+        try:
+            thermo = quantities.pop("_thermo")
+            if self.form is not None:
+                gradients = self.property_gradients(parameters, thermo, workdir / "frames.dump")
+                quantities["gradients"] = gradients
+                ctx.meta["jacobian"] = {
+                    name: [gradients[key][name] / ref.denominator for key, ref in self.references.items()]
+                    for name in parameters
+                }
+        finally:
+            if not self.keep_workdirs:
+                import shutil
+
+                shutil.rmtree(workdir, ignore_errors=True)
+                ctx.meta.pop("workdir", None)
+        ctx.meta["properties"] = {k: v for k, v in quantities.items() if k != "gradients"}
+        ctx.meta["residuals"] = self.residuals(quantities)
+        ctx.quantities = quantities
+        ctx.loss = self.loss(quantities)
         return ctx.loss
+
+    def property_gradients(
+        self, parameters: Mapping[str, float], thermo: Mapping[str, np.ndarray], dump: Path
+    ) -> dict[str, dict[str, float]]:
+        """d⟨density⟩/dθ (kg/m³ per unit) and d⟨ΔHvap⟩/dθ (kJ/mol per unit) by the fluctuation formula,
+        with block standard errors (keys ``..._sem``)."""
+        from chemfit_core.fluctuation import (
+            energy_derivatives,
+            fluctuation_gradient,
+            fluctuation_gradient_sem,
+            read_frames,
+        )
+
+        frames = read_frames(dump, [self.form.element])
+        steps = [int(f.info["timestep"]) for f in frames]
+        row = {int(s): k for k, s in enumerate(thermo["Step"])}
+        missing = [s for s in steps if s not in row]
+        if missing:
+            raise ChemFitError(f"{dump}: frames at steps {missing[:3]} have no thermo row; dump_every must be a "
+                               "multiple of thermo_every")
+        rows = np.array([row[s] for s in steps])
+        model = self.form.model(parameters)
+        energy, d_energy = energy_derivatives(frames, model, self.form.model_tensors, parameters)
+        lammps_energy = thermo["PotEng"][rows]
+        worst = float(np.max(np.abs(energy - lammps_energy) / np.abs(lammps_energy)))
+        if worst > 1e-7:
+            raise ChemFitError(f"{self.name}: the torch model's frame energies differ from LAMMPS's by up to "
+                               f"{worst:.1e} (relative): the model and the template disagree")
+        n_atoms = int(thermo["Atoms"][-1])
+        beta = 1.0 / (KB_EV_PER_K * self.temperature_K)
+        density = thermo["Density"][rows] * 1000.0
+        u_kj = lammps_energy / n_atoms * EV_PER_ATOM_TO_KJ_PER_MOL
+        pv_kj = self.pressure_bar * thermo["Volume"][rows] / n_atoms * BAR_A3_TO_KJ_PER_MOL
+        hvap = -u_kj - pv_kj + GAS_CONSTANT_KJ_PER_MOL_K * self.temperature_K
+        d_hvap_direct = -d_energy / n_atoms * EV_PER_ATOM_TO_KJ_PER_MOL
+        names = list(parameters)
+        out = {}
+        for key, samples, direct in (("density_kg_m3", density, None), ("hvap_kJ_mol", hvap, d_hvap_direct)):
+            grad = fluctuation_gradient(samples, d_energy, beta, direct)
+            sem = fluctuation_gradient_sem(samples, d_energy, beta, direct, self.n_blocks)
+            out[key] = dict(zip(names, map(float, grad)))
+            out[f"{key}_sem"] = dict(zip(names, map(float, sem)))
+        return out

@@ -314,7 +314,9 @@ def analyse_validation(
     rows = []
     for state, paths in logs.items():
         sp = state_point(fit, state)
-        measured = [properties_from_log(p, sp["temperature_K"], n_blocks).as_dict() for p in paths]
+        measured = [
+            properties_from_log(p, sp["temperature_K"], n_blocks, sp["pressure_bar"]).as_dict() for p in paths
+        ]
         for key, unit in PROPERTY_UNITS.items():
             values = np.array([m[key] for m in measured])
             sems = np.array([m[f"{key}_sem"] for m in measured])
