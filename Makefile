@@ -33,6 +33,7 @@ lint: install
 
 bench: install
 	python bench/async_overhead.py
+	python bench/relax_throughput.py
 
 clean:
 	rm -rf results logs benchmarks work .snakemake

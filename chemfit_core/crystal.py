@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from chemfit_core.errors import ChemFitError
 from chemfit_core.relax import relax_structures
 
 EV_A3_TO_GPA = 160.21766208
@@ -104,6 +105,13 @@ def crystal_properties(model: Any, setup: CrystalSetup, wanted: Iterable[str] = 
     ground = relaxed.structures[0]
     e0 = relaxed.energies[0] / len(ground)
     a0 = float((ground.get_volume() * (4 if setup.lattice == "fcc" else 2) / len(ground)) ** (1 / 3))
+    if not relaxed.converged[0] or not 0.6 < a0 / setup.a_guess_A < 1.5:
+        # a collapsed or exploded lattice would make the defect and surface cells unphysical
+        # (and their neighbour lists huge): stop here with the reason
+        raise ChemFitError(
+            f"{setup.element} {setup.lattice} collapsed or expanded: the lattice relaxed to a0 = {a0:.3f} Å from "
+            f"a_guess_A = {setup.a_guess_A} Å (converged: {bool(relaxed.converged[0])}); these parameters do "
+            "not describe the crystal (bound them, or start nearer)")
     out: dict[str, float] = {"a0_A": a0}
     if "Ec_eV" in wanted:
         out["Ec_eV"] = _isolated_atom_energy(model, setup.element) - e0

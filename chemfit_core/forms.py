@@ -93,21 +93,22 @@ class MorseForm(PotentialForm):
 
 class AnalyticEAMForm(PotentialForm):
     """``eam/analytic`` (:class:`~chemfit_core.models.eam.AnalyticEAM`): ``D_eV``, ``alpha_invA``,
-    ``r0_A`` (Morse pair), ``A_eV`` (embedding −A√ρ), ``beta`` and ``re_A`` (density
-    e^{−β(r/re−1)}); options ``cutoff_A`` and ``width_A`` (smooth cutoff). LAMMPS runs it
-    as ``eam/alloy`` through :meth:`~chemfit_core.models.eam.AnalyticEAM.write_setfl`."""
+    ``r0_A`` (Morse pair), ``A_eV`` and ``B_eV`` (embedding −A√ρ + Bρ²), ``beta`` (density
+    e^{−β(r/re−1)}); options ``re_A`` (fixed: it is degenerate with A and β), ``cutoff_A``
+    and ``width_A`` (smooth cutoff). LAMMPS runs it as ``eam/alloy`` through
+    :meth:`~chemfit_core.models.eam.AnalyticEAM.write_setfl`."""
 
-    parameter_names = ("D_eV", "alpha_invA", "r0_A", "A_eV", "beta", "re_A")
+    parameter_names = ("D_eV", "alpha_invA", "r0_A", "A_eV", "B_eV", "beta")
     name = "eam/analytic"
-    _model_names = ("D", "alpha", "r0", "A", "beta", "re")
+    _model_names = ("D", "alpha", "r0", "A", "B", "beta")
 
     def model(self, params, dtype=torch.float64):
         from chemfit_core.models.eam import AnalyticEAM
 
         self.check(params)
         values = {m: params[n] for n, m in zip(self.parameter_names, self._model_names)}
-        return AnalyticEAM(**values, cutoff=self.options.get("cutoff_A", 5.5), width=self.options.get("width_A", 1.0),
-                           species=(_z(self.element),)).to(dtype)
+        return AnalyticEAM(**values, re=self.options.get("re_A", 2.556), cutoff=self.options.get("cutoff_A", 5.5),
+                           width=self.options.get("width_A", 1.0), species=(_z(self.element),)).to(dtype)
 
     def model_tensors(self, params):
         return {m: params[n].reshape(()) for n, m in zip(self.parameter_names, self._model_names)}

@@ -20,7 +20,11 @@ import dataclasses
 import numpy as np
 import torch
 
+from chemfit_core.errors import ChemFitError
 from chemfit_core.state import SimState
+
+MAX_ATOMS_PER_A3 = 0.5
+"""Densest periodic system a neighbour list is built for (diamond has 0.18 atoms/Å³)."""
 
 
 @dataclasses.dataclass
@@ -88,6 +92,15 @@ class NeighborList:
         box = cell.detach()
         if not bool(pbc.any()):
             box = torch.zeros_like(box)
+        elif bool(pbc.all()):
+            volume = float(torch.linalg.det(box).abs())
+            if len(pos) > MAX_ATOMS_PER_A3 * volume:
+                # a collapsed cell (e.g. cell relaxation under unphysical parameters) would
+                # give a neighbour list large enough to exhaust memory: stop with the reason
+                raise ChemFitError(
+                    f"a periodic system of {len(pos)} atoms has collapsed to {volume:.3g} Å³ "
+                    f"({len(pos) / max(volume, 1e-30):.3g} atoms/Å³, above {MAX_ATOMS_PER_A3} that no solid "
+                    "reaches): the model's parameters do not hold it together at a physical density")
         if pos.is_cuda:
             import vesin.torch
 

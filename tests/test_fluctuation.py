@@ -20,7 +20,7 @@ FORMS = [
     (potential_form({"form": "morse", "element": "Cu", "cutoff_A": 6.0}),
      {"D_eV": 0.3429, "alpha_invA": 1.3588, "r0_A": 2.866}, ("Cu", 3.615)),
     (potential_form({"form": "eam/analytic", "element": "Cu", "cutoff_A": 5.5}),
-     {"D_eV": 0.05, "alpha_invA": 1.5, "r0_A": 2.8, "A_eV": 1.2, "beta": 5.0, "re_A": 2.556}, ("Cu", 3.615)),
+     {"D_eV": 0.05, "alpha_invA": 1.5, "r0_A": 2.8, "A_eV": 1.2, "B_eV": 0.002, "beta": 5.0}, ("Cu", 3.615)),
 ]
 
 

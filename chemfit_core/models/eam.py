@@ -249,19 +249,20 @@ class AnalyticEAM(_EAMBase):
 
     φ(r) = D [e^{−2α(r−r0)} − 2 e^{−α(r−r0)}] ψ(r)  (pair, eV)
     ρ(r) = e^{−β(r/re − 1)} ψ(r)                       (density, dimensionless)
-    F(ρ) = −A √ρ                                        (embedding, eV)
+    F(ρ) = −A √ρ + B ρ²                                 (embedding, eV)
 
     with ψ the smooth cutoff of :func:`smooth_cutoff` (``cutoff``, ``width`` in Å).
 
     Args:
         D: pair well depth, eV.  alpha: pair stiffness, 1/Å.  r0: pair minimum, Å.
-        A: embedding strength, eV.  beta: density decay (dimensionless).  re: density
-        reference distance, Å.  cutoff, width: Å.  species: atomic number(s), one element.
+        A: embedding strength, eV.  B: embedding curvature, eV.  beta: density decay
+        (dimensionless).  re: density reference distance, Å (only β/re and A·e^{β/2} enter
+        the energy, so fit β with re fixed).  cutoff, width: Å.  species: one element.
     """
 
-    PARAMETERS = ("D", "alpha", "r0", "A", "beta", "re")
+    PARAMETERS = ("D", "alpha", "r0", "A", "B", "beta", "re")
 
-    def __init__(self, D: float = 0.05, alpha: float = 1.5, r0: float = 2.8, A: float = 1.2,
+    def __init__(self, D: float = 0.05, alpha: float = 1.5, r0: float = 2.8, A: float = 1.2, B: float = 0.0,
                  beta: float = 5.0, re: float = 2.556, cutoff: float = 5.5, width: float = 1.0,
                  species: Sequence[int] | int = (29,), skin: float = 0.5, compute_stress: bool = True):
         species = [species] if isinstance(species, int) else list(species)
@@ -269,7 +270,7 @@ class AnalyticEAM(_EAMBase):
             raise ValueError("AnalyticEAM describes one element")
         super().__init__(cutoff, species, skin, compute_stress)
         self.width = float(width)
-        for name, value in zip(self.PARAMETERS, (D, alpha, r0, A, beta, re)):
+        for name, value in zip(self.PARAMETERS, (D, alpha, r0, A, B, beta, re)):
             setattr(self, name, torch.nn.Parameter(torch.tensor(float(value), dtype=torch.float64)))
 
     def parameters_dict(self) -> dict[str, float]:
@@ -290,7 +291,8 @@ class AnalyticEAM(_EAMBase):
     def embedding(self, rho, types):
         # √ρ has an infinite slope at 0: an isolated atom (ρ = 0) gets F = 0 and no force
         safe = torch.where(rho > 0, rho, torch.ones_like(rho))
-        return torch.where(rho > 0, -self._p("A", rho) * torch.sqrt(safe), torch.zeros_like(rho))
+        root = torch.where(rho > 0, torch.sqrt(safe), torch.zeros_like(rho))
+        return -self._p("A", rho) * root + self._p("B", rho) * rho * rho
 
     def density(self, r, tj=None):
         return torch.exp(-self._p("beta", r) * (r / self._p("re", r) - 1)) * smooth_cutoff(r, self.cutoff,

@@ -1,0 +1,126 @@
+"""In-process objective terms: crystal properties and reference energies/forces.
+
+Both are deterministic functions of the parameters (no MD noise), evaluated with the
+torch models of :mod:`chemfit_core.forms`, and report what the least-squares fitter
+needs: ``ctx.meta["residuals"]`` (and, for structures, the exact Jacobian by autograd),
+plus ``ctx.meta["properties"]`` for reports. The liquid counterpart, run by LAMMPS,
+is :class:`chemfit_core.liquid.LiquidStatePointTerm`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
+from chemfit_core.crystal import PROPERTIES, CrystalSetup, crystal_properties
+from chemfit_core.forms import PotentialForm
+from chemfit_core.liquid import Reference
+from chemfit_core.state import atoms_to_state
+
+
+def _loss(ctx: EvaluateContext, residuals: Sequence[float]) -> float:
+    ctx.meta["residuals"] = [float(r) for r in residuals]
+    ctx.loss = math.fsum(r * r for r in residuals)
+    return ctx.loss
+
+
+class CrystalTarget(ObjectiveFunctor):
+    """Crystal properties of the model (:func:`~chemfit_core.crystal.crystal_properties`)
+    against references; loss = Σ ((x − x_ref)/d)².
+
+    Args:
+        form: the potential form whose parameters are fitted.
+        setup: how the crystal is built and relaxed.
+        references: ``{property: Reference}``, property names of
+            :data:`~chemfit_core.crystal.PROPERTIES` (a0_A in Å, Ec_eV in eV/atom, Cij in GPa...).
+        validate: further properties computed and reported, but not fitted.
+    """
+
+    def __init__(self, form: PotentialForm, setup: CrystalSetup, references: Mapping[str, Reference],
+                 validate: Iterable[str] = ()):
+        unknown = (set(references) | set(validate)) - set(PROPERTIES)
+        if unknown:
+            raise ValueError(f"unknown crystal properties {sorted(unknown)}; known: {', '.join(PROPERTIES)}")
+        if not references:
+            raise ValueError("a crystal target needs at least one reference property")
+        self.form, self.setup = form, setup
+        self.references = dict(references)
+        self.validate = [p for p in validate if p not in self.references]
+
+    def properties(self, parameters: Parameters) -> dict[str, float]:
+        """All fitted and validation properties at ``parameters``."""
+        return crystal_properties(self.form.model(parameters), self.setup, [*self.references, *self.validate])
+
+    def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
+        ctx = EvaluateContext() if ctx is None else ctx
+        values = self.properties(parameters)
+        ctx.meta["properties"] = values
+        return _loss(ctx, [(values[k] - ref.value) / ref.denominator for k, ref in self.references.items()])
+
+
+class StructureTarget(ObjectiveFunctor):
+    """Energies (per atom), forces and optionally stresses of reference structures.
+
+    Residuals: (E/N − E_ref/N)/``energy_denominator`` (eV/atom) for each structure,
+    (F − F_ref)/``force_denominator`` (eV/Å) for each force component and
+    (σ − σ_ref)/``stress_denominator`` (eV/Å³) for each of six stress components when
+    ``stress_denominator`` is given. References come from each ``ase.Atoms``'s
+    calculator (``get_potential_energy()``, ``get_forces()``, ``get_stress()``: extxyz
+    written with them keeps them). The Jacobian is exact (autograd through the model).
+    """
+
+    def __init__(self, form: PotentialForm, structures: Sequence[Any], energy_denominator: float = 1e-3,
+                 force_denominator: float = 0.05, stress_denominator: float | None = None,
+                 dtype: torch.dtype = torch.float64):
+        if not structures:
+            raise ValueError("a structure target needs at least one structure")
+        self.form, self.structures = form, list(structures)
+        self.energy_denominator, self.force_denominator = energy_denominator, force_denominator
+        self.stress_denominator = stress_denominator
+        self.dtype = dtype
+        self.state = atoms_to_state(self.structures, dtype=dtype)
+        self.n_atoms = torch.tensor([len(a) for a in self.structures], dtype=dtype)
+        try:
+            self.ref_energy = torch.tensor([a.get_potential_energy() for a in self.structures], dtype=dtype)
+            self.ref_forces = torch.tensor(np.concatenate([a.get_forces() for a in self.structures]), dtype=dtype)
+            self.ref_stress = (None if stress_denominator is None else
+                               torch.tensor(np.array([a.get_stress(voigt=True) for a in self.structures]),
+                                            dtype=dtype))
+        except RuntimeError as exc:  # ase: "Atoms object has no calculator"
+            raise ValueError(f"reference structures need energies and forces (and stresses if fitted): {exc}") from None
+
+    def _residuals(self, model: torch.nn.Module, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        out = torch.func.functional_call(model, self.form.model_tensors(params), (self.state,),
+                                         {"compute_stress": self.stress_denominator is not None})
+        parts = [(out["energy"] - self.ref_energy) / self.n_atoms / self.energy_denominator,
+                 ((out["forces"] - self.ref_forces) / self.force_denominator).reshape(-1)]
+        if self.stress_denominator is not None:
+            s = out["stress"]
+            voigt = torch.stack([s[:, 0, 0], s[:, 1, 1], s[:, 2, 2], s[:, 1, 2], s[:, 0, 2], s[:, 0, 1]], dim=1)
+            parts.append(((voigt - self.ref_stress) / self.stress_denominator).reshape(-1))
+        return torch.cat(parts)
+
+    def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
+        ctx = EvaluateContext() if ctx is None else ctx
+        names = list(parameters)
+        x = torch.tensor([float(parameters[n]) for n in names], dtype=self.dtype, requires_grad=True)
+        model = self.form.model(parameters, dtype=self.dtype)
+        residuals = self._residuals(model, dict(zip(names, x)))
+        # J = d r / d θ column by column with the double-backward trick (few parameters,
+        # many residuals): g(u) = Jᵀu is linear in u, so d(g_k)/du = J[:, k]
+        u = torch.zeros_like(residuals, requires_grad=True)
+        (g,) = torch.autograd.grad(residuals, x, grad_outputs=u, create_graph=True)
+        jacobian = torch.stack([torch.autograd.grad(g[k], u, retain_graph=True)[0] for k in range(len(names))], 1)
+        r = residuals.detach().numpy()
+        ctx.meta["jacobian"] = {n: jacobian[:, k].numpy().tolist() for k, n in enumerate(names)}
+        rms_e = float(np.sqrt(np.mean(r[: len(self.structures)] ** 2)) * self.energy_denominator)
+        n_f = self.ref_forces.numel()
+        rms_f = float(np.sqrt(np.mean(r[len(self.structures): len(self.structures) + n_f] ** 2))
+                      * self.force_denominator)
+        ctx.meta["properties"] = {"energy_rmse_eV_atom": rms_e, "force_rmse_eV_A": rms_f}
+        return _loss(ctx, r)
