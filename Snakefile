@@ -11,7 +11,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# the embedded default, unless --configfile names the configuration (an example then
+# runs alone instead of being merged into the default's fits)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"

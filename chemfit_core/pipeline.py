@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 def liquid_template_variables(fit: Mapping[str, Any]) -> dict[str, Any]:
     """Fixed values the liquid template needs besides parameters, state point and seed."""
     md = dict(fit["liquid"]["md"])
-    for key in ("n_blocks", "timeout_s"):
-        md.pop(key)
+    for key in ("n_blocks", "timeout_s", "dump_every"):
+        md.pop(key, None)
     return {
         **md,
         "mass_g_mol": fit["mass_g_mol"],
@@ -79,6 +79,11 @@ def build_liquid_objective(
     """
     variables = liquid_template_variables(fit)
     md = fit["liquid"]["md"]
+    form = None
+    if fit["optimizer"].get("jacobian") == "fluctuation":
+        from chemfit_core.forms import potential_form
+
+        form = potential_form({**fit["potential"], "element": fit["element"]})
     cob = CombinedObjectiveFunction()
     terms_info = []
     for sp in fit["liquid"]["state_points"]:
@@ -96,6 +101,8 @@ def build_liquid_objective(
                 template_variables=variables,
                 n_blocks=md["n_blocks"],
                 command_timeout=md["timeout_s"],
+                form=form,
+                dump_every=md.get("dump_every", 40),
             )
             cob.add(term, weights=sp["weight"] / sp["replicas"], names=name)
             terms_info.append({"name": name, "state_point": sp["name"], "replica": replica, "seed": seed})
@@ -122,6 +129,10 @@ def minimise(fitter: Fitter, optimizer: Mapping[str, Any], seed: int) -> dict[st
         popsize = options.get("popsize", 15)
         options.setdefault("maxiter", max(1, budget // (popsize * len(fitter.names)) - 1))
         return fitter.fit_global(method, seed=seed, **options)
+    if method == "least_squares":
+        jac = optimizer.get("jacobian", "2-point")
+        return fitter.fit_least_squares(jac="analytic" if jac == "fluctuation" else jac,
+                                        **{"max_nfev": budget, **options})
     if method in GLOBAL_METHODS:
         return fitter.fit_global(method, seed=seed, **{"maxfun": budget, **options})
     options.setdefault(_BUDGET_KEYS.get(method, "maxiter"), budget)

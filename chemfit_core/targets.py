@@ -23,6 +23,25 @@ from chemfit_core.liquid import Reference
 from chemfit_core.state import atoms_to_state
 
 
+def label(structures: Sequence[Any], model: torch.nn.Module) -> list[Any]:
+    """Copies of ``structures`` carrying ``model``'s energy (eV), forces (eV/Å) and stress
+    (eV/Å³, periodic cells) as ASE single-point results: synthetic reference data for a
+    :class:`StructureTarget` (parameter recovery), or a model's predictions to save as extxyz."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    labelled = []
+    for atoms in structures:
+        atoms = atoms.copy()
+        with torch.no_grad():
+            out = model(atoms_to_state(atoms, dtype=model.dtype))
+        s = out["stress"][0].double().numpy() if "stress" in out and atoms.pbc.all() else None
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=out["energy"].item(), forces=out["forces"].double().numpy(),
+            stress=None if s is None else [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        labelled.append(atoms)
+    return labelled
+
+
 def _loss(ctx: EvaluateContext, residuals: Sequence[float]) -> float:
     ctx.meta["residuals"] = [float(r) for r in residuals]
     ctx.loss = math.fsum(r * r for r in residuals)

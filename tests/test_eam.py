@@ -176,3 +176,14 @@ def test_lammps_workers_and_the_torch_engine_relax_eam_to_the_same_minima():
     lammps_result = relax_structures(cells, model, fmax=1e-3, engine="lammps")
     assert torch_result.converged.all() and lammps_result.converged.all()
     np.testing.assert_allclose(torch_result.energies / 32, lammps_result.energies / 32, atol=1e-6)
+
+
+def test_round_trip_of_fitted_models_through_lammps(tmp_path, cu_structures):
+    from chemfit_core.models import Morse
+    from chemfit_core.roundtrip import round_trip
+
+    eam = round_trip(analytic(), cu_structures[:8], tmp_path / "eam")
+    assert (tmp_path / "eam" / "fitted.eam.alloy").is_file()
+    assert max(eam.values()) < 1e-6, eam
+    morse = round_trip(Morse(0.3429, 1.3588, 2.866, 9.0), cu_structures[:8], tmp_path / "morse")
+    assert max(morse.values()) < 1e-9, morse

@@ -143,3 +143,15 @@ def test_workflow_entry_point_in_workflow_folder_has_the_default_target(venv_env
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "results/report.html" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "config" / "examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_plans_alone_with_configfile(example, venv_env):
+    """`snakemake --configfile config/examples/X.yaml` runs X's fits only (not merged with the default)."""
+    done = subprocess.run([SNAKEMAKE, "-n", "--forceall", "--configfile", str(example)], cwd=REPO, env=venv_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    fits = set(yaml.safe_load(example.read_text())["fits"])
+    planned = {line.split("fit=")[1].split(",")[0].strip() for line in (done.stdout + done.stderr).splitlines()
+               if "wildcards: fit=" in line}
+    assert planned == fits
