@@ -155,3 +155,23 @@ def test_every_example_plans_alone_with_configfile(example, venv_env):
     planned = {line.split("fit=")[1].split(",")[0].strip() for line in (done.stdout + done.stderr).splitlines()
                if "wildcards: fit=" in line}
     assert planned == fits
+
+
+@pytest.mark.slow
+def test_least_squares_fit_with_fluctuation_gradients_runs_in_the_workflow(tmp_path, venv_env):
+    """The reduced argon_fluctuation example: least squares steps on gradients from each MD run."""
+    config = yaml.safe_load((REPO / "config" / "examples" / "argon_fluctuation.yaml").read_text())
+    fit = config["fits"]["argon_fluctuation"]
+    fit["liquid"]["md"].update(n_cells=4, melt_steps=200, equilibration_steps=400, production_steps=2000,
+                               thermo_every=10, dump_every=20)
+    fit["optimizer"]["max_evaluations"] = 3
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    done = snakemake(tmp_path, venv_env, "results/argon_fluctuation/params.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "results" / "argon_fluctuation" / "fit.json").read_text())
+    assert record["method"] == "trf" and record["n_evaluations"] <= 4
+    history = pd.read_csv(tmp_path / "results" / "argon_fluctuation" / "fit_history.csv")
+    # gradient steps from (130 K, 3.55 Å) reduce the objective (short noisy runs: not to the optimum)
+    assert history["objective"].min() < 0.5 * history["objective"].iloc[0]
+    assert set(record["standard_errors"]) == {"epsilon_K", "sigma_A"}
+    assert all(v > 0 for v in record["standard_errors"].values())
