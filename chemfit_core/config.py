@@ -113,6 +113,29 @@ def _semantic_problems(config: Mapping[str, Any], source: str, template_dir: Pat
                 problems.append(
                     f"{where}.initial: expected a value within [{p['lower']}, {p['upper']}], got {p['initial']}"
                 )
+        where = f"{source}: fits.{fit_name}"
+        form = fit["potential"]["form"]
+        if form == "morse" and "cutoff_A" not in fit["potential"]:
+            problems.append(f"{where}.potential.cutoff_A: expected a cutoff radius in Å for form morse, got none")
+        if fit["solid"]["enabled"] is None:
+            fit["solid"]["enabled"] = form == "lj/cut"
+        elif fit["solid"]["enabled"] and form != "lj/cut":
+            problems.append(f"{where}.solid.enabled: the solid validation supports lj/cut fits only; expected false "
+                            f"for form {form} (use crystal.validate for crystal properties)")
+        expected = {"lj/cut": {"epsilon_K", "sigma_A"}, "morse": {"D_eV", "alpha_invA", "r0_A"},
+                    "eam/analytic": {"D_eV", "alpha_invA", "r0_A", "A_eV", "B_eV", "beta"}}[form]
+        if set(fit["parameters"]) != expected:
+            problems.append(f"{where}.parameters: expected exactly {sorted(expected)} for form {form}, "
+                            f"got {sorted(fit['parameters'])}")
+        synthetic = fit.get("structures", {}).get("synthetic")
+        if synthetic and set(synthetic["parameters"]) != expected:
+            problems.append(f"{where}.structures.synthetic.parameters: expected {sorted(expected)}, "
+                            f"got {sorted(synthetic['parameters'])}")
+        if fit["optimizer"].get("jacobian") in ("analytic", "fluctuation") and "crystal" in fit:
+            problems.append(f"{where}.optimizer.jacobian: crystal targets have no analytic Jacobian; expected "
+                            f"2-point or 3-point, got {fit['optimizer']['jacobian']}")
+        if "liquid" not in fit:
+            continue
         template = fit["liquid"]["template"]
         if not (template_dir / template).is_file():
             problems.append(

@@ -39,6 +39,7 @@ from chemfit_core.liquid import (
     properties_from_log,
 )
 from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
+from chemfit_core.targets import potential_form_of, propagate, targets_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,26 @@ def references_of(state_point: Mapping[str, Any]) -> dict[str, Reference]:
     }
 
 
+def build_objective(
+    fit_name: str,
+    fit: Mapping[str, Any],
+    master_seed: int,
+    template: Path | str | None,
+    workdir: Path | str,
+) -> tuple[CombinedObjectiveFunction, list[dict[str, Any]]]:
+    """All of a fit's terms: liquid state points (LAMMPS), then crystal and structures (in-process).
+
+    Returns the combined objective and, per term, its name and state point (``crystal``,
+    ``structures`` for in-process terms), and for liquid terms replica and seed.
+    """
+    cob, terms_info = (build_liquid_objective(fit_name, fit, master_seed, template, workdir) if "liquid" in fit
+                       else (CombinedObjectiveFunction(), []))
+    for name, term, weight in targets_from_config(fit):
+        cob.add(term, weights=weight, names=name)
+        terms_info.append({"name": name, "state_point": name})
+    return cob, terms_info
+
+
 def build_liquid_objective(
     fit_name: str,
     fit: Mapping[str, Any],
@@ -80,7 +101,7 @@ def build_liquid_objective(
     variables = liquid_template_variables(fit)
     md = fit["liquid"]["md"]
     form = None
-    if fit["optimizer"].get("jacobian") == "fluctuation":
+    if fit["optimizer"].get("jacobian") in ("analytic", "fluctuation"):
         from chemfit_core.forms import potential_form
 
         form = potential_form({**fit["potential"], "element": fit["element"]})
@@ -131,7 +152,7 @@ def minimise(fitter: Fitter, optimizer: Mapping[str, Any], seed: int) -> dict[st
         return fitter.fit_global(method, seed=seed, **options)
     if method == "least_squares":
         jac = optimizer.get("jacobian", "2-point")
-        return fitter.fit_least_squares(jac="analytic" if jac == "fluctuation" else jac,
+        return fitter.fit_least_squares(jac="analytic" if jac in ("analytic", "fluctuation") else jac,
                                         **{"max_nfev": budget, **options})
     if method in GLOBAL_METHODS:
         return fitter.fit_global(method, seed=seed, **{"maxfun": budget, **options})
@@ -143,7 +164,7 @@ def run_fit(
     fit_name: str,
     fit: Mapping[str, Any],
     master_seed: int,
-    template: Path | str,
+    template: Path | str | None,
     workdir: Path | str,
     fit_json: Path | str,
     params_json: Path | str,
@@ -151,7 +172,7 @@ def run_fit(
     workers: int | None = None,
 ) -> dict[str, Any]:
     """Fit one configuration's parameters; write fit.json, params.json and the history CSV."""
-    cob, terms_info = build_liquid_objective(fit_name, fit, master_seed, template, workdir)
+    cob, terms_info = build_objective(fit_name, fit, master_seed, template, workdir)
     n_workers = _workers(fit.get("workers", 0) if workers is None else workers)
     parameters = fit["parameters"]
     initial = {name: p["initial"] for name, p in parameters.items()}
@@ -192,6 +213,8 @@ def params_summary(fit_name: str, fit: Mapping[str, Any], fitted: Mapping[str, f
     parameters = {}
     for name, spec in fit["parameters"].items():
         entry = {"value": fitted[name], "unit": spec.get("unit", ""), "initial": spec["initial"]}
+        if name in result.standard_errors():
+            entry["standard_error"] = result.standard_errors()[name]
         if "reference" in spec:
             entry["reference"] = spec["reference"]
             entry["reference_source"] = spec.get("reference_source", "")
@@ -266,7 +289,8 @@ def _mean_properties_by_state(
         if props is not None:
             grouped.setdefault(info["state_point"], []).append(props)
     return {
-        state: {key: float(np.mean([p[key] for p in props])) for key in PROPERTY_UNITS}
+        state: {key: float(np.mean([p[key] for p in props])) for key, value in props[0].items()
+                if isinstance(value, (int, float))}
         for state, props in grouped.items()
     }
 
@@ -314,53 +338,101 @@ def analyse_validation(
     fit_json: Path | str,
     logs: Mapping[str, Sequence[Path | str]],
     out_csv: Path | str,
+    workdir: Path | str | None = None,
 ) -> pd.DataFrame:
-    """Properties of the validation runs next to targets and initial values.
+    """Properties at the fitted parameters next to targets and initial values.
 
-    ``logs`` maps a state point name to the LAMMPS logs of its replicas. The
-    statistical uncertainty combines the replicas' block-average standard errors.
+    Liquid: ``logs`` maps a state point name to the LAMMPS logs of its validation
+    replicas; the statistical uncertainty combines the replicas' block-average standard
+    errors. Crystal and structures: recomputed in-process at the fitted parameters, with
+    the parameter covariance propagated (``parameter_uncertainty``), plus the LAMMPS
+    round trip of the fitted model (``workdir`` holds its files).
     """
-    initial = read_json(fit_json).get("initial_properties", {})
-    n_blocks = fit["liquid"]["md"]["n_blocks"]
+    record = read_json(fit_json)
+    rows = _liquid_rows(fit_name, fit, record.get("initial_properties", {}), logs)
+    if "crystal" in fit or "structures" in fit:
+        rows += _in_process_rows(fit_name, fit, record, Path(workdir or Path(out_csv).parent / "roundtrip"))
+    frame = pd.DataFrame(rows)
+    write_csv(out_csv, frame)
+    return frame
+
+
+def _row(fit_name: str, state: str, prop: str, unit: str, spec: Mapping[str, Any] | None, fitted_to: bool,
+         initial: float, value: float, **extra: Any) -> dict[str, Any]:
+    target = spec["value"] if spec else np.nan
+    return {
+        "fit": fit_name, "state_point": state, "temperature_K": extra.pop("temperature_K", np.nan),
+        "pressure_bar": extra.pop("pressure_bar", np.nan), "property": prop, "unit": unit, "fitted_to": fitted_to,
+        "target": target, "initial": initial, "fitted": value, "error": value - target,
+        "error_percent": 100.0 * (value / target - 1.0) if spec else np.nan,
+        "statistical_uncertainty": extra.pop("statistical_uncertainty", np.nan),
+        "parameter_uncertainty": extra.pop("parameter_uncertainty", np.nan),
+        "replicas": extra.pop("replicas", np.nan), "source": spec.get("source", "") if spec else "",
+    }
+
+
+def _liquid_rows(fit_name: str, fit: Mapping[str, Any], initial: Mapping[str, Any],
+                 logs: Mapping[str, Sequence[Path | str]]) -> list[dict[str, Any]]:
     rows = []
     for state, paths in logs.items():
         sp = state_point(fit, state)
+        n_blocks = fit["liquid"]["md"]["n_blocks"]
         measured = [
             properties_from_log(p, sp["temperature_K"], n_blocks, sp["pressure_bar"]).as_dict() for p in paths
         ]
         for key, unit in PROPERTY_UNITS.items():
             values = np.array([m[key] for m in measured])
             sems = np.array([m[f"{key}_sem"] for m in measured])
-            fitted_value = float(values.mean())
             # replicas are independent: combine their standard errors, and do not
             # claim less than the spread between replicas shows
             sem = float(np.sqrt(np.sum(sems**2)) / len(values))
             if len(values) > 1:
                 sem = max(sem, float(values.std(ddof=1) / np.sqrt(len(values))))
             spec = sp.get(key)
-            target = spec["value"] if spec else np.nan
-            rows.append(
-                {
-                    "fit": fit_name,
-                    "state_point": state,
-                    "temperature_K": sp["temperature_K"],
-                    "pressure_bar": sp["pressure_bar"],
-                    "property": key,
-                    "unit": unit,
-                    "fitted_to": bool(spec),
-                    "target": target,
-                    "initial": initial.get(state, {}).get(key, np.nan),
-                    "fitted": fitted_value,
-                    "error": fitted_value - target,
-                    "error_percent": 100.0 * (fitted_value / target - 1.0) if spec else np.nan,
-                    "statistical_uncertainty": sem,
-                    "replicas": len(values),
-                    "source": spec.get("source", "") if spec else "",
-                }
-            )
-    frame = pd.DataFrame(rows)
-    write_csv(out_csv, frame)
-    return frame
+            rows.append(_row(fit_name, state, key, unit, spec, bool(spec), initial.get(state, {}).get(key, np.nan),
+                             float(values.mean()), temperature_K=sp["temperature_K"], pressure_bar=sp["pressure_bar"],
+                             statistical_uncertainty=sem, replicas=len(values)))
+    return rows
+
+
+def _in_process_rows(fit_name: str, fit: Mapping[str, Any], record: Mapping[str, Any], workdir: Path
+                     ) -> list[dict[str, Any]]:
+    from chemfit_core.crystal import UNITS
+    from chemfit_core.roundtrip import round_trip
+
+    fitted = record["parameters"]
+    names = record.get("parameter_names") or list(fitted)
+    covariance = np.array(record["covariance"]) if record.get("covariance") else None
+    initial = record.get("initial_properties", {})
+    rows = []
+    for name, term, _ in targets_from_config(fit):
+        if name == "crystal":
+            values = term.properties(fitted)
+            errors = propagate(term.properties, fitted, covariance, names) if covariance is not None else {}
+            refs = {**fit["crystal"].get("validation_references", {}), **fit["crystal"]["references"]}
+            for prop, value in values.items():
+                rows.append(_row(fit_name, "crystal", prop, UNITS[prop], refs.get(prop), prop in term.references,
+                                 initial.get("crystal", {}).get(prop, np.nan), value,
+                                 parameter_uncertainty=errors.get(prop, np.nan)))
+        else:
+            from chemfit_core.abstract_objective_function import EvaluateContext
+
+            ctx = EvaluateContext()
+            term(fitted, ctx)
+            for prop, unit in (("energy_rmse_eV_atom", "eV/atom"), ("force_rmse_eV_A", "eV/Å")):
+                rows.append(_row(fit_name, "structures", prop, unit, None, True,
+                                 initial.get("structures", {}).get(prop, np.nan), ctx.meta["properties"][prop]))
+            structures = term.structures
+    if "structures" not in fit:  # round trip on rattled crystals of the fitted lattice
+        from chemfit_core.targets import synthetic_structures
+
+        a0 = next((r["fitted"] for r in rows if r["property"] == "a0_A"), fit["crystal"]["a_guess_A"])
+        structures = synthetic_structures(potential_form_of(fit), fitted, 6, a0, seed=0)
+    worst = round_trip(potential_form_of(fit).model(fitted), structures, workdir)
+    for key, value in worst.items():
+        rows.append(_row(fit_name, "lammps_round_trip", f"max_relative_difference_{key}", "1", None, False, np.nan,
+                         value))
+    return rows
 
 
 def collect_results(

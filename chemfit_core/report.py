@@ -93,7 +93,26 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#22
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
 .meta{color:#666;font-size:0.9em}
+.warning{border-left:4px solid #c60;background:#fff4e5;padding:0.2em 1em}
 """
+
+
+UNFITTED_WARNING_PERCENT = 10.0
+"""A property the fit did not target and that misses its reference by more than this is flagged."""
+
+
+def _unfitted_warnings(properties: pd.DataFrame) -> list[str]:
+    """A flagged list of unfitted properties far from their references: what the model cannot do."""
+    if not {"fitted_to", "error_percent"} <= set(properties.columns):
+        return []
+    unfitted = ~properties["fitted_to"].astype(bool)
+    far = properties[unfitted & (properties["error_percent"].abs() > UNFITTED_WARNING_PERCENT)]
+    if far.empty:
+        return []
+    items = "".join(f"<li><b>{html.escape(str(r['fit']))}: {html.escape(str(r['property']))}</b> "
+                    f"{r['error_percent']:+.1f} % from its reference (not fitted)</li>" for _, r in far.iterrows())
+    return [f"<div class='warning'><p><b>Unfitted-property errors</b> (more than {UNFITTED_WARNING_PERCENT:.0f} %: "
+            f"limits of the functional form, not of the fit):</p><ul>{items}</ul></div>"]
 
 
 def write_report(
@@ -116,6 +135,7 @@ def write_report(
         "(block averages, combined over replicas). <i>initial</i> is the value at the "
         "starting parameters (first evaluation of the fit).</p>",
         _table(properties.drop(columns=[c for c in ("source",) if c in properties.columns])),
+        *_unfitted_warnings(properties),
     ]
     if solid is not None and len(solid):
         sections += [

@@ -123,7 +123,7 @@ def round_trip(model: Any, structures: list[Atoms], workdir: Path | str) -> dict
 
     from chemfit_core.state import atoms_to_state
 
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()  # LAMMPS runs inside it: the setfl path must not be relative
     workdir.mkdir(parents=True, exist_ok=True)
     species = [chemical_symbols[z] for z in model.species]
     if hasattr(model, "write_setfl"):

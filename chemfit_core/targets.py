@@ -143,3 +143,79 @@ class StructureTarget(ObjectiveFunctor):
                       * self.force_denominator)
         ctx.meta["properties"] = {"energy_rmse_eV_atom": rms_e, "force_rmse_eV_A": rms_f}
         return _loss(ctx, r)
+
+
+def synthetic_structures(form: PotentialForm, parameters: Mapping[str, float], n_structures: int = 8,
+                         lattice_constant_A: float = 3.615, seed: int = 0, lattice: str = "fcc") -> list[Any]:
+    """Rattled (0.1 Å), strained (±4 %) cells with every fourth one holding a vacancy,
+    labelled by ``form`` at ``parameters``: noise-free data for parameter recovery."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    cells = []
+    for k in range(n_structures):
+        a = lattice_constant_A * (1 + 0.04 * rng.uniform(-1, 1))
+        atoms = bulk(form.element, lattice, a=a, cubic=True).repeat((2, 2, 1 + k % 2))
+        atoms.rattle(0.1, seed=seed * 1000 + k)
+        if k % 4 == 3:
+            del atoms[0]
+        cells.append(atoms)
+    return label(cells, form.model(parameters))
+
+
+def crystal_setup(element: str, crystal: Mapping[str, Any]) -> CrystalSetup:
+    """The :class:`CrystalSetup` of a config's ``crystal`` section."""
+    return CrystalSetup(element, lattice=crystal["lattice"], a_guess_A=crystal["a_guess_A"],
+                        strain=crystal["strain"], vacancy_cells=crystal["vacancy_cells"],
+                        slab_layers=crystal["slab_layers"], fmax=crystal["fmax"])
+
+
+def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunctor, float]]:
+    """(name, term, weight) of a fit's in-process targets: ``crystal`` and ``structures``."""
+    from ase.io import read
+
+    form = potential_form_of(fit)
+    terms: list[tuple[str, ObjectiveFunctor, float]] = []
+    if "crystal" in fit:
+        crystal = fit["crystal"]
+        references = {k: Reference(r["value"], r["denominator"], r.get("source", ""))
+                      for k, r in crystal["references"].items()}
+        terms.append(("crystal", CrystalTarget(form, crystal_setup(fit["element"], crystal), references,
+                                               crystal["validate"]), crystal["weight"]))
+    if "structures" in fit:
+        spec = fit["structures"]
+        if "file" in spec:
+            structures = read(spec["file"], index=":")
+        else:
+            synthetic = spec["synthetic"]
+            structures = synthetic_structures(form, synthetic["parameters"], synthetic["n_structures"],
+                                              synthetic["lattice_constant_A"], synthetic["seed"])
+        terms.append(("structures", StructureTarget(form, structures, spec["energy_denominator"],
+                                                    spec["force_denominator"], spec["stress_denominator"]),
+                      spec["weight"]))
+    return terms
+
+
+def potential_form_of(fit: Mapping[str, Any]) -> PotentialForm:
+    """The potential form of a fit's config (``potential`` section and ``element``)."""
+    from chemfit_core.forms import potential_form
+
+    return potential_form({**fit["potential"], "element": fit["element"]})
+
+
+def propagate(func, parameters: Mapping[str, float], covariance: np.ndarray, names: Sequence[str],
+              rel_step: float = 1e-4) -> dict[str, float]:
+    """One-sigma uncertainty of every value of ``func(parameters) -> {name: value}`` from the
+    parameter covariance (linear propagation, σ² = gᵀCg, g by central differences)."""
+    base = dict(parameters)
+    columns = []
+    for name in names:
+        h = rel_step * max(abs(base[name]), 1e-8)
+        up, down = func({**base, name: base[name] + h}), func({**base, name: base[name] - h})
+        columns.append({k: (up[k] - down[k]) / (2 * h) for k in up})
+    keys = columns[0].keys() if columns else []
+    out = {}
+    for key in keys:
+        g = np.array([c[key] for c in columns])
+        out[key] = float(np.sqrt(max(g @ covariance @ g, 0.0)))
+    return out

@@ -42,8 +42,15 @@ def fit_core_config(wildcards):
 
 
 def liquid_template(wildcards):
-    name = config["fits"][wildcards.fit]["liquid"]["template"]
-    return workflow.source_path(f"../workflow/templates/{name}")
+    fit = config["fits"][wildcards.fit]
+    if "liquid" not in fit:
+        return []
+    return workflow.source_path(f"../workflow/templates/{fit['liquid']['template']}")
+
+
+def structure_files(wildcards):
+    spec = config["fits"][wildcards.fit].get("structures", {})
+    return [spec["file"]] if "file" in spec else []
 
 
 def fit_threads(wildcards):
@@ -53,6 +60,8 @@ def fit_threads(wildcards):
 
 def validation_logs(wildcards):
     fit = config["fits"][wildcards.fit]
+    if "liquid" not in fit:
+        return []
     replicas = fit["liquid"]["validation"]["replicas"]
     return [
         f"results/{wildcards.fit}/validation/{sp['name']}/r{replica}/log.lammps"

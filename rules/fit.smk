@@ -1,7 +1,8 @@
 rule fit:
-    """Fit one configuration: every objective term is a LAMMPS run, run concurrently."""
+    """Fit one configuration: liquid terms are LAMMPS runs, crystal/structure terms run in-process, all concurrently."""
     input:
         template=liquid_template,
+        structures=structure_files,
     output:
         fit="results/{fit}/fit.json",
         params="results/{fit}/params.json",

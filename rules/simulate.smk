@@ -66,5 +66,6 @@ rule validate:
         runtime=5,
     params:
         fit=fit_core_config,
+        workdir=lambda wildcards: f"work/{wildcards.fit}/round_trip",
     script:
         "../scripts/validate.py"

@@ -9,7 +9,7 @@ run_fit(
     fit_name=sm.wildcards.fit,
     fit=sm.params.fit,
     master_seed=sm.params.seed,
-    template=sm.input.template,
+    template=sm.input.template or None,  # no liquid targets: no template
     workdir=sm.params.workdir,
     fit_json=sm.output.fit,
     params_json=sm.output.params,

@@ -11,4 +11,4 @@ logs: dict[str, list[str]] = {}
 for path in sm.input.logs:
     state = Path(path).parent.parent.name  # results/{fit}/validation/{state}/r{replica}/log.lammps
     logs.setdefault(state, []).append(path)
-analyse_validation(sm.wildcards.fit, sm.params.fit, sm.input.fit, logs, sm.output[0])
+analyse_validation(sm.wildcards.fit, sm.params.fit, sm.input.fit, logs, sm.output[0], workdir=sm.params.workdir)

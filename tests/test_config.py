@@ -47,7 +47,7 @@ SP0 = [*ARGON, "liquid", "state_points", 0]
     ("path", "value", "key", "expected"),
     [
         ([*ARGON, "parameters", "sigma_A", "initial"], "3.4", "fits.argon.parameters.sigma_A.initial", "expected number"),
-        ([*ARGON, "potential", "form"], "buckingham", "fits.argon.potential.form", "expected one of ['lj/cut']"),
+        ([*ARGON, "potential", "form"], "buckingham", "fits.argon.potential.form", "expected one of ['lj/cut', 'morse', 'eam/analytic']"),
         ([*ARGON, "colour"], "blue", "fits.argon", "unknown key(s) 'colour'"),
         ([*SP0, "density_kg_m3", "denominator"], -1.0, "state_points[0].density_kg_m3.denominator", "expected a number > 0"),
         ([*SP0, "replicas"], 0, "state_points[0].replicas", "expected a number >= 1"),
@@ -129,3 +129,40 @@ def test_cli_check_config_prints_defaults(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "n_blocks: 5" in done.stdout
+
+
+EXAMPLES = sorted((DEFAULT.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_is_valid(path):
+    validate_config(yaml.safe_load(path.read_text()), path.name)
+
+
+def morse_config():
+    return yaml.safe_load((DEFAULT.parent / "examples" / "copper_morse.yaml").read_text())
+
+
+MORSE = ["fits", "copper_morse"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key", "expected"),
+    [
+        ([*MORSE, "potential", "cutoff_A"], KeyError, "fits.copper_morse.potential.cutoff_A", "expected a cutoff"),
+        ([*MORSE, "parameters", "sigma_A"], {"initial": 3.4, "lower": 3, "upper": 4}, "fits.copper_morse.parameters",
+         "expected exactly ['D_eV', 'alpha_invA', 'r0_A'] for form morse"),
+        ([*MORSE, "solid"], {"enabled": True}, "fits.copper_morse.solid.enabled", "supports lj/cut fits only"),
+        ([*MORSE, "optimizer", "jacobian"], "analytic", "fits.copper_morse.optimizer.jacobian",
+         "crystal targets have no analytic Jacobian"),
+        ([*MORSE, "crystal", "references", "a0"], {"value": 3.6, "denominator": 0.01},
+         "fits.copper_morse.crystal.references", "a0"),
+        ([*MORSE, "crystal"], KeyError, "fits.copper_morse", "liquid"),
+    ],
+)
+def test_broken_crystal_fit_names_file_key_and_expectation(path, value, key, expected):
+    config = break_config(morse_config(), path, value)
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, "cu.yaml")
+    message = str(info.value)
+    assert "cu.yaml: " in message and key in message and expected in message, message

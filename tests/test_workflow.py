@@ -175,3 +175,45 @@ def test_least_squares_fit_with_fluctuation_gradients_runs_in_the_workflow(tmp_p
     assert history["objective"].min() < 0.5 * history["objective"].iloc[0]
     assert set(record["standard_errors"]) == {"epsilon_K", "sigma_A"}
     assert all(v > 0 for v in record["standard_errors"].values())
+
+
+def run_example(name: str, tmp_path: Path, env: dict, edit=None) -> Path:
+    """Run config/examples/<name>.yaml (optionally edited) in ``tmp_path``; return its results folder."""
+    config = yaml.safe_load((REPO / "config" / "examples" / f"{name}.yaml").read_text())
+    if edit:
+        edit(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    done = snakemake(tmp_path, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path / "results"
+
+
+@pytest.mark.slow
+def test_recovery_example_recovers_the_parameters_through_the_workflow(tmp_path, venv_env):
+    results = run_example("recovery", tmp_path, venv_env)
+    params = json.loads((results / "params.json").read_text())["recovery"]["parameters"]
+    for name, entry in params.items():
+        assert abs(entry["deviation_from_reference_percent"]) < 1e-4, name  # 1e-6 relative
+        assert entry["standard_error"] > 0
+    table = pd.read_csv(results / "properties.csv").set_index("property")
+    assert table.loc["force_rmse_eV_A", "fitted"] < 1e-9
+    # the fitted analytic EAM, written as a setfl file, gives LAMMPS the same numbers
+    for key in ("energy", "forces", "stress"):
+        assert table.loc[f"max_relative_difference_{key}", "fitted"] < 1e-6
+
+
+@pytest.mark.slow
+def test_copper_morse_example_flags_what_a_pair_potential_cannot_do(tmp_path, venv_env):
+    def reduce(config):
+        crystal = config["fits"]["copper_morse"]["crystal"]
+        crystal.update(fmax=1e-5, validate=["C44_GPa"])
+        config["fits"]["copper_morse"]["potential"]["cutoff_A"] = 8.0
+
+    results = run_example("copper_morse", tmp_path, venv_env, reduce)
+    table = pd.read_csv(results / "properties.csv").set_index("property")
+    for name in ("a0_A", "Ec_eV", "B_GPa"):
+        assert table.loc[name, "fitted_to"] and abs(table.loc[name, "error_percent"]) < 0.5
+        assert table.loc[name, "parameter_uncertainty"] > 0  # covariance propagated to properties
+    assert not table.loc["C44_GPa", "fitted_to"] and table.loc["C44_GPa", "error_percent"] > 40
+    report = (results / "report.html").read_text()
+    assert "Unfitted-property errors" in report and "C44_GPa" in report
