@@ -114,3 +114,38 @@ def test_liquid_gradients_follow_corresponding_states(tmp_path, repo):
     assert gradients["hvap_kJ_mol"]["epsilon_K"] * theta["epsilon_K"] / h > 0.5
     assert set(ctx.meta["jacobian"]) == set(theta) and len(ctx.meta["jacobian"]["sigma_A"]) == 2
     assert not any(tmp_path.rglob("frames.dump"))  # work directories are removed after parsing
+
+
+@pytest.mark.slow
+def test_liquid_gradients_agree_with_finite_differences_of_independent_runs(tmp_path, repo):
+    """Fluctuation gradients at θ against central differences of runs at θ ± h (same seed:
+    common random numbers), within four combined standard errors."""
+    form = potential_form({"form": "lj/cut", "element": "Ar", "cutoff_sigma": 3.0, "tail_correction": True})
+    variables = {
+        "n_cells": 4, "mass_g_mol": 39.948, "cutoff_sigma": 3.0, "tail_correction": True,
+        "start_reduced_density": 0.8, "timestep_fs": 5.0, "thermo_every": 20, "melt_temperature_K": 300.0,
+        "melt_steps": 500, "equilibration_steps": 1000, "production_steps": 4000,
+    }
+    refs = {"density_kg_m3": Reference(1395.4, 10.0), "hvap_kJ_mol": Reference(6.437, 0.1)}
+
+    def run(theta, with_gradients):
+        term = LiquidStatePointTerm(
+            name="nbp", template=repo / "workflow" / "templates" / "lj_liquid_npt.lammps.j2", workdir=tmp_path,
+            temperature_K=87.302, pressure_bar=1.01325, references=refs, seed=11, template_variables=variables,
+            form=form if with_gradients else None, dump_every=40,
+        )
+        ctx = EvaluateContext()
+        term(theta, ctx)
+        return ctx
+
+    theta = {"epsilon_K": 116.79, "sigma_A": 3.3952}
+    base = run(theta, True)
+    gradients = base.quantities["gradients"]
+    for name, h in (("epsilon_K", 4.0), ("sigma_A", 0.03)):
+        up = run({**theta, name: theta[name] + h}, False).meta["properties"]
+        down = run({**theta, name: theta[name] - h}, False).meta["properties"]
+        for key in ("density_kg_m3", "hvap_kJ_mol"):
+            fd = (up[key] - down[key]) / (2 * h)
+            fd_sem = np.hypot(up[f"{key}_sem"], down[f"{key}_sem"]) / (2 * h)
+            sem = np.hypot(fd_sem, gradients[f"{key}_sem"][name])
+            assert abs(gradients[key][name] - fd) < 4 * sem + 0.05 * abs(fd), (name, key, gradients[key][name], fd, sem)

@@ -217,3 +217,20 @@ def test_copper_morse_example_flags_what_a_pair_potential_cannot_do(tmp_path, ve
     assert not table.loc["C44_GPa", "fitted_to"] and table.loc["C44_GPa", "error_percent"] > 40
     report = (results / "report.html").read_text()
     assert "Unfitted-property errors" in report and "C44_GPa" in report
+
+
+@pytest.mark.slow
+def test_copper_eam_example_runs_and_round_trips_through_lammps(tmp_path, venv_env):
+    def reduce(config):
+        fit = config["fits"]["copper_eam"]
+        fit["crystal"].update(fmax=1e-4, validate=["B_GPa"], vacancy_cells=2)
+        fit["optimizer"]["max_evaluations"] = 2
+
+    results = run_example("copper_eam", tmp_path, venv_env, reduce)
+    table = pd.read_csv(results / "properties.csv").set_index("property")
+    # the matched start is already within a few per cent of experiment
+    for name in ("a0_A", "Ec_eV", "C11_GPa", "C12_GPa", "C44_GPa", "vacancy_eV"):
+        assert abs(table.loc[name, "error_percent"]) < 10, name
+    for key in ("energy", "forces", "stress"):
+        assert table.loc[f"max_relative_difference_{key}", "fitted"] < 1e-5
+    assert (tmp_path / "work" / "copper_eam" / "round_trip" / "fitted.eam.alloy").is_file()
