@@ -224,6 +224,9 @@ class LiquidStatePointTerm(ObjectiveFunctor):
                 shutil.rmtree(workdir, ignore_errors=True)
                 ctx.meta.pop("workdir", None)
         ctx.meta["properties"] = {k: v for k, v in quantities.items() if k != "gradients"}
+        for key, per_parameter in quantities.get("gradients", {}).items():
+            if not key.endswith("_sem"):  # d<property>/d<parameter>, kept in the fit's history
+                ctx.meta["properties"].update({f"d_{key}/d_{name}": v for name, v in per_parameter.items()})
         ctx.meta["residuals"] = self.residuals(quantities)
         ctx.quantities = quantities
         ctx.loss = self.loss(quantities)

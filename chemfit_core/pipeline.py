@@ -349,7 +349,7 @@ def analyse_validation(
     round trip of the fitted model (``workdir`` holds its files).
     """
     record = read_json(fit_json)
-    rows = _liquid_rows(fit_name, fit, record.get("initial_properties", {}), logs)
+    rows = _liquid_rows(fit_name, fit, record.get("initial_properties", {}), logs, _liquid_gradients(record))
     if "crystal" in fit or "structures" in fit:
         rows += _in_process_rows(fit_name, fit, record, Path(workdir or Path(out_csv).parent / "roundtrip"))
     frame = pd.DataFrame(rows)
@@ -371,8 +371,32 @@ def _row(fit_name: str, state: str, prop: str, unit: str, spec: Mapping[str, Any
     }
 
 
+def _liquid_gradients(record: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Per state point, σ of each liquid property propagated from the parameter covariance,
+    with the fluctuation gradients of the best evaluation (least squares, analytic Jacobian)."""
+    if not record.get("covariance") or not record.get("history"):
+        return {}
+    names = record["parameter_names"]
+    covariance = np.array(record["covariance"])
+    best = min((e for e in record["history"] if e.get("properties")), key=lambda e: e["objective"], default=None)
+    if best is None:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for info, props in zip(record.get("terms", []), best["properties"]):
+        if not props or "state_point" not in info or info.get("replica") is None:
+            continue
+        for key in PROPERTY_UNITS:
+            g = [props.get(f"d_{key}/d_{name}") for name in names]
+            if None not in g:
+                g = np.array(g, dtype=float)
+                out.setdefault(info["state_point"], {}).setdefault(key, []).append(float(np.sqrt(g @ covariance @ g)))
+    return {sp: {k: float(np.mean(v)) for k, v in d.items()} for sp, d in out.items()}
+
+
 def _liquid_rows(fit_name: str, fit: Mapping[str, Any], initial: Mapping[str, Any],
-                 logs: Mapping[str, Sequence[Path | str]]) -> list[dict[str, Any]]:
+                 logs: Mapping[str, Sequence[Path | str]], propagated: Mapping[str, Mapping[str, float]] | None = None
+                 ) -> list[dict[str, Any]]:
+    propagated = propagated or {}
     rows = []
     for state, paths in logs.items():
         sp = state_point(fit, state)
@@ -391,7 +415,8 @@ def _liquid_rows(fit_name: str, fit: Mapping[str, Any], initial: Mapping[str, An
             spec = sp.get(key)
             rows.append(_row(fit_name, state, key, unit, spec, bool(spec), initial.get(state, {}).get(key, np.nan),
                              float(values.mean()), temperature_K=sp["temperature_K"], pressure_bar=sp["pressure_bar"],
-                             statistical_uncertainty=sem, replicas=len(values)))
+                             statistical_uncertainty=sem, replicas=len(values),
+                             parameter_uncertainty=propagated.get(state, {}).get(key, np.nan)))
     return rows
 
 

@@ -100,3 +100,19 @@ def test_copper_morse_fitted_to_experiment_recovers_girifalco_weizer():
     assert props["vacancy_eV"] / 1.27 - 1 > 1.0  # ~+150 %
     errors = fitter.result.standard_errors()
     assert set(errors) == set(start) and all(e > 0 for e in errors.values())
+
+
+def test_structures_from_an_extxyz_file_keep_their_labels(tmp_path):
+    from ase.io import write
+
+    from chemfit_core.targets import targets_from_config
+
+    form = potential_form({"form": "morse", "element": "Cu", "cutoff_A": 7.0})
+    write(tmp_path / "ref.extxyz", synthetic(form, MORSE_GW, n=3))
+    fit = {"element": "Cu", "potential": {"form": "morse", "cutoff_A": 7.0},
+           "structures": {"file": str(tmp_path / "ref.extxyz"), "energy_denominator": 1e-3,
+                          "force_denominator": 0.05, "stress_denominator": 1e-3, "weight": 2.0}}
+    [(name, term, weight)] = targets_from_config(fit)
+    assert (name, weight, len(term.structures)) == ("structures", 2.0, 3)
+    assert term(MORSE_GW) == pytest.approx(0.0, abs=1e-8)  # extxyz keeps ~8 significant digits
+    assert term({**MORSE_GW, "r0_A": 2.9}) > 1.0

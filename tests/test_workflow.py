@@ -164,10 +164,15 @@ def test_least_squares_fit_with_fluctuation_gradients_runs_in_the_workflow(tmp_p
     fit = config["fits"]["argon_fluctuation"]
     fit["liquid"]["md"].update(n_cells=4, melt_steps=200, equilibration_steps=400, production_steps=2000,
                                thermo_every=10, dump_every=20)
+    fit["liquid"]["validation"].update(replicas=2, production_steps=500)
+    fit["solid"]["perturbed_cells"] = 1
     fit["optimizer"]["max_evaluations"] = 3
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    done = snakemake(tmp_path, venv_env, "results/argon_fluctuation/params.json")
+    done = snakemake(tmp_path, venv_env)
     assert done.returncode == 0, done.stderr[-3000:]
+    # the covariance, propagated with the fluctuation gradients to the liquid properties
+    table = pd.read_csv(tmp_path / "results" / "argon_fluctuation" / "properties.csv").set_index("property")
+    assert (table.loc[["density_kg_m3", "hvap_kJ_mol"], "parameter_uncertainty"] > 0).all()
     record = json.loads((tmp_path / "results" / "argon_fluctuation" / "fit.json").read_text())
     assert record["method"] == "trf" and record["n_evaluations"] <= 4
     history = pd.read_csv(tmp_path / "results" / "argon_fluctuation" / "fit_history.csv")
