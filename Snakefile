@@ -31,3 +31,4 @@ rule all:
         "results/params.json",
         "results/properties.csv",
         "results/report.html",
+        "results/provenance.json",

@@ -76,3 +76,14 @@ def solid_tables(wildcards=None):
         for name, fit in config["fits"].items()
         if fit["solid"]["enabled"]
     ]
+
+
+def all_inputs(wildcards=None):
+    """Every input file of every fit (templates, structures), for provenance hashes."""
+    files = []
+    for fit in config["fits"].values():
+        if "liquid" in fit:
+            files.append(str(TEMPLATE_DIR / fit["liquid"]["template"]))
+        if "file" in fit.get("structures", {}):
+            files.append(fit["structures"]["file"])
+    return sorted(set(files))

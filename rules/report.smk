@@ -45,9 +45,34 @@ rule convergence_plot:
         "../scripts/convergence_plot.py"
 
 
+rule provenance:
+    """Versions, code revision, configuration and its hash, seeds and input hashes (results/provenance.json)."""
+    input:
+        fits=expand("results/{fit}/fit.json", fit=FITS),
+        inputs=all_inputs,
+    output:
+        "results/provenance.json",
+    log:
+        "logs/provenance.log",
+    benchmark:
+        "benchmarks/provenance.tsv"
+    conda:
+        "../workflow/envs/chemfit.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        config=config,
+        workflow_dir=workflow.basedir,
+    script:
+        "../scripts/provenance.py"
+
+
 rule report:
     """The one-file HTML report (results/report.html)."""
     input:
+        provenance="results/provenance.json",
         params="results/params.json",
         properties="results/properties.csv",
         fits=expand("results/{fit}/fit.json", fit=FITS),

@@ -7,11 +7,23 @@ from chemfit_core.report import write_report
 from chemfit_core.results import read_json
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
+
+
+def _summary(record):
+    """The report's provenance table: versions, revision, hashes (the full record is provenance.json)."""
+    return {**{f"version {k}": v for k, v in record["versions"].items()},
+            "chemfit-workflow commit": record["chemfit_workflow"]["commit"],
+            "uncommitted changes": record["chemfit_workflow"]["dirty"],
+            "config sha256": record["config_sha256"], "master seed": record["seeds"]["master"],
+            **{f"sha256 {k}": v for k, v in record["inputs_sha256"].items()}}
+
+
 log_to(sm.log[0])
 write_report(
     fit_records=[read_json(path) for path in sm.input.fits],
     params=read_json(sm.input.params),
     properties=pd.read_csv(sm.input.properties),
     out_html=sm.output[0],
+    provenance=_summary(read_json(sm.input.provenance)),
     solid=pd.concat([pd.read_csv(p) for p in sm.input.solid], ignore_index=True) if sm.input.solid else None,
 )

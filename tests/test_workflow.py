@@ -239,3 +239,19 @@ def test_copper_eam_example_runs_and_round_trips_through_lammps(tmp_path, venv_e
     for key in ("energy", "forces", "stress"):
         assert table.loc[f"max_relative_difference_{key}", "fitted"] < 1e-5
     assert (tmp_path / "work" / "copper_eam" / "round_trip" / "fitted.eam.alloy").is_file()
+
+
+@pytest.mark.slow
+def test_provenance_records_versions_revision_seeds_and_input_hashes(finished_run):
+    import hashlib
+
+    workdir, _ = finished_run
+    record = json.loads((workdir / "results" / "provenance.json").read_text())
+    assert record["versions"]["lammps"] and record["versions"]["torch"] and record["versions"]["snakemake"]
+    assert len(record["chemfit_workflow"]["commit"] or "") == 40
+    assert record["seeds"]["master"] == record["config"]["seed"]
+    fit = json.loads((workdir / "results" / "argon" / "fit.json").read_text())
+    assert record["seeds"]["argon"] == {t["name"]: t["seed"] for t in fit["terms"]}
+    template = REPO / "workflow" / "templates" / "lj_liquid_npt.lammps.j2"
+    assert record["inputs_sha256"][str(template)] == hashlib.sha256(template.read_bytes()).hexdigest()
+    assert "config sha256" in (workdir / "results" / "report.html").read_text()
