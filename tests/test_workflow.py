@@ -255,3 +255,39 @@ def test_provenance_records_versions_revision_seeds_and_input_hashes(finished_ru
     template = REPO / "workflow" / "templates" / "lj_liquid_npt.lammps.j2"
     assert record["inputs_sha256"][str(template)] == hashlib.sha256(template.read_bytes()).hexdigest()
     assert "config sha256" in (workdir / "results" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_consumer_workflow_reuses_ours_as_a_module(tmp_path, venv_env):
+    """`module` + `use rule * from chemfit as chemfit_*` from another directory runs our stages."""
+    small_config(tmp_path / "config.yaml")
+    (tmp_path / "Snakefile").write_text(f"""
+configfile: "config.yaml"
+
+
+module chemfit:
+    snakefile:
+        "{REPO / 'workflow' / 'Snakefile'}"
+    config:
+        config
+
+
+use rule * from chemfit as chemfit_*
+
+
+rule paper:
+    input:
+        "results/params.json",
+        "results/report.html",
+    output:
+        "paper/fitted_parameters.json",
+    shell:
+        "mkdir -p paper && cp {{input[0]}} {{output}}"
+""")
+    done = subprocess.run([SNAKEMAKE, "--cores", "2", "paper/fitted_parameters.json"], cwd=tmp_path, env=venv_env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    params = json.loads((tmp_path / "paper" / "fitted_parameters.json").read_text())
+    assert params["argon"]["parameters"]["epsilon_K"]["unit"] == "K"
+    assert (tmp_path / "results" / "report.html").is_file()
+    assert "chemfit_fit" in done.stderr + done.stdout  # the renamed rules ran
