@@ -291,3 +291,44 @@ rule paper:
     assert params["argon"]["parameters"]["epsilon_K"]["unit"] == "K"
     assert (tmp_path / "results" / "report.html").is_file()
     assert "chemfit_fit" in done.stderr + done.stdout  # the renamed rules ran
+
+
+def _can_run_slurm() -> str | None:
+    """Why the real SLURM test cannot run here, or None."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "starting slurmctld/slurmd and installing their Debian packages needs root"
+    if not (shutil.which("slurmctld") or shutil.which("apt-get")):
+        return "no SLURM installed and no apt-get to install it from Debian packages"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_can_run_slurm() is not None, reason=str(_can_run_slurm()))
+def test_slurm_profile_on_a_real_cluster_gives_the_local_results(finished_run, tmp_path, venv_env):
+    """The test config through profiles/slurm (--executor slurm, real slurmctld and slurmd on this
+    machine, started by tests/slurm/start_cluster.sh): every job is an sbatch job, and the
+    fitted parameters and properties equal the local run's exactly (same seeds)."""
+    started = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "start_cluster.sh")], capture_output=True,
+                             text=True, timeout=600)
+    assert started.returncode == 0 and "ready" in started.stdout, started.stderr[-2000:]
+    local_dir, _ = finished_run
+    small_config(tmp_path / "config.yaml")
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
+               "--profile", str(REPO / "profiles" / "slurm"), "--jobs", "4", "--slurm-no-account",
+               "--default-resources", "slurm_partition=debug", "mem_mb=1000", "runtime=30",
+               "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
+    done = subprocess.run(command, cwd=tmp_path, env=venv_env, capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Job " in output and "has been submitted with SLURM jobid" in output
+    params = (tmp_path / "results" / "params.json").read_text()
+    assert params == (local_dir / "results" / "params.json").read_text()
+    history = [pd.read_csv(d / "results" / "argon" / "fit_history.csv").drop(columns="wall_time_s")
+               for d in (tmp_path, local_dir)]
+    pd.testing.assert_frame_equal(*history)
+    local_props = pd.read_csv(local_dir / "results" / "properties.csv")
+    slurm_props = pd.read_csv(tmp_path / "results" / "properties.csv")
+    pd.testing.assert_frame_equal(slurm_props, local_props)

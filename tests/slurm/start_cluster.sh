@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Start a real one-node SLURM cluster on this machine (Debian packages), for the SLURM test.
+# Idempotent: installs the packages when missing, (re)writes slurm.conf, starts munged,
+# slurmctld and slurmd unless they run, and waits until the node takes jobs.
+# Needs root (it installs packages and starts daemons). Prints "ready" on success.
+set -euo pipefail
+
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+fi
+
+host=$(hostname)
+cpus=$(nproc)
+conf_dir=/etc/slurm
+mkdir -p "$conf_dir" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge
+cat > "$conf_dir/slurm.conf" <<CONF
+ClusterName=chemfit-test
+SlurmctldHost=$host
+SlurmUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+ReturnToService=2
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+MpiDefault=none
+NodeName=$host CPUs=$cpus RealMemory=8000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+
+if [ ! -s /etc/munge/munge.key ]; then
+    mkdir -p /etc/munge
+    dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
+fi
+chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
+chmod 400 /etc/munge/munge.key
+pgrep -x munged >/dev/null || su -s /bin/sh munge -c /usr/sbin/munged
+pgrep -x slurmctld >/dev/null || slurmctld
+pgrep -x slurmd >/dev/null || slurmd
+
+for _ in $(seq 60); do
+    if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+        scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
+        echo ready
+        exit 0
+    fi
+    scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
+    sleep 1
+done
+echo "SLURM did not come up; sinfo says: $(sinfo 2>&1)" >&2
+exit 1
