@@ -181,7 +181,7 @@ def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunc
         references = {k: Reference(r["value"], r["denominator"], r.get("source", ""))
                       for k, r in crystal["references"].items()}
         terms.append(("crystal", CrystalTarget(form, crystal_setup(fit["element"], crystal), references,
-                                               crystal["validate"]), crystal["weight"]))
+                                               crystal.get("validate", [])), crystal["weight"]))
     if "structures" in fit:
         spec = fit["structures"]
         if "file" in spec:

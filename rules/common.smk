@@ -37,6 +37,21 @@ def solid_config(wildcards):
 
 
 def fit_core_config(wildcards):
+    """What the fit itself depends on: editing anything else must not rerun it."""
+    fit = fit_validation_config(wildcards)
+    if "liquid" in fit:
+        fit["liquid"] = {k: v for k, v in fit["liquid"].items() if k != "validation"}
+    if "crystal" in fit:
+        fit["crystal"] = {
+            k: v
+            for k, v in fit["crystal"].items()
+            if k not in ("validate", "validation_references")
+        }
+    return fit
+
+
+def fit_validation_config(wildcards):
+    """What the validation of a fit depends on (everything but the solid stage)."""
     fit = config["fits"][wildcards.fit]
     return {key: value for key, value in fit.items() if key not in NOT_FITTED}
 

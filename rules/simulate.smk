@@ -16,7 +16,7 @@ rule render_validation_input:
         mem_mb=500,
         runtime=5,
     params:
-        fit=fit_core_config,
+        fit=fit_validation_config,
         seed=config["seed"],
     script:
         "../scripts/render_validation_input.py"
@@ -65,7 +65,7 @@ rule validate:
         mem_mb=1000,
         runtime=5,
     params:
-        fit=fit_core_config,
+        fit=fit_validation_config,
         workdir=lambda wildcards: f"work/{wildcards.fit}/round_trip",
     script:
         "../scripts/validate.py"

@@ -332,3 +332,30 @@ def test_slurm_profile_on_a_real_cluster_gives_the_local_results(finished_run, t
     local_props = pd.read_csv(local_dir / "results" / "properties.csv")
     slurm_props = pd.read_csv(tmp_path / "results" / "properties.csv")
     pd.testing.assert_frame_equal(slurm_props, local_props)
+
+
+@pytest.mark.slow
+def test_a_config_edit_reruns_only_the_affected_jobs(finished_run, tmp_path):
+    """Editing the solid validation reruns the solid stage, not the fit; editing the validation
+    run length reruns the validation simulations, not the fit; a fitted setting reruns the fit."""
+    import shutil
+
+    workdir, env = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, symlinks=True)
+
+    def planned(edit) -> set[str]:
+        config = yaml.safe_load((workdir / "config.yaml").read_text())
+        edit(config["fits"]["argon"])
+        (copy / "config.yaml").write_text(yaml.safe_dump(config))
+        done = snakemake(copy, env, "-n")
+        assert done.returncode == 0, done.stderr[-2000:]
+        return {line.split()[1].rstrip(":") for line in (done.stdout + done.stderr).splitlines()
+                if line.startswith(("rule ", "localrule "))}
+
+    assert planned(lambda fit: None) == set()
+    solid = planned(lambda fit: fit["solid"].update(fmax=0.002))
+    assert "relax" in solid and "fit" not in solid and "simulate" not in solid
+    validation = planned(lambda fit: fit["liquid"]["validation"].update(production_steps=600))
+    assert "simulate" in validation and "fit" not in validation and "relax" not in validation
+    assert "fit" in planned(lambda fit: fit["parameters"]["sigma_A"].update(initial=3.5))
