@@ -63,6 +63,54 @@ def write_convergence_plot(fit_record: Mapping[str, Any], out_png: Path | str) -
     return atomic_write_bytes(out_png, convergence_figure(fit_record))
 
 
+def properties_figure(fit_record: Mapping[str, Any], properties: pd.DataFrame) -> bytes:
+    """PNG: each objective term's contribution per evaluation, and every property with a
+    reference as a parity chart of relative errors (initial and fitted; error bars: the
+    statistical and parameter uncertainties combined), fitted and validation ones apart."""
+    history = fit_record["history"]
+    names = history[0].get("term_names") or [] if history else []
+    rows = properties[(properties["fit"] == fit_record["fit"]) & properties["target"].notna()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2 + 0.18 * len(rows)), constrained_layout=True)
+    ax = axes[0]
+    evals = np.array([e["index"] for e in history])
+    for k, name in enumerate(names):
+        values = np.array([np.nan if not e.get("terms") or e["terms"][k] is None else e["terms"][k] for e in history],
+                          dtype=float)
+        ax.semilogy(evals, values, "o-", ms=3, label=name)
+    ax.set_xlabel("evaluation")
+    ax.set_ylabel("term value (weighted residuals²)")
+    ax.set_title("objective terms")
+    if names:
+        ax.legend(frameon=False, fontsize="small")
+    ax = axes[1]
+    labels = [f"{r['property']}" + (f" @ {r['state_point']}" if r["state_point"] not in ("crystal",) else "")
+              for _, r in rows.iterrows()]
+    y = np.arange(len(rows))
+    target = rows["target"].to_numpy(dtype=float)
+    fitted = 100 * (rows["fitted"].to_numpy(dtype=float) / target - 1)
+    initial = 100 * (rows["initial"].to_numpy(dtype=float) / target - 1)
+    sigma = np.hypot(np.nan_to_num(rows.get("statistical_uncertainty", pd.Series(0, index=rows.index)).to_numpy(float)),
+                     np.nan_to_num(rows.get("parameter_uncertainty", pd.Series(0, index=rows.index)).to_numpy(float)))
+    colours = np.where(rows["fitted_to"].astype(bool).to_numpy(), "C0", "C3")
+    ax.axvline(0, color="k", lw=1)
+    ax.scatter(initial, y, marker="x", color="0.6", label="initial", zorder=2)
+    ax.errorbar(fitted, y, xerr=100 * sigma / np.abs(target), fmt="none", ecolor="0.3", zorder=2)
+    ax.scatter(fitted, y, c=colours, zorder=3)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("model / reference − 1 (%)")
+    ax.set_title("properties: fitted (blue), validation (red)")
+    ax.legend(frameon=False, fontsize="small")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_properties_plot(fit_record: Mapping[str, Any], properties: pd.DataFrame, out_png: Path | str) -> Path:
+    """Write :func:`properties_figure` to ``out_png`` (atomically)."""
+    return atomic_write_bytes(out_png, properties_figure(fit_record, properties))
+
+
 def _table(frame: pd.DataFrame, float_format: str = "{:.6g}") -> str:
     def fmt(value: Any) -> str:
         if isinstance(value, float):
@@ -149,6 +197,7 @@ def write_report(
                                ignore_index=True)
     for record in fit_records:
         png = base64.b64encode(convergence_figure(record)).decode()
+        parity = base64.b64encode(properties_figure(record, properties)).decode()
         sections += [
             f"<h2>Fit {html.escape(record['fit'])}</h2>",
             f"<p>{html.escape(record['config'].get('description', ''))}</p>",
@@ -157,6 +206,8 @@ def write_report(
             f"{record['wall_time_s']:.0f} s on {record['n_workers']} workers; master seed {record['seed']}; "
             f"config sha256 {record['config_sha256'][:16]}…</p>",
             f"<img alt='convergence of {html.escape(record['fit'])}' src='data:image/png;base64,{png}'>",
+            f"<img alt='terms and properties of {html.escape(record['fit'])}' "
+            f"src='data:image/png;base64,{parity}'>",
         ]
     sources = sorted({s for s in properties.get("source", pd.Series(dtype=str)).dropna() if s})
     if sources:

@@ -45,6 +45,32 @@ rule convergence_plot:
         "../scripts/convergence_plot.py"
 
 
+rule properties_plot:
+    """Objective terms per evaluation, and the properties' errors (fitted and validation)."""
+    input:
+        fit="results/{fit}/fit.json",
+        properties="results/{fit}/properties.csv",
+    output:
+        report(
+            "results/{fit}/properties.png",
+            caption="../workflow/report/properties.rst",
+            category="Fits",
+            subcategory="{fit}",
+        ),
+    log:
+        "logs/{fit}/properties_plot.log",
+    benchmark:
+        "benchmarks/{fit}/properties_plot.tsv"
+    conda:
+        "../workflow/envs/chemfit.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/properties_plot.py"
+
+
 rule provenance:
     """Versions, code revision, configuration and its hash, seeds and input hashes (results/provenance.json)."""
     input:
@@ -77,6 +103,7 @@ rule report:
         properties="results/properties.csv",
         fits=expand("results/{fit}/fit.json", fit=FITS),
         plots=expand("results/{fit}/convergence.png", fit=FITS),
+        property_plots=expand("results/{fit}/properties.png", fit=FITS),
         solid=solid_tables,
     output:
         report(

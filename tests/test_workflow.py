@@ -359,3 +359,18 @@ def test_a_config_edit_reruns_only_the_affected_jobs(finished_run, tmp_path):
     validation = planned(lambda fit: fit["liquid"]["validation"].update(production_steps=600))
     assert "simulate" in validation and "fit" not in validation and "relax" not in validation
     assert "fit" in planned(lambda fit: fit["parameters"]["sigma_A"].update(initial=3.5))
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_every_plot_with_its_caption(finished_run, tmp_path):
+    workdir, env = finished_run
+    assert (workdir / "results" / "argon" / "properties.png").stat().st_size > 10_000
+    done = snakemake(workdir, env, "--report", str(tmp_path / "report.zip"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    import zipfile
+
+    names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
+    for plot in ("convergence.png", "properties.png", "report.html"):
+        assert any(n.endswith(plot) for n in names), plot
+    html = (workdir / "results" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2  # convergence and properties, embedded
