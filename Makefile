@@ -34,6 +34,7 @@ lint: install
 bench: install
 	python bench/async_overhead.py
 	python bench/relax_throughput.py
+	python bench/workflow_overhead.py
 
 clean:
 	rm -rf results logs benchmarks work .snakemake

@@ -34,7 +34,8 @@ rule relax:
         "benchmarks/{fit}/solid/relax.tsv"
     conda:
         "../workflow/envs/chemfit.yaml"
-    threads: 1
+    # torch's batched kernels use every core given (one thread would halve the rate)
+    threads: workflow.cores
     resources:
         mem_mb=2000,
         runtime=30,

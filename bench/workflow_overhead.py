@@ -1,0 +1,132 @@
+"""Snakemake's share of a workflow run, and the relax rule against the engine called directly.
+
+1. Runs the workflow on the default config (``--quick``: the test-sized config) in a
+   fresh directory and reads Snakemake's own log: each job's end (``Finished jobid``)
+   and, from the job's ``benchmark:`` file, how long its command ran. The union of those
+   command intervals is the time spent in the science; the rest of the wall time
+   (start-up, DAG, scheduling, launching scripts) is Snakemake's share.
+2. Relaxes the same structures (the fitted argon model, M perturbed fcc cells plus the
+   fcc/hcp/bcc prototypes, cells relaxed) twice, interleaved: through the ``relax`` rule
+   (``snakemake --forcerun relax``, process start and imports included) and by calling
+   ``chemfit_core.relax.relax_structures`` in this process (imports excluded); prints the
+   structures/s of both and their ratio.
+
+Usage: python bench/workflow_overhead.py [--quick] [--cells 1024] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake(workdir: Path, *args: str) -> float:
+    """Run snakemake in ``workdir``; return its wall time, s."""
+    start = time.perf_counter()
+    done = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
+                           "--cores", "2", *args], cwd=workdir, env=ENV, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"snakemake failed:\n{done.stderr[-3000:]}")
+    return wall
+
+
+def busy_time(workdir: Path) -> tuple[float, int]:
+    """Union of the jobs' command intervals (s) from the latest Snakemake log and the benchmark files."""
+    log = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))[-1].read_text().splitlines()
+    benchmarks = {}
+    for path in (workdir / "benchmarks").rglob("*.tsv"):
+        benchmarks[str(path.relative_to(workdir))] = float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
+    stamp, job_bench, intervals = None, {}, []
+    current = None
+    for line in log:
+        match = re.match(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$", line.strip())
+        if match:
+            stamp = dt.datetime.strptime(match.group(1), "%a %b %d %H:%M:%S %Y").timestamp()
+            continue
+        if line.strip().startswith("jobid:"):
+            current = int(line.split(":")[1])
+        if line.strip().startswith("benchmark:") and current is not None:
+            job_bench[current] = line.split(":", 1)[1].strip()
+        finished = re.match(r"^Finished jobid: (\d+)", line.strip())
+        if finished and stamp is not None:
+            bench = job_bench.get(int(finished.group(1)))
+            if bench in benchmarks:
+                intervals.append((stamp - benchmarks[bench], stamp))
+    intervals.sort()
+    total, end = 0.0, -1e300
+    for a, b in intervals:
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total, len(intervals)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the test-sized config instead of the default")
+    parser.add_argument("--cells", type=int, default=1024, help="perturbed cells for the relax comparison")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_workflow import small_config
+
+    work = Path(tempfile.mkdtemp(prefix="chemfit-overhead-"))
+    try:
+        if args.quick:
+            small_config(work / "config.yaml")
+        else:
+            shutil.copy(REPO / "config" / "config.yaml", work / "config.yaml")
+        wall = snakemake(work)
+        busy, jobs = busy_time(work)
+        print(f"workflow ({'test-sized' if args.quick else 'default'} config), 2 cores: wall {wall:.1f} s, "
+              f"{jobs} jobs' commands busy {busy:.1f} s -> Snakemake's share {100 * (1 - busy / wall):.1f} % "
+              "(goal < 10 %; job timestamps have 1 s resolution)")
+
+        config = yaml.safe_load((work / "config.yaml").read_text())
+        config["fits"]["argon"]["solid"]["perturbed_cells"] = args.cells
+        (work / "config.yaml").write_text(yaml.safe_dump(config))
+        snakemake(work, "results/argon/solid/relaxed.extxyz")  # prepare the larger set once
+        from ase.io import read
+
+        from chemfit_core.models import build_model
+        from chemfit_core.pipeline import fitted_model_spec
+        from chemfit_core.relax import relax_structures
+        from chemfit_core.results import read_json
+
+        structures = read(work / "results" / "argon" / "solid" / "initial.extxyz", index=":")
+        model = build_model(fitted_model_spec(read_json(work / "results" / "argon" / "params.json")["argon"]))
+        fmax = config["fits"]["argon"]["solid"]["fmax"]
+        rule_rates, direct_rates = [], []
+        for _ in range(args.rounds):
+            wall = snakemake(work, "results/argon/solid/relaxed.extxyz", "--forcerun", "relax")
+            rule_rates.append(len(structures) / wall)
+            start = time.perf_counter()
+            relax_structures(structures, model, fmax=fmax, relax_cell=True, progress_every_s=None)
+            direct_rates.append(len(structures) / (time.perf_counter() - start))
+        rule, direct = statistics.median(rule_rates), statistics.median(direct_rates)
+        print(f"relax of {len(structures)} structures (cells relaxed), median of {args.rounds} interleaved rounds: "
+              f"rule {rule:.1f} /s (snakemake call, process start included), direct {direct:.1f} /s -> "
+              f"rule/direct {rule / direct:.2f} (goal >= 0.9)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
