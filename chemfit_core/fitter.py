@@ -168,6 +168,10 @@ class Fitter:
             step sizes and tolerances mean the same for every parameter.
         progress: log one line per evaluation (INFO on ``chemfit_core.fitter``;
             a stderr handler is added when logging is not configured).
+        cache: an :class:`~chemfit_core.cache.EvaluationCache`: every successful
+            evaluation is saved to it as it finishes, and parameters found in it are
+            replayed instead of recomputed, so a killed fit restarted with the same
+            cache resumes where it stopped (``n_replayed`` counts them).
     """
 
     def __init__(
@@ -183,6 +187,7 @@ class Fitter:
         on_nonfinite: Literal["raise", "penalty"] = "raise",
         normalize: bool = False,
         progress: bool = True,
+        cache: Any | None = None,
     ) -> None:
         if on_nonfinite not in ("raise", "penalty"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'penalty', got {on_nonfinite!r}")
@@ -196,6 +201,8 @@ class Fitter:
         self.on_nonfinite = on_nonfinite
         self.normalize = normalize
         self.progress = progress
+        self.cache = cache
+        self.n_replayed = 0
         self.history: list[Evaluation] = []
         self.result: FitResult | None = None
         self.callbacks: list[tuple[Callable[[int, list[Evaluation]], None], int]] = []
@@ -369,6 +376,8 @@ class Fitter:
     def _evaluate_physical(self, x: np.ndarray) -> float:
         x = np.clip(x, self._lower, self._upper)  # optimisers may step a hair outside
         flat = {name: float(v) for name, v in zip(self.names, x)}
+        if self.cache is not None and (cached := self.cache.get(flat)) is not None:
+            return self._replay(flat, cached)
         params = unflatten_dict(flat)
         ctx = EvaluateContext()
         start = time.monotonic()
@@ -399,7 +408,29 @@ class Fitter:
             logger.warning("objective is %s at %s%s; using %g", value, flat, detail, self.value_bad_params)
             value, error = self.value_bad_params, "non-finite objective"
         self._record(flat, value, ctx, wall, error)
+        if self.cache is not None and error is None:
+            last = self.history[-1]
+            self.cache.put(flat, {**asdict(last), "jacobian": None if self._last_jacobian is None
+                                  else self._last_jacobian.tolist()})
         return value
+
+    def _replay(self, flat: dict[str, float], cached: Mapping[str, Any]) -> float:
+        """Record a cached evaluation as if it had just run (its original wall time kept)."""
+        self.n_replayed += 1
+        jacobian = cached.get("jacobian")
+        evaluation = Evaluation(**{**{k: v for k, v in cached.items() if k != "jacobian"},
+                                   "index": len(self.history), "parameters": flat})
+        self._last_jacobian = None if jacobian is None else np.asarray(jacobian, dtype=float)
+        self.history.append(evaluation)
+        if self._best is None or evaluation.objective < self._best.objective:
+            self._best = evaluation
+        if self.progress:
+            logger.info("eval %4d  f=%.6e  (replayed from the cache: %s)", evaluation.index, evaluation.objective,
+                        " ".join(f"{n}={v:.6g}" for n, v in flat.items()))
+        for func, n_steps in self.callbacks:
+            if len(self.history) % n_steps == 0:
+                func(len(self.history), self.history)
+        return float(evaluation.objective)
 
     def _record(self, flat: dict[str, float], value: float, ctx: EvaluateContext, wall: float, error: str | None) -> None:
         terms = ctx.meta.get("terms")

@@ -38,6 +38,7 @@ from chemfit_core.liquid import (
     Reference,
     properties_from_log,
 )
+from chemfit_core.cache import EvaluationCache, namespace_of
 from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
 from chemfit_core.targets import potential_form_of, propagate, targets_from_config
 
@@ -183,9 +184,15 @@ def run_fit(
         fit_name, cob.n_terms(), ", ".join(cob.names), n_workers, optimizer["method"], optimizer["max_evaluations"],
     )
     start = time.monotonic()
+    cache = fit_cache(fit_name, fit, master_seed, template, workdir)
+    if len(cache):
+        logger.info("fit %s: %d evaluations in the cache %s: a previous run is resumed", fit_name, len(cache),
+                    cache.directory)
     with AsyncWrapperCOB(cob, max_workers=n_workers) as objective:
-        fitter = Fitter(objective, initial, bounds, near_bound_tol=0.01, normalize=True)
+        fitter = Fitter(objective, initial, bounds, near_bound_tol=0.01, normalize=True, cache=cache)
         minimise(fitter, optimizer, seed=derived_seed(master_seed, fit_name, "optimizer"))
+    logger.info("fit %s: %d evaluations replayed from the cache, %d computed", fit_name, fitter.n_replayed,
+                len(fitter.history) - fitter.n_replayed)
     result = fitter.result
     assert result is not None
     fitted = result.parameters
@@ -199,6 +206,7 @@ def run_fit(
         "n_workers": n_workers,
         "wall_time_s": time.monotonic() - start,
         "initial_properties": initial_properties,
+        "evaluations_replayed_from_cache": fitter.n_replayed,
         "python": platform.python_version(),
         **result.to_dict(),
     }
@@ -206,6 +214,17 @@ def run_fit(
     write_json(params_json, params_summary(fit_name, fit, fitted, result))
     write_csv(history_csv, result.history_frame())
     return record
+
+
+def fit_cache(fit_name: str, fit: Mapping[str, Any], master_seed: int, template: Path | str | None,
+              workdir: Path | str) -> EvaluationCache:
+    """The evaluation cache of a fit, in ``<workdir>/cache``: keyed by the fit's configuration,
+    master seed, template text and chemfit_core version, so any change starts afresh."""
+    from importlib.metadata import version
+
+    text = Path(template).read_text() if template else None
+    namespace = namespace_of(fit_name, config_hash(fit), master_seed, text, version("chemfit-core"))
+    return EvaluationCache(Path(workdir) / "cache", namespace)
 
 
 def params_summary(fit_name: str, fit: Mapping[str, Any], fitted: Mapping[str, float], result: Any) -> dict[str, Any]:
