@@ -35,6 +35,7 @@ bench: install
 	python bench/async_overhead.py
 	python bench/relax_throughput.py
 	python bench/workflow_overhead.py
+	python bench/cache_rerun.py
 
 clean:
 	rm -rf results logs benchmarks work .snakemake
