@@ -420,20 +420,12 @@ class Fitter:
         jacobian = cached.get("jacobian")
         evaluation = Evaluation(**{**{k: v for k, v in cached.items() if k != "jacobian"},
                                    "index": len(self.history), "parameters": flat})
-        self._last_jacobian = None if jacobian is None else np.asarray(jacobian, dtype=float)
-        self.history.append(evaluation)
-        if self._best is None or evaluation.objective < self._best.objective:
-            self._best = evaluation
-        if self.progress:
-            logger.info("eval %4d  f=%.6e  (replayed from the cache: %s)", evaluation.index, evaluation.objective,
-                        " ".join(f"{n}={v:.6g}" for n, v in flat.items()))
-        for func, n_steps in self.callbacks:
-            if len(self.history) % n_steps == 0:
-                func(len(self.history), self.history)
+        self._append(evaluation, None if jacobian is None else np.asarray(jacobian, dtype=float), replayed=True)
         return float(evaluation.objective)
 
     def _record(self, flat: dict[str, float], value: float, ctx: EvaluateContext, wall: float, error: str | None) -> None:
         terms = ctx.meta.get("terms")
+        residuals, jacobian = _residuals_and_jacobian(ctx, self.names)
         evaluation = Evaluation(
             index=len(self.history),
             parameters=flat,
@@ -443,21 +435,25 @@ class Fitter:
             wall_time_s=wall,
             error=error,
             properties=_term_properties(ctx),
-            residuals=None,
+            residuals=None if residuals is None else residuals.tolist(),
         )
-        residuals, jacobian = _residuals_and_jacobian(ctx, self.names)
-        evaluation.residuals = None if residuals is None else residuals.tolist()
+        self._append(evaluation, jacobian)
+
+    def _append(self, evaluation: Evaluation, jacobian: np.ndarray | None, replayed: bool = False) -> None:
+        """Add an evaluation to the history: best so far, progress line, callbacks."""
         self._last_jacobian = jacobian
         self.history.append(evaluation)
-        if error is None and (self._best is None or value < self._best.objective):
+        if evaluation.error is None and (self._best is None or evaluation.objective < self._best.objective):
             self._best = evaluation
         if self.progress:
-            params = " ".join(f"{n}={v:.6g}" for n, v in flat.items())
+            params = " ".join(f"{n}={v:.6g}" for n, v in evaluation.parameters.items())
             terms_txt = ""
             if evaluation.terms is not None:
                 terms_txt = " terms=[" + ", ".join("skip" if t is None else f"{t:.3g}" for t in evaluation.terms) + "]"
             best = " *" if evaluation is self._best else ""
-            logger.info("eval %4d  f=%.6e%s  %s%s  (%.2f s)", evaluation.index, value, best, params, terms_txt, wall)
+            timing = "replayed from the cache" if replayed else f"{evaluation.wall_time_s:.2f} s"
+            logger.info("eval %4d  f=%.6e%s  %s%s  (%s)", evaluation.index, evaluation.objective, best, params,
+                        terms_txt, timing)
         for func, n_steps in self.callbacks:
             if len(self.history) % n_steps == 0:
                 func(len(self.history), self.history)
