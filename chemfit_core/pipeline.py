@@ -468,10 +468,10 @@ def _in_process_rows(fit_name: str, fit: Mapping[str, Any], record: Mapping[str,
                                  initial.get("structures", {}).get(prop, np.nan), ctx.meta["properties"][prop]))
             structures = term.structures
     if "structures" not in fit:  # round trip on rattled crystals of the fitted lattice
-        from chemfit_core.targets import synthetic_structures
+        from chemfit_core.targets import rattled_cells
 
         a0 = next((r["fitted"] for r in rows if r["property"] == "a0_A"), fit["crystal"]["a_guess_A"])
-        structures = synthetic_structures(potential_form_of(fit), fitted, 6, a0, seed=0)
+        structures = rattled_cells(fit["element"], 6, a0, seed=0)  # evaluated by torch and LAMMPS in round_trip
     worst = round_trip(potential_form_of(fit).model(fitted), structures, workdir)
     for key, value in worst.items():
         rows.append(_row(fit_name, "lammps_round_trip", f"max_relative_difference_{key}", "1", None, False, np.nan,

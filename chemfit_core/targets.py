@@ -145,21 +145,30 @@ class StructureTarget(ObjectiveFunctor):
         return _loss(ctx, r)
 
 
-def synthetic_structures(form: PotentialForm, parameters: Mapping[str, float], n_structures: int = 8,
-                         lattice_constant_A: float = 3.615, seed: int = 0, lattice: str = "fcc") -> list[Any]:
-    """Rattled (0.1 Å), strained (±4 %) cells with every fourth one holding a vacancy,
-    labelled by ``form`` at ``parameters``: noise-free data for parameter recovery."""
+def rattled_cells(element: str, n_structures: int = 8, lattice_constant_A: float = 3.615, seed: int = 0,
+                  lattice: str = "fcc", vacancies: bool = True) -> list[Any]:
+    """Unlabelled cubic cells (2×2×1 or 2×2×2 conventional), each strained by up to ±4 %
+    and rattled by 0.1 Å (seed ``1000·seed + k``); with ``vacancies`` every fourth one
+    lacks an atom."""
     from ase.build import bulk
 
     rng = np.random.default_rng(seed)
     cells = []
     for k in range(n_structures):
         a = lattice_constant_A * (1 + 0.04 * rng.uniform(-1, 1))
-        atoms = bulk(form.element, lattice, a=a, cubic=True).repeat((2, 2, 1 + k % 2))
+        atoms = bulk(element, lattice, a=a, cubic=True).repeat((2, 2, 1 + k % 2))
         atoms.rattle(0.1, seed=seed * 1000 + k)
-        if k % 4 == 3:
+        if vacancies and k % 4 == 3:
             del atoms[0]
         cells.append(atoms)
+    return cells
+
+
+def synthetic_structures(form: PotentialForm, parameters: Mapping[str, float], n_structures: int = 8,
+                         lattice_constant_A: float = 3.615, seed: int = 0, lattice: str = "fcc") -> list[Any]:
+    """:func:`rattled_cells` (vacancies included) labelled by ``form`` at ``parameters``:
+    noise-free data for parameter recovery."""
+    cells = rattled_cells(form.element, n_structures, lattice_constant_A, seed, lattice)
     return label(cells, form.model(parameters))
 
 

@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from ase.build import bulk
 
 from chemfit_core import EvaluateContext, Fitter
 from chemfit_core.crystal import UNITS, CrystalSetup
@@ -26,7 +24,7 @@ from chemfit_core.forms import potential_form
 from chemfit_core.liquid import Reference
 from chemfit_core.models import build_model
 from chemfit_core.roundtrip import round_trip
-from chemfit_core.targets import CrystalTarget, StructureTarget, label
+from chemfit_core.targets import CrystalTarget, StructureTarget, label, rattled_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 CU_EXPERIMENT = {"a0_A": 3.615, "Ec_eV": 3.54, "C11_GPa": 170.0, "C12_GPa": 122.5, "C44_GPa": 75.8,
@@ -46,15 +44,7 @@ def references(names) -> dict[str, Reference]:
 
 def labelled(model, n: int, seed: int, vacancies: bool = False) -> list:
     """Rattled, strained copper cells with ``model``'s energies, forces and stresses."""
-    rng = np.random.default_rng(seed)
-    cells = []
-    for k in range(n):
-        atoms = bulk("Cu", "fcc", a=3.615 * (1 + 0.04 * rng.uniform(-1, 1)), cubic=True).repeat((2, 2, 1 + k % 2))
-        atoms.rattle(0.1, seed=seed * 1000 + k)
-        if vacancies and k % 4 == 3:
-            del atoms[0]
-        cells.append(atoms)
-    return label(cells, model)
+    return label(rattled_cells("Cu", n, 3.615, seed, vacancies=vacancies), model)
 
 
 def fit_crystal(form, fitted, start, bounds):
