@@ -11,26 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _workflow import run_directory, snakemake  # noqa: E402
 
 
 def run(workdir: Path, *args: str) -> float:
     """Run the workflow; return the fit job's time (s) from its benchmark file."""
-    done = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
-                           "--cores", "2", *args], cwd=workdir, env=ENV, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"snakemake failed:\n{done.stderr[-3000:]}")
+    snakemake(workdir, *args)
     return float(pd.read_csv(workdir / "benchmarks" / "argon" / "fit.tsv", sep="\t")["s"].iloc[-1])
 
 
@@ -38,15 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the test-sized config instead of the default")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="chemfit-cache-"))
+    work = run_directory(args.quick, "chemfit-cache-")
     try:
-        if args.quick:
-            sys.path.insert(0, str(REPO / "tests"))
-            from test_workflow import small_config
-
-            small_config(work / "config.yaml")
-        else:
-            shutil.copy(REPO / "config" / "config.yaml", work / "config.yaml")
         cold = run(work)
         warm = run(work, "--forcerun", "fit")
         record = json.loads((work / "results" / "argon" / "fit.json").read_text())

@@ -18,33 +18,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-
-
-def snakemake(workdir: Path, *args: str) -> float:
-    """Run snakemake in ``workdir``; return its wall time, s."""
-    start = time.perf_counter()
-    done = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
-                           "--cores", "2", *args], cwd=workdir, env=ENV, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode:
-        sys.exit(f"snakemake failed:\n{done.stderr[-3000:]}")
-    return wall
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _workflow import run_directory, snakemake  # noqa: E402
 
 
 def busy_time(workdir: Path) -> tuple[float, int]:
@@ -84,15 +69,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=1024, help="perturbed cells for the relax comparison")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_workflow import small_config
-
-    work = Path(tempfile.mkdtemp(prefix="chemfit-overhead-"))
+    work = run_directory(args.quick, "chemfit-overhead-")
     try:
-        if args.quick:
-            small_config(work / "config.yaml")
-        else:
-            shutil.copy(REPO / "config" / "config.yaml", work / "config.yaml")
         wall = snakemake(work)
         busy, jobs = busy_time(work)
         print(f"workflow ({'test-sized' if args.quick else 'default'} config), 2 cores: wall {wall:.1f} s, "
