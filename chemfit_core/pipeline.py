@@ -267,37 +267,6 @@ def fitted_model_spec(summary: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"no torch model for potential form {potential['form']!r}")
 
 
-def prepare_solid(fit_name: str, fit: Mapping[str, Any], master_seed: int, params_json: Path | str,
-                  out_path: Path | str) -> None:
-    """Write the crystal structures of a fit's solid validation (extxyz)."""
-    import io
-
-    from ase.io import write
-
-    from chemfit_core.solid import prototype_structures
-
-    spec = fitted_model_spec(read_json(params_json)[fit_name])
-    solid = fit["solid"]
-    structures = prototype_structures(
-        fit["element"], 2 ** (1 / 6) * spec["sigma"], solid["structures"], solid["perturbed_cells"],
-        solid["rattle_A"], seed=derived_seed(master_seed, fit_name, "solid"),
-    )
-    buffer = io.StringIO()
-    write(buffer, structures, format="extxyz")
-    atomic_write_text(out_path, buffer.getvalue())
-
-
-def analyse_solid(fit_name: str, fit: Mapping[str, Any], relaxed_path: Path | str, out_csv: Path | str) -> pd.DataFrame:
-    """Lattice constant, cohesive energy and structure energy differences of the relaxed crystals."""
-    from chemfit_core.solid import solid_properties
-    from chemfit_core.state import read_structures
-
-    table = solid_properties(read_structures(relaxed_path), references=fit["solid"]["references"])
-    table.insert(0, "fit", fit_name)
-    write_csv(out_csv, table)
-    return table
-
-
 def _mean_properties_by_state(
     per_term: Sequence[Mapping[str, Any] | None] | None, terms_info: Sequence[Mapping[str, Any]]
 ) -> dict[str, dict[str, float]]:

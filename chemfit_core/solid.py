@@ -1,21 +1,95 @@
 """Crystal structures and their properties, computed with the batched relaxation engine.
 
-The workflow relaxes a fitted model's crystal structures (fcc, hcp, bcc and
-rattled supercells) in one batched run and reports lattice constants, cohesive
-energies and structural energy differences next to experiment: properties the
-fit did not target, so a reader sees what the model can and cannot do.
-Units: Å, eV per atom.
+The workflow relaxes a fitted model's structure sets — the crystal prototypes (fcc,
+hcp, bcc), rattled fcc supercells and any sets the user names — each in its own
+batched relax job, and reports lattice constants, cohesive energies and structural
+energy differences next to experiment: properties the fit did not target, so a reader
+sees what the model can and cannot do. Units: Å, eV per atom.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 PROTOTYPES = ("fcc", "hcp", "bcc")
+BUILTIN_SETS = ("prototypes", "perturbed")
+
+
+def solid_sets(fit: Mapping[str, Any]) -> list[str]:
+    """Names of the structure sets a fit's solid stage relaxes (one relax job each)."""
+    solid = fit["solid"]
+    sets = ["prototypes"] if solid["structures"] else []
+    if solid["perturbed_cells"]:
+        sets.append("perturbed")
+    return sets + list(solid.get("sets", {}))
+
+
+def set_structures(fit_name: str, fit: Mapping[str, Any], set_name: str, nearest_neighbour_A: float,
+                   master_seed: int) -> list[Any]:
+    """The structures of one set, labelled with ``kind`` and ``label`` (a user set's
+    structures take the set's name as their kind).
+
+    Raises :class:`~chemfit_core.errors.ChemFitError` naming the file and the structure
+    index for a user set that is missing, unreadable, empty or holds another element.
+    """
+    from chemfit_core.config import derived_seed
+    from chemfit_core.errors import ChemFitError
+    from chemfit_core.state import read_structures
+
+    solid, element = fit["solid"], fit["element"]
+    if set_name == "prototypes":
+        return prototype_structures(element, nearest_neighbour_A, solid["structures"])
+    if set_name == "perturbed":
+        return prototype_structures(element, nearest_neighbour_A, (), solid["perturbed_cells"], solid["rattle_A"],
+                                    seed=derived_seed(master_seed, fit_name, "solid"))
+    if set_name not in solid.get("sets", {}):
+        raise ChemFitError(f"fits.{fit_name}.solid.sets: no structure set {set_name!r}; "
+                           f"expected one of {solid_sets(fit)}")
+    path = solid["sets"][set_name]["file"]
+    structures = read_structures(path)
+    for index, atoms in enumerate(structures):
+        others = sorted(set(atoms.get_chemical_symbols()) - {element})
+        if others:
+            raise ChemFitError(f"{path}: structure {index} holds {', '.join(others)}; expected only {element} "
+                               f"(fits.{fit_name}.solid.sets.{set_name})")
+        atoms.info.update({"kind": set_name, "label": f"{set_name}-{index}"})
+    return structures
+
+
+def prepare_set(fit_name: str, fit: Mapping[str, Any], master_seed: int, params_json: Path | str, set_name: str,
+                out_path: Path | str) -> None:
+    """Write one structure set of a fit's solid stage (extxyz), scaled to the fitted
+    σ for the built-in sets (nearest neighbours at the pair minimum 2^(1/6) σ)."""
+    import io
+
+    from ase.io import write
+
+    from chemfit_core.pipeline import fitted_model_spec
+    from chemfit_core.results import atomic_write_text, read_json
+
+    spec = fitted_model_spec(read_json(params_json)[fit_name])
+    structures = set_structures(fit_name, fit, set_name, 2 ** (1 / 6) * spec["sigma"], master_seed)
+    buffer = io.StringIO()
+    write(buffer, structures, format="extxyz")
+    atomic_write_text(out_path, buffer.getvalue())
+
+
+def analyse_sets(fit_name: str, fit: Mapping[str, Any], relaxed_paths: Sequence[Path | str],
+                 out_csv: Path | str) -> pd.DataFrame:
+    """Lattice constant, cohesive energy and energy differences of every relaxed set."""
+    from chemfit_core.results import write_csv
+    from chemfit_core.state import read_structures
+
+    relaxed = [atoms for path in relaxed_paths for atoms in read_structures(path)]
+    table = solid_properties(relaxed, references=fit["solid"]["references"])
+    table.insert(0, "fit", fit_name)
+    write_csv(out_csv, table)
+    return table
 
 
 def prototype_structures(

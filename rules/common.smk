@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from chemfit_core.config import validate_config
+from chemfit_core.solid import solid_sets
 
 PYTHON = sys.executable
 TEMPLATE_DIR = Path(workflow.current_basedir).parent / "workflow" / "templates"
@@ -21,6 +22,7 @@ FITS = list(config["fits"])
 wildcard_constraints:
     fit="|".join(FITS),
     replica=r"\d+",
+    set=r"[A-Za-z][A-Za-z0-9_-]*",
 
 
 def fit_config(wildcards):
@@ -85,11 +87,33 @@ def validation_logs(wildcards):
     ]
 
 
+def solid_set_file(wildcards):
+    """A user's structure file of a solid set (none for the built-in sets)."""
+    sets = config["fits"][wildcards.fit]["solid"]["sets"]
+    return [sets[wildcards.set]["file"]] if wildcards.set in sets else []
+
+
+def relaxed_sets(wildcards):
+    return [
+        f"results/{wildcards.fit}/solid/{name}/relaxed.extxyz"
+        for name in solid_sets(config["fits"][wildcards.fit])
+    ]
+
+
 def solid_tables(wildcards=None):
     return [
         f"results/{name}/solid_properties.csv"
         for name, fit in config["fits"].items()
         if fit["solid"]["enabled"]
+    ]
+
+
+def parity_plots(wildcards=None):
+    """Parity plots of the fits with reference structures."""
+    return [
+        f"results/{name}/structures_parity.png"
+        for name, fit in config["fits"].items()
+        if "structures" in fit
     ]
 
 
@@ -101,4 +125,6 @@ def all_inputs(wildcards=None):
             files.append(str(TEMPLATE_DIR / fit["liquid"]["template"]))
         if "file" in fit.get("structures", {}):
             files.append(fit["structures"]["file"])
+        if fit["solid"]["enabled"]:
+            files += [spec["file"] for spec in fit["solid"]["sets"].values()]
     return sorted(set(files))

@@ -1,13 +1,14 @@
 rule prepare_solid:
-    """Crystal structures (fcc, hcp, bcc, rattled cells) for the fitted model."""
+    """One structure set for the fitted model: prototypes (fcc, hcp, bcc), rattled cells, or a user's file (checked)."""
     input:
         params="results/{fit}/params.json",
+        structures=solid_set_file,
     output:
-        "results/{fit}/solid/initial.extxyz",
+        "results/{fit}/solid/{set}/initial.extxyz",
     log:
-        "logs/{fit}/solid/prepare.log",
+        "logs/{fit}/solid/{set}/prepare.log",
     benchmark:
-        "benchmarks/{fit}/solid/prepare.tsv"
+        "benchmarks/{fit}/solid/{set}/prepare.tsv"
     conda:
         "../workflow/envs/chemfit.yaml"
     threads: 1
@@ -22,16 +23,16 @@ rule prepare_solid:
 
 
 rule relax:
-    """Batched relaxation (cell included) of a structure set with the fitted model."""
+    """Batched relaxation (cell included) of one structure set with the fitted model."""
     input:
-        structures="results/{fit}/solid/initial.extxyz",
+        structures="results/{fit}/solid/{set}/initial.extxyz",
         params="results/{fit}/params.json",
     output:
-        "results/{fit}/solid/relaxed.extxyz",
+        "results/{fit}/solid/{set}/relaxed.extxyz",
     log:
-        "logs/{fit}/solid/relax.log",
+        "logs/{fit}/solid/{set}/relax.log",
     benchmark:
-        "benchmarks/{fit}/solid/relax.tsv"
+        "benchmarks/{fit}/solid/{set}/relax.tsv"
     conda:
         "../workflow/envs/chemfit.yaml"
     # torch's batched kernels use every core given (one thread would halve the rate)
@@ -53,9 +54,9 @@ rule relax:
 
 
 rule solid_properties:
-    """Lattice constant, cohesive energy, structure energies next to experiment."""
+    """Lattice constant, cohesive energy, structure energies of every relaxed set next to experiment."""
     input:
-        "results/{fit}/solid/relaxed.extxyz",
+        relaxed_sets,
     output:
         "results/{fit}/solid_properties.csv",
     log:

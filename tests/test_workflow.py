@@ -24,8 +24,19 @@ def small_config(path: Path) -> Path:
     fit["liquid"]["validation"].update(replicas=2, production_steps=500)
     fit["optimizer"]["max_evaluations"] = 3
     fit["solid"]["perturbed_cells"] = 2
+    fit["solid"]["sets"] = {"vacancy": {"file": "vacancy.extxyz"}}  # a user's set beside the built-in two
+    vacancy_cell().write(path.parent / "vacancy.extxyz", format="extxyz")
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def vacancy_cell():
+    """A 2×2×2 fcc argon supercell with one atom removed: a user's structure set of one cell."""
+    from ase.build import bulk
+
+    atoms = bulk("Ar", "fcc", a=5.3, cubic=True).repeat(2)
+    del atoms[0]
+    return atoms
 
 
 def snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -104,9 +115,15 @@ def test_fitted_model_relaxes_crystals_in_the_batched_engine(finished_run):
     assert solid["converged"].all()
     lattice = solid.loc[solid["property"] == "lattice_constant_A"].iloc[0]
     assert lattice["reference"] == 5.31 and 4.5 < lattice["value"] < 6.5
-    relaxed = read(workdir / "results" / "argon" / "solid" / "relaxed.extxyz", ":")
-    assert [a.info["kind"] for a in relaxed] == ["fcc", "hcp", "bcc", "fcc-rattled", "fcc-rattled"]
-    assert "relaxed 5 structures (5 converged)" in (workdir / "logs" / "argon" / "solid" / "relax.log").read_text()
+    # three sets, three relax jobs: the prototypes, the rattled cells and the user's vacancy cell
+    kinds = {"prototypes": ["fcc", "hcp", "bcc"], "perturbed": ["fcc-rattled"] * 2, "vacancy": ["vacancy"]}
+    for name, expected in kinds.items():
+        relaxed = read(workdir / "results" / "argon" / "solid" / name / "relaxed.extxyz", ":")
+        assert [a.info["kind"] for a in relaxed] == expected
+        log = (workdir / "logs" / "argon" / "solid" / name / "relax.log").read_text()
+        assert f"relaxed {len(expected)} structures ({len(expected)} converged)" in log
+    vacancy = solid.loc[solid["property"] == "E_vacancy-E_fcc_eV", "value"].iloc[0]
+    assert 0 < vacancy < 0.08 / 31 * 12  # fewer bonds than fcc, less than 12 of the 31 atoms' bonds broken
     assert "Solid-state validation" in (workdir / "results" / "report.html").read_text()
 
 
@@ -202,6 +219,12 @@ def test_recovery_example_recovers_the_parameters_through_the_workflow(tmp_path,
         assert entry["standard_error"] > 0
     table = pd.read_csv(results / "properties.csv").set_index("property")
     assert table.loc["force_rmse_eV_A", "fitted"] < 1e-9
+    # parity of every structure's energy and every force component: on the diagonal once fitted
+    parity = pd.read_csv(results / "recovery" / "structures_parity.csv")
+    assert (parity["quantity"] == "energy_per_atom").sum() == 8  # the example's 8 cells
+    assert (parity["fitted"] - parity["reference"]).abs().max() < 1e-9
+    assert (parity["initial"] - parity["reference"]).abs().max() > 0.1  # the start was far off
+    assert "alt='structures_parity of recovery'" in (results / "report.html").read_text()
     # the fitted analytic EAM, written as a setfl file, gives LAMMPS the same numbers
     for key in ("energy", "forces", "stress"):
         assert table.loc[f"max_relative_difference_{key}", "fitted"] < 1e-6
