@@ -111,6 +111,64 @@ def write_properties_plot(fit_record: Mapping[str, Any], properties: pd.DataFram
     return atomic_write_bytes(out_png, properties_figure(fit_record, properties))
 
 
+def structures_parity(fit_record: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Reference vs model energies and forces of a fit's ``structures`` target at the
+    initial and the fitted parameters (:meth:`StructureTarget.predictions`); empty
+    for a fit without one. The structures are read from the fit's own config."""
+    from chemfit_core.targets import targets_from_config
+
+    config = fit_record["config"]
+    initial = {name: p["initial"] for name, p in config["parameters"].items()}
+    for name, term, _ in targets_from_config(config):
+        if name == "structures":
+            return {"initial": term.predictions(initial), "fitted": term.predictions(fit_record["parameters"])}
+    return {}
+
+
+def structures_parity_figure(parity: Mapping[str, Mapping[str, np.ndarray]], fit_name: str) -> bytes:
+    """PNG: reference vs model energy per atom (eV/atom) and force components (eV/Å),
+    initial (grey) and fitted (blue), with each one's RMSE."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), constrained_layout=True)
+    for ax, key, unit in ((axes[0], "energy_per_atom", "eV/atom"), (axes[1], "forces", "eV/Å")):
+        values = [parity[stage][f"{key}_{kind}"] for stage in parity for kind in ("reference", "model")]
+        low, high = float(min(v.min() for v in values)), float(max(v.max() for v in values))
+        pad = 0.05 * (high - low or 1.0)
+        ax.plot([low - pad, high + pad], [low - pad, high + pad], color="k", lw=1)
+        for stage, style in (("initial", dict(marker="x", color="0.6")), ("fitted", dict(marker="o", color="C0"))):
+            ref, model = parity[stage][f"{key}_reference"], parity[stage][f"{key}_model"]
+            rmse = float(np.sqrt(np.mean((model - ref) ** 2)))
+            ax.scatter(ref, model, s=12, label=f"{stage} (RMSE {rmse:.3g} {unit})", **style)
+        ax.set_xlabel(f"reference {key.replace('_', ' ')} ({unit})")
+        ax.set_ylabel(f"model {key.replace('_', ' ')} ({unit})")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.legend(frameon=False, fontsize="small")
+    fig.suptitle(f"{fit_name}: reference structures, parity")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_structures_parity(fit_record: Mapping[str, Any], out_png: Path | str, out_csv: Path | str) -> pd.DataFrame:
+    """Write the parity plot of a fit's reference structures and its table: one row per
+    structure (energy per atom) and per force component, reference, initial and fitted."""
+    from chemfit_core.results import write_csv
+
+    parity = structures_parity(fit_record)
+    if not parity:
+        raise ValueError(f"fit {fit_record['fit']!r} has no structures target to draw a parity plot of")
+    rows = []
+    for key, unit in (("energy_per_atom", "eV/atom"), ("forces", "eV/Å")):
+        for index, reference in enumerate(parity["fitted"][f"{key}_reference"]):
+            rows.append({"fit": fit_record["fit"], "quantity": key, "unit": unit, "index": index,
+                         "reference": reference, "initial": parity["initial"][f"{key}_model"][index],
+                         "fitted": parity["fitted"][f"{key}_model"][index]})
+    table = pd.DataFrame(rows)
+    write_csv(out_csv, table)
+    atomic_write_bytes(out_png, structures_parity_figure(parity, fit_record["fit"]))
+    return table
+
+
 def _table(frame: pd.DataFrame, float_format: str = "{:.6g}") -> str:
     def fmt(value: Any) -> str:
         if isinstance(value, float):
@@ -170,8 +228,11 @@ def write_report(
     out_html: Path | str,
     provenance: Mapping[str, Any] | None = None,
     solid: pd.DataFrame | None = None,
+    plots: Mapping[str, Sequence[Path | str]] | None = None,
 ) -> Path:
-    """The one-file HTML report: parameters, properties with errors, convergence plots."""
+    """The one-file HTML report: parameters, properties with errors, convergence plots;
+    ``plots`` maps a fit to further PNG files shown under it (e.g. structure parity)."""
+    plots = plots or {}
     sections = [
         "<h1>chemfit-workflow report</h1>",
         f"<p class='meta'>written {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}</p>",
@@ -208,6 +269,9 @@ def write_report(
             f"<img alt='convergence of {html.escape(record['fit'])}' src='data:image/png;base64,{png}'>",
             f"<img alt='terms and properties of {html.escape(record['fit'])}' "
             f"src='data:image/png;base64,{parity}'>",
+            *(f"<img alt='{html.escape(Path(path).stem)} of {html.escape(record['fit'])}' "
+              f"src='data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()}'>"
+              for path in plots.get(record["fit"], ())),
         ]
     sources = sorted({s for s in properties.get("source", pd.Series(dtype=str)).dropna() if s})
     if sources:

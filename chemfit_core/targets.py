@@ -124,6 +124,20 @@ class StructureTarget(ObjectiveFunctor):
             parts.append(((voigt - self.ref_stress) / self.stress_denominator).reshape(-1))
         return torch.cat(parts)
 
+    def predictions(self, parameters: Parameters) -> dict[str, np.ndarray]:
+        """Reference and model values at ``parameters``, for parity plots:
+        ``energy_per_atom`` (eV/atom, one per structure) and ``forces`` (eV/Å, every
+        Cartesian component of every atom), each as ``<name>_reference`` and ``<name>_model``."""
+        model = self.form.model(parameters, dtype=self.dtype)
+        with torch.no_grad():
+            out = model(self.state)
+        return {
+            "energy_per_atom_reference": (self.ref_energy / self.n_atoms).numpy(),
+            "energy_per_atom_model": (out["energy"].detach() / self.n_atoms).numpy(),
+            "forces_reference": self.ref_forces.reshape(-1).numpy(),
+            "forces_model": out["forces"].detach().reshape(-1).numpy(),
+        }
+
     def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
         ctx = EvaluateContext() if ctx is None else ctx
         names = list(parameters)

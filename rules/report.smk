@@ -71,6 +71,33 @@ rule properties_plot:
         "../scripts/properties_plot.py"
 
 
+rule structures_parity:
+    """Reference vs fitted energies and forces of a fit's reference structures."""
+    input:
+        fit="results/{fit}/fit.json",
+        structures=structure_files,
+    output:
+        png=report(
+            "results/{fit}/structures_parity.png",
+            caption="../workflow/report/structures_parity.rst",
+            category="Fits",
+            subcategory="{fit}",
+        ),
+        csv="results/{fit}/structures_parity.csv",
+    log:
+        "logs/{fit}/structures_parity.log",
+    benchmark:
+        "benchmarks/{fit}/structures_parity.tsv"
+    conda:
+        "../workflow/envs/chemfit.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/structures_parity.py"
+
+
 rule provenance:
     """Versions, code revision, configuration and its hash, seeds and input hashes (results/provenance.json)."""
     input:
@@ -105,6 +132,7 @@ rule report:
         plots=expand("results/{fit}/convergence.png", fit=FITS),
         property_plots=expand("results/{fit}/properties.png", fit=FITS),
         solid=solid_tables,
+        parity=parity_plots,
     output:
         report(
             "results/report.html",

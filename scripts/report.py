@@ -1,5 +1,7 @@
 """Snakemake script of rule `report`: the one-file HTML report."""
 
+from pathlib import Path
+
 import pandas as pd
 
 from chemfit_core.cli import log_to
@@ -26,4 +28,5 @@ write_report(
     out_html=sm.output[0],
     provenance=_summary(read_json(sm.input.provenance)),
     solid=pd.concat([pd.read_csv(p) for p in sm.input.solid], ignore_index=True) if sm.input.solid else None,
+    plots={Path(path).parent.name: [path] for path in sm.input.parity},  # results/{fit}/structures_parity.png
 )
