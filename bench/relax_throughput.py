@@ -45,7 +45,6 @@ import platform
 import re
 import subprocess
 import statistics
-import sys
 import tempfile
 import time
 from functools import partial

@@ -16,7 +16,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from numbers import Real
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from chemfit_core.abstract_objective_function import (
     EvaluateContext,

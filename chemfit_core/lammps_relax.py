@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from chemfit_core.errors import ChemFitError
-from chemfit_core.lammps import read_thermo, run_lammps
+from chemfit_core.lammps import run_lammps
 
 
 def _species_order(structures: Sequence[Any], model: Any) -> list[str]:

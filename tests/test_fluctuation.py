@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from ase.build import bulk
 
 from chemfit_core import EvaluateContext

@@ -166,7 +166,7 @@ def test_two_species_lj_equals_lammps(tmp_path, shift):
         atoms = random_crystal("Ar", 5.5, rng, KINDS[k % 3])
         atoms.symbols[rng.random(len(atoms)) < rng.uniform(0.2, 0.8)] = "Kr"
         structures.append(atoms)
-    lines = [f"pair_style lj/cut 9.0"]
+    lines = ["pair_style lj/cut 9.0"]
     lines += [f"pair_coeff {i + 1} {j + 1} {EPS_ARKR[i][j]} {SIG_ARKR[i][j]}" for i in range(2) for j in range(i, 2)]
     lines += [f"pair_modify shift {'yes' if shift else 'no'}"]
     ref = lammps_reference(structures, lines, tmp_path, ["Ar", "Kr"])

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
 from ase.build import bulk, molecule
-from ase.io import read, write
+from ase.io import write
 
 from chemfit_core.state import SimState, atoms_to_state, concatenate_states, read_structures
 from chemfit_core.errors import ChemFitError

@@ -18,7 +18,6 @@ vectors, assembled per atom and per system like the pair models.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
