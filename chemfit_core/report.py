@@ -177,7 +177,7 @@ def _table(frame: pd.DataFrame, float_format: str = "{:.6g}") -> str:
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>"
 
 
 def parameters_frame(params: Mapping[str, Any]) -> pd.DataFrame:
@@ -197,7 +197,7 @@ def parameters_frame(params: Mapping[str, Any]) -> pd.DataFrame:
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}.wide{overflow-x:auto}
 .meta{color:#666;font-size:0.9em}
 .warning{border-left:4px solid #c60;background:#fff4e5;padding:0.2em 1em}
 """

@@ -397,3 +397,87 @@ def test_snakemake_report_holds_every_plot_with_its_caption(finished_run, tmp_pa
         assert any(n.endswith(plot) for n in names), plot
     html = (workdir / "results" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2  # convergence and properties, embedded
+
+
+def _why_no_browser() -> str | None:
+    """Why the headless-browser test cannot run here, or None."""
+    import os
+    import shutil
+
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return None
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "no chromium/chromedriver, and installing their Debian packages needs root and apt-get"
+    return None
+
+
+def headless_chromium(width: int = 1280, height: int = 1600):
+    """A real headless Chromium driven through WebDriver (Debian packages, installed by
+    tests/browser/install_chromium.sh when missing)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    installed = subprocess.run(["bash", str(REPO / "tests" / "browser" / "install_chromium.sh")],
+                               capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    paths = dict(line.split(" ", 1) for line in installed.stdout.splitlines())
+    options = webdriver.ChromeOptions()
+    options.binary_location = paths["chromium"]
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     f"--window-size={width},{height}"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(paths["chromedriver"]), options=options)
+
+
+def _painted_fraction(png: Path) -> float:
+    """Share of a screenshot's pixels that are not background white."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(png)[..., :3]
+    return float((pixels.min(axis=-1) < 0.9).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_why_no_browser() is not None, reason=str(_why_no_browser()))
+def test_reports_open_in_a_headless_browser_and_show_the_plots(finished_run, tmp_path):
+    """results/report.html and `snakemake --report` in a real Chromium: every plot decoded and
+    laid out, screenshots written (tmp_path/*.png)."""
+    workdir, env = finished_run
+    done = snakemake(workdir, env, "--report", str(tmp_path / "snakemake_report.html"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    browser = headless_chromium()
+    try:
+        browser.get((workdir / "results" / "report.html").as_uri())
+        assert browser.title == "chemfit-workflow report"
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, "
+            "width: i.naturalWidth, shown: i.getBoundingClientRect().width}))")
+        assert {i["alt"] for i in images} == {"convergence of argon", "terms and properties of argon"}
+        for image in images:  # decoded (naturalWidth) and laid out on the page (shown width)
+            assert image["complete"] and image["width"] > 500 and image["shown"] > 300, image
+        text = browser.execute_script("return document.body.innerText")
+        assert "Solid-state validation" in text and "Provenance" in text
+        # wide tables scroll in their own box: the page itself fits the window's width
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1280, height)
+        assert browser.save_screenshot(str(tmp_path / "report.png"))
+        assert _painted_fraction(tmp_path / "report.png") > 0.05  # tables and plots, not a blank page
+
+        browser.get((tmp_path / "snakemake_report.html").as_uri())  # a JavaScript application
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: b.find_elements(By.XPATH, "//span[text()='Fits']"))[0].click()
+        for plot in ("convergence.png", "properties.png"):
+            row = wait.until(lambda b: b.find_elements(By.XPATH, f"//td[contains(text(), '{plot}')]/ancestor::tr"))[0]
+            row.find_element(By.XPATH, ".//a[@iconname='eye']").click()  # show the result
+            shown = wait.until(lambda b: b.execute_script(
+                "return Array.from(document.images).filter(i => i.src.includes('filename=' + arguments[0]) "
+                "&& i.complete && i.naturalWidth > 500 && i.getBoundingClientRect().width > 300).length", plot))
+            assert shown == 1, plot
+            assert browser.save_screenshot(str(tmp_path / f"snakemake_report_{plot}"))
+            assert _painted_fraction(tmp_path / f"snakemake_report_{plot}") > 0.05
+    finally:
+        browser.quit()
