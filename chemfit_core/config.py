@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,11 @@ from chemfit_core.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 TEMPLATE_DIR = REPO_ROOT / "workflow" / "templates"
+MIN_DISTANCE_A = 0.5
+"""Atoms of a reference structure closer than this (Å, periodic images included) overlap."""
+MAX_STRUCTURE_PROBLEMS = 10
+"""Problems reported per structure file; the rest are counted."""
+_PATH_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -94,6 +101,7 @@ def validate_config(
     validator = _Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     problems = [f"{source}: {key_path(e.absolute_path)}: {_describe(e)}" for e in errors]
+    problems += _non_finite_problems(config, source)
     if not problems:
         problems = _semantic_problems(config, source, Path(template_dir))
     if problems:
@@ -101,10 +109,41 @@ def validate_config(
     return config
 
 
+def _non_finite_problems(node: Any, source: str, path: tuple[Any, ...] = ()) -> Iterator[str]:
+    """NaN and ±inf anywhere in the config (JSON Schema's ``number`` lets them through)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        yield f"{source}: {key_path(path)}: expected a finite number, got {node}"
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _non_finite_problems(value, source, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _non_finite_problems(value, source, (*path, index))
+
+
+def _name_problems(where: str, names: Sequence[Any], what: str, listed: bool = False) -> list[str]:
+    """Names that become folders (``results/<fit>/...``): plain, unique even where letter case is not.
+    ``listed``: the names are ``where[i].name`` (a list) rather than the keys of ``where``."""
+    problems = [f"{where}{f'[{k}].name' if listed else ''}: expected a {what} of letters, digits, _ and - only "
+                f"(it names a folder), got {n!r}"
+                for k, n in enumerate(names) if not (isinstance(n, str) and _PATH_NAME.fullmatch(n))]
+    folded = [str(n).casefold() for n in names]
+    duplicates = sorted({str(n) for n, f in zip(names, folded) if folded.count(f) > 1})
+    if duplicates:
+        problems.append(f"{where}: expected unique {what}s (letter case ignored: they name folders), "
+                        f"got duplicates {duplicates}")
+    return problems
+
+
 def _semantic_problems(config: Mapping[str, Any], source: str, template_dir: Path) -> list[str]:
-    """Checks a schema cannot express: bound order, file existence, duplicate names."""
-    problems = []
+    """Checks a schema cannot express: bound order, names, elements, structure files, templates."""
+    from ase.data import chemical_symbols
+
+    problems = _name_problems(f"{source}: fits", list(config["fits"]), "fit name")
     for fit_name, fit in config["fits"].items():
+        if fit["element"] not in chemical_symbols[1:]:
+            problems.append(f"{source}: fits.{fit_name}.element: expected a chemical symbol (H, He, ... Og), "
+                            f"got {fit['element']!r}")
         for name, p in fit["parameters"].items():
             where = f"{source}: fits.{fit_name}.parameters.{name}"
             if not p["lower"] < p["upper"]:
@@ -134,22 +173,121 @@ def _semantic_problems(config: Mapping[str, Any], source: str, template_dir: Pat
         if fit["optimizer"].get("jacobian") in ("analytic", "fluctuation") and "crystal" in fit:
             problems.append(f"{where}.optimizer.jacobian: crystal targets have no analytic Jacobian; expected "
                             f"2-point or 3-point, got {fit['optimizer']['jacobian']}")
+        spec = fit.get("structures", {})
+        if "file" in spec:
+            needed = ["energy", "forces"] + ([] if spec["stress_denominator"] is None else ["stress"])
+            problems += structure_file_problems(f"{where}.structures.file", spec["file"], fit["element"], needed)
+        sets = fit["solid"].get("sets", {})
+        problems += _name_problems(f"{where}.solid.sets", list(sets), "set name")
+        for set_name, entry in sets.items():
+            problems += structure_file_problems(f"{where}.solid.sets.{set_name}.file", entry["file"],
+                                                fit["element"], [])
         if "liquid" not in fit:
             continue
-        template = fit["liquid"]["template"]
-        if not (template_dir / template).is_file():
-            problems.append(
-                f"{source}: fits.{fit_name}.liquid.template: expected a file in {template_dir}, "
-                f"got {template!r} (no such file)"
-            )
+        template = template_dir / fit["liquid"]["template"]
+        if not template.is_file():
+            problems.append(f"{where}.liquid.template: expected a file in {template_dir}, "
+                            f"got {fit['liquid']['template']!r} (no such file)")
+        elif set(fit["parameters"]) == expected:  # else the template's parameters are undefined too
+            problems += _template_problems(f"{where}.liquid.template", template, fit)
         names = [sp["name"] for sp in fit["liquid"]["state_points"]]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            problems.append(
-                f"{source}: fits.{fit_name}.liquid.state_points: expected unique names, "
-                f"got duplicates {duplicates}"
-            )
+        problems += _name_problems(f"{where}.liquid.state_points", names, "state point name", listed=True)
     return problems
+
+
+def _template_problems(where: str, path: Path, fit: Mapping[str, Any]) -> list[str]:
+    """Syntax errors and undefined variables of a fit's liquid template, found by rendering it the
+    way the workflow does (sandboxed Jinja, ``StrictUndefined``) for every kind of run."""
+    from chemfit_core.errors import TemplateRenderError
+    from chemfit_core.file_based_computer import load_template, render_template
+    from chemfit_core.liquid import fit_template_contexts
+
+    try:
+        template = load_template(path)
+    except TemplateRenderError as exc:
+        return [f"{where}: expected a valid Jinja template, got {exc}"]
+    problems: dict[str, str] = {}  # one message per distinct error
+    for label, variables in fit_template_contexts(fit):
+        try:
+            render_template(template, variables)
+        except Exception as exc:  # noqa: BLE001 - any failure to render is the template's problem
+            cause = exc.__cause__ if isinstance(exc, TemplateRenderError) and exc.__cause__ else exc
+            tb, line = cause.__traceback__, None
+            while tb is not None:  # Jinja maps the template's frames to its own lines
+                line = tb.tb_lineno if tb.tb_frame.f_code.co_filename == "<template>" else line
+                tb = tb.tb_next
+            what = getattr(cause, "message", None) or f"{type(cause).__name__}: {cause}"
+            problems.setdefault(what, (
+                f"{where}: expected a template that renders with the variables the workflow sets "
+                f"({', '.join(sorted(variables))}), got {path}{f', line {line}' if line else ''}: {what} ({label})"))
+    return list(problems.values())
+
+
+# -- reference structure files ---------------------------------------------------------------
+def structure_file_problems(where: str, file: str, element: str, needed: Sequence[str]) -> list[str]:
+    """Problems of an extxyz file of ``element`` structures, read as the fit reads it: missing,
+    unreadable or empty, and per structure (:func:`structure_problems`) ``needed`` results
+    (``energy``, ``forces``, ``stress``) absent or not finite, foreign elements, overlapping atoms."""
+    from ase.io import read
+
+    expected = f"an extxyz file of {element} structures" + (f" with {', '.join(needed)}" if needed else "")
+    path = Path(file)
+    if not path.is_file():
+        return [(f"{where}: expected {expected} (relative to the working directory {Path.cwd()}), "
+                 f"got {file!r} (no such file)")]
+    try:
+        structures = read(path, index=":") if path.stat().st_size else []
+    except Exception as exc:  # noqa: BLE001 - ase raises many types for a malformed file
+        why = (f"unknown chemical symbol {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args
+               else f"{type(exc).__name__}: {exc}")
+        return [f"{where}: expected {expected}, got {file!r}, which ase cannot read ({why})"]
+    if not structures:
+        return [f"{where}: expected at least 1 structure in {file!r}, got none (empty file)"]
+    problems = [f"{where}: {file}, structure {i}: {what}"
+                for i, atoms in enumerate(structures) for what in structure_problems(atoms, element, needed)]
+    if len(problems) > MAX_STRUCTURE_PROBLEMS:
+        more = len(problems) - MAX_STRUCTURE_PROBLEMS
+        problems = [*problems[:MAX_STRUCTURE_PROBLEMS], f"{where}: {file}: ... and {more} more problems"]
+    return problems
+
+
+def structure_problems(atoms: Any, element: str, needed: Sequence[str] = ()) -> list[str]:
+    """What is wrong with one ``ase.Atoms``, each as ``expected ..., got ...``."""
+    import numpy as np
+    from ase.neighborlist import neighbor_list
+
+    out = []
+    symbols = atoms.get_chemical_symbols()
+    foreign = sorted(set(symbols) - {element})
+    if foreign:
+        at = [k for k, s in enumerate(symbols) if s != element]
+        out.append(f"expected only {element} atoms (the fit's element), got {', '.join(foreign)} "
+                   f"(atoms {', '.join(map(str, at[:5]))}{', ...' if len(at) > 5 else ''})")
+    results = atoms.calc.results if atoms.calc is not None else {}
+    missing = [k for k in needed if k not in results]
+    if missing:
+        out.append(f"expected {', '.join(needed)} (they are fitted), got no {' and no '.join(missing)}")
+    for key in (k for k in needed if k in results):
+        values = np.asarray(results[key], dtype=float)
+        if not np.isfinite(values).all():
+            where = (f" on atom {int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])}"
+                     if key == "forces" else "")
+            first = values[~np.isfinite(values)][0] if values.ndim else values
+            out.append(f"expected finite {key}, got {first}{where}")
+    geometry = np.concatenate([atoms.positions.ravel(), atoms.cell.array.ravel()])
+    if not np.isfinite(geometry).all():
+        return [*out, "expected finite positions and cell, got NaN or inf"]
+    flat = ["xyz"[k] for k in range(3) if atoms.pbc[k] and atoms.cell.lengths()[k] < 1e-6]
+    if flat:
+        return [*out, f"expected a cell vector along periodic axis {', '.join(flat)}, got length 0"]
+    i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE_A)
+    if len(d):
+        k = int(np.argmin(d))
+        a, b = sorted((int(i[k]), int(j[k])))
+        pair = f"atom {a} and its periodic image" if a == b else f"atoms {a} and {b}"
+        out.append(f"expected atoms at least {MIN_DISTANCE_A} Å apart (periodic images included), "
+                   f"got {pair} {d[k]:.3f} Å apart")
+    return out
 
 
 def load_config(path: Path | str) -> dict[str, Any]:

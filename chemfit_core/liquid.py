@@ -109,6 +109,65 @@ def properties_from_log(log_path: Path | str, temperature_K: float, n_blocks: in
     return liquid_properties(read_thermo(log_path)[-1], temperature_K, n_blocks, pressure_bar)
 
 
+def liquid_template_variables(fit: Mapping[str, Any]) -> dict[str, Any]:
+    """Fixed values of a fit's config the liquid template needs besides parameters, state point and seed."""
+    md = dict(fit["liquid"]["md"])
+    for key in ("n_blocks", "timeout_s", "dump_every"):
+        md.pop(key, None)
+    return {
+        **md,
+        "mass_g_mol": fit["mass_g_mol"],
+        "cutoff_sigma": fit["potential"]["cutoff_sigma"],
+        "tail_correction": fit["potential"]["tail_correction"],
+        "kB_eV_per_K": KB_EV_PER_K,
+    }
+
+
+def run_template_variables(temperature_K: float, pressure_bar: float, seed: int, dump_every: int = 0,
+                           template_variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Variables of one NPT run of a :class:`LiquidStatePointTerm` besides the parameters (which
+    the computer adds when it renders): the state point, the seed, k_B, ``dump_every`` (0: no
+    frames) and the fixed ``template_variables``."""
+    return {
+        "temperature_K": temperature_K,
+        "pressure_bar": pressure_bar,
+        "seed": seed,
+        "kB_eV_per_K": KB_EV_PER_K,
+        "dump_every": dump_every,
+        **(template_variables or {}),
+    }
+
+
+def fit_template_contexts(fit: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, variables) of every kind of run the workflow renders a fit's liquid template
+    for, at the initial parameters: each state point's fit run (frames dumped when the fit
+    uses fluctuation gradients) and its validation run (longer, no frames). For checking a
+    template before any run; the seed is a placeholder."""
+    from chemfit_core.file_based_computer import flatten_parameters
+
+    fixed = liquid_template_variables(fit)
+    initial = flatten_parameters({name: p["initial"] for name, p in fit["parameters"].items()})
+    gradients = fit.get("optimizer", {}).get("jacobian") in ("analytic", "fluctuation")
+    dump_every = fit["liquid"]["md"].get("dump_every", 40) if gradients else 0
+    contexts = []
+    for sp in fit["liquid"]["state_points"]:
+        t, p = sp["temperature_K"], sp["pressure_bar"]
+        contexts.append((f"state point {sp['name']}, fit run",
+                         {**run_template_variables(t, p, 1, dump_every, fixed), **initial}))
+        contexts.append((f"state point {sp['name']}, validation run",
+                         {**validation_template_variables(fit, sp, 1), **initial}))
+    return contexts
+
+
+def validation_template_variables(fit: Mapping[str, Any], state_point: Mapping[str, Any], seed: int
+                                  ) -> dict[str, Any]:
+    """Variables of one validation run at ``state_point`` besides the parameters: the fit's
+    fixed values with the validation's production length, no frames dumped."""
+    return {**liquid_template_variables(fit), "production_steps": fit["liquid"]["validation"]["production_steps"],
+            "temperature_K": state_point["temperature_K"], "pressure_bar": state_point["pressure_bar"],
+            "seed": seed}
+
+
 @dataclass(frozen=True)
 class Reference:
     """A measured value the fit aims at, and the denominator that scales its residual."""
@@ -168,14 +227,8 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         self.n_blocks = n_blocks
         self.form = form
         self.keep_workdirs = keep_workdirs
-        variables = {
-            "temperature_K": temperature_K,
-            "pressure_bar": pressure_bar,
-            "seed": seed,
-            "kB_eV_per_K": KB_EV_PER_K,
-            "dump_every": dump_every if form is not None else 0,
-            **(template_variables or {}),
-        }
+        variables = run_template_variables(temperature_K, pressure_bar, seed,
+                                           dump_every if form is not None else 0, template_variables)
         if form is not None and dump_every % int(variables.get("thermo_every", 1)):
             raise ValueError(f"{name}: dump_every ({dump_every}) must be a multiple of thermo_every")
         self.computer = LammpsQuantityComputer(

@@ -36,27 +36,15 @@ from chemfit_core.liquid import (
     PROPERTY_UNITS,
     LiquidStatePointTerm,
     Reference,
+    liquid_template_variables,
     properties_from_log,
+    validation_template_variables,
 )
 from chemfit_core.cache import EvaluationCache, namespace_of
 from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
 from chemfit_core.targets import potential_form_of, propagate, targets_from_config
 
 logger = logging.getLogger(__name__)
-
-
-def liquid_template_variables(fit: Mapping[str, Any]) -> dict[str, Any]:
-    """Fixed values the liquid template needs besides parameters, state point and seed."""
-    md = dict(fit["liquid"]["md"])
-    for key in ("n_blocks", "timeout_s", "dump_every"):
-        md.pop(key, None)
-    return {
-        **md,
-        "mass_g_mol": fit["mass_g_mol"],
-        "cutoff_sigma": fit["potential"]["cutoff_sigma"],
-        "tail_correction": fit["potential"]["tail_correction"],
-        "kB_eV_per_K": KB_EV_PER_K,
-    }
 
 
 def references_of(state_point: Mapping[str, Any]) -> dict[str, Reference]:
@@ -309,14 +297,8 @@ def render_validation_input(
     """Write the LAMMPS input of validation replica ``replica`` at state point ``state``."""
     fitted = {name: entry["value"] for name, entry in read_json(params_json)[fit_name]["parameters"].items()}
     sp = state_point(fit, state)
-    variables = {
-        **liquid_template_variables(fit),
-        "production_steps": fit["liquid"]["validation"]["production_steps"],
-        "temperature_K": sp["temperature_K"],
-        "pressure_bar": sp["pressure_bar"],
-        "seed": validation_seed(master_seed, fit_name, state, replica),
-        **fitted,
-    }
+    variables = {**validation_template_variables(fit, sp, validation_seed(master_seed, fit_name, state, replica)),
+                 **fitted}
     atomic_write_text(out_path, render_template(template, variables))
 
 
