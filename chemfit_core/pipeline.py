@@ -15,6 +15,7 @@ Stages of one fit (see ``rules/``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -159,10 +160,82 @@ def run_fit(
     params_json: Path | str,
     history_csv: Path | str,
     workers: int | None = None,
-) -> dict[str, Any]:
-    """Fit one configuration's parameters; write fit.json, params.json and the history CSV."""
+    mpi: bool = False,
+) -> dict[str, Any] | None:
+    """Fit one configuration's parameters; write fit.json, params.json and the history CSV.
+
+    With ``mpi`` every rank of ``MPI.COMM_WORLD`` calls this: rank 0 fits and writes, the
+    others evaluate their share of the terms (:class:`MPIWrapperCOB`) and return None.
+    """
     cob, terms_info = build_objective(fit_name, fit, master_seed, template, workdir)
-    n_workers = _workers(fit.get("workers", 0) if workers is None else workers)
+    with _evaluator(cob, fit, workers, mpi) as (objective, n_workers):
+        if objective is None:  # an MPI worker rank: it evaluated its share until rank 0 was done
+            return None
+        return _fit_and_write(fit_name, fit, master_seed, template, workdir, objective, n_workers, terms_info,
+                              fit_json, params_json, history_csv)
+
+
+def run_fit_under_mpi(arguments: Mapping[str, Any], launcher: str, ranks: int, log: Path | str) -> None:
+    """Run :func:`run_fit` with ``arguments`` on ``ranks`` MPI ranks started by ``launcher``
+    (``mpiexec``, ``mpirun`` or ``srun``; ``mpiexec`` is taken from Python's own bin folder
+    first, where the mpich wheel puts it). The ranks' output is appended to ``log``.
+
+    Raises :class:`ChemFitError` quoting the end of that output when a rank fails.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    from chemfit_core.errors import ChemFitError
+
+    if ranks < 2:
+        raise ChemFitError(f"an MPI fit needs at least 2 ranks, got {ranks}")
+    beside = Path(sys.executable).parent / launcher
+    program = str(beside) if beside.is_file() else shutil.which(launcher)
+    if program is None:
+        raise ChemFitError(f"MPI launcher {launcher!r} not found next to {sys.executable} or on PATH")
+    args_json = Path(arguments["workdir"]) / "mpi_fit_arguments.json"
+    write_json(args_json, dict(arguments))
+    command = [program, "-n", str(ranks), sys.executable, "-m", "chemfit_core", "fit", str(args_json), "--mpi"]
+    logger.info("fit %s under MPI: %s", arguments["fit_name"], " ".join(command))
+    if "SLURM_JOB_ID" in os.environ:
+        logger.info("inside SLURM job %s (CPUs per node %s, nodes %s)", os.environ["SLURM_JOB_ID"],
+                    os.environ.get("SLURM_JOB_CPUS_PER_NODE", "?"), os.environ.get("SLURM_JOB_NODELIST", "?"))
+    with open(log, "a") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
+        tail = "".join(Path(log).read_text().splitlines(keepends=True)[-20:])
+        raise ChemFitError(f"the MPI fit ({' '.join(command)}) exited with {done.returncode}; "
+                           f"its output ends ({log}):\n{tail}")
+
+
+@contextlib.contextmanager
+def _evaluator(cob: CombinedObjectiveFunction, fit: Mapping[str, Any], workers: int | None, mpi: bool):
+    """(objective, workers) of a fit: the terms in a thread pool, or spread over MPI ranks
+    (objective None on ranks other than 0, after they served rank 0)."""
+    if not mpi:
+        n_workers = _workers(fit.get("workers", 0) if workers is None else workers)
+        with AsyncWrapperCOB(cob, max_workers=n_workers) as objective:
+            yield objective, n_workers
+        return
+    from chemfit_core.mpi_wrapper_cob import MPIWrapperCOB
+
+    with MPIWrapperCOB(cob) as wrapper:
+        if wrapper.rank != 0:
+            wrapper.worker_loop()
+            yield None, wrapper.size
+        else:
+            logger.info("MPI: %d ranks evaluate the %d terms (rank r: terms r, r + %d, ...)", wrapper.size,
+                        cob.n_terms(), wrapper.size)
+            yield wrapper, wrapper.size
+
+
+def _fit_and_write(fit_name: str, fit: Mapping[str, Any], master_seed: int, template: Path | str | None,
+                   workdir: Path | str, objective: Any, n_workers: int, terms_info: list[dict[str, Any]],
+                   fit_json: Path | str, params_json: Path | str, history_csv: Path | str) -> dict[str, Any]:
+    """Minimise ``objective`` (rank 0 / the only process) from the config's start, replaying the
+    cache, and write the fit's three result files."""
+    cob = objective.cob
     parameters = fit["parameters"]
     initial = {name: p["initial"] for name, p in parameters.items()}
     bounds = {name: (p["lower"], p["upper"]) for name, p in parameters.items()}
@@ -176,9 +249,8 @@ def run_fit(
     if len(cache):
         logger.info("fit %s: %d evaluations in the cache %s: a previous run is resumed", fit_name, len(cache),
                     cache.directory)
-    with AsyncWrapperCOB(cob, max_workers=n_workers) as objective:
-        fitter = Fitter(objective, initial, bounds, near_bound_tol=0.01, normalize=True, cache=cache)
-        minimise(fitter, optimizer, seed=derived_seed(master_seed, fit_name, "optimizer"))
+    fitter = Fitter(objective, initial, bounds, near_bound_tol=0.01, normalize=True, cache=cache)
+    minimise(fitter, optimizer, seed=derived_seed(master_seed, fit_name, "optimizer"))
     logger.info("fit %s: %d evaluations replayed from the cache, %d computed", fit_name, fitter.n_replayed,
                 len(fitter.history) - fitter.n_replayed)
     result = fitter.result
@@ -192,6 +264,7 @@ def run_fit(
         "config_sha256": config_hash(fit),
         "terms": terms_info,
         "n_workers": n_workers,
+        "evaluator": "mpi" if type(objective).__name__ == "MPIWrapperCOB" else "threads",
         "wall_time_s": time.monotonic() - start,
         "initial_properties": initial_properties,
         "evaluations_replayed_from_cache": fitter.n_replayed,

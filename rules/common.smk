@@ -31,6 +31,8 @@ def fit_config(wildcards):
 
 # Keys of a fit that do not change the fit itself: editing them must not rerun it.
 NOT_FITTED = ("solid", "description")
+# How the fit's terms are spread over cores or ranks: never its result.
+EXECUTION = ("workers", "mpi")
 
 
 def solid_config(wildcards):
@@ -40,7 +42,7 @@ def solid_config(wildcards):
 
 def fit_core_config(wildcards):
     """What the fit itself depends on: editing anything else must not rerun it."""
-    fit = fit_validation_config(wildcards)
+    fit = {k: v for k, v in fit_validation_config(wildcards).items() if k not in EXECUTION}
     if "liquid" in fit:
         fit["liquid"] = {k: v for k, v in fit["liquid"].items() if k != "validation"}
     if "crystal" in fit:
@@ -70,9 +72,23 @@ def structure_files(wildcards):
     return [spec["file"]] if "file" in spec else []
 
 
+def fit_ranks(wildcards):
+    """MPI ranks of a fit; 0: one process with a thread pool."""
+    ranks = config["fits"][wildcards.fit]["mpi"]["ranks"]
+    return ranks if ranks >= 2 else 0
+
+
 def fit_threads(wildcards):
+    if fit_ranks(wildcards):
+        return fit_ranks(wildcards)  # one core per rank, each runs its terms one by one
     workers = config["fits"][wildcards.fit]["workers"]
     return workers if workers > 0 else workflow.cores
+
+
+def fit_mpi(wildcards):
+    """The MPI launcher of a fit run under MPI, else empty (the SLURM executor then
+    submits a plain job with --cpus-per-task = threads)."""
+    return config["fits"][wildcards.fit]["mpi"]["launcher"] if fit_ranks(wildcards) else ""
 
 
 def validation_logs(wildcards):

@@ -17,6 +17,10 @@ rule fit:
     resources:
         mem_mb=2000,
         runtime=120,
+        # under MPI (fits.<name>.mpi.ranks >= 2): one SLURM job with `tasks` tasks of one core
+        mpi=fit_mpi,
+        tasks=lambda wildcards: fit_ranks(wildcards) or 1,
+        cpus_per_task=lambda wildcards: 1 if fit_ranks(wildcards) else 0,
     params:
         fit=fit_core_config,
         seed=config["seed"],

@@ -1,11 +1,16 @@
-"""Snakemake script of rule `fit`: fit one configuration (see chemfit_core.pipeline.run_fit)."""
+"""Snakemake script of rule `fit`: fit one configuration (see chemfit_core.pipeline.run_fit).
+
+In one process with a thread pool, or — when the rule's `mpi` resource names a launcher —
+as `<launcher> -n <tasks> python -m chemfit_core fit ARGS.json --mpi`, which on SLURM runs
+inside the job's allocation of `tasks` tasks.
+"""
 
 from chemfit_core.cli import log_to
-from chemfit_core.pipeline import run_fit
+from chemfit_core.pipeline import run_fit, run_fit_under_mpi
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
-run_fit(
+arguments = dict(
     fit_name=sm.wildcards.fit,
     fit=sm.params.fit,
     master_seed=sm.params.seed,
@@ -16,3 +21,7 @@ run_fit(
     history_csv=sm.output.history,
     workers=sm.threads,
 )
+if sm.resources.mpi:
+    run_fit_under_mpi(arguments, launcher=sm.resources.mpi, ranks=sm.resources.tasks, log=sm.log[0])
+else:
+    run_fit(**arguments)

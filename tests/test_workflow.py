@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -355,6 +356,57 @@ def test_slurm_profile_on_a_real_cluster_gives_the_local_results(finished_run, t
     local_props = pd.read_csv(local_dir / "results" / "properties.csv")
     slurm_props = pd.read_csv(tmp_path / "results" / "properties.csv")
     pd.testing.assert_frame_equal(slurm_props, local_props)
+
+
+def mpi_config(path: Path, ranks: int = 2) -> Path:
+    """The test config, fitted on ``ranks`` MPI ranks."""
+    config = yaml.safe_load(small_config(path).read_text())
+    config["fits"]["argon"]["mpi"] = {"ranks": ranks}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_an_mpi_fit_gives_the_threaded_fit_exactly(finished_run, tmp_path):
+    """Locally: the fit rule starts `mpiexec -n 2`; LAMMPS (an MPI program itself) runs as a
+    singleton on each rank, and the parameters equal the threaded run's."""
+    local_dir, env = finished_run
+    mpi_config(tmp_path / "config.yaml")
+    done = snakemake(tmp_path, env, "results/argon/params.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tmp_path / "logs" / "argon" / "fit.log").read_text()
+    assert "MPI rank 0 of 2" in log and "MPI rank 1 of 2" in log
+    assert json.loads((tmp_path / "results" / "argon" / "fit.json").read_text())["evaluator"] == "mpi"
+    assert (tmp_path / "results" / "argon" / "params.json").read_text() == \
+        (local_dir / "results" / "argon" / "params.json").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_can_run_slurm() is not None, reason=str(_can_run_slurm()))
+def test_an_mpi_fit_is_one_slurm_job_with_several_tasks(finished_run, tmp_path, venv_env):
+    """fits.argon.mpi.ranks = 2 through profiles/slurm: the fit is one sbatch job of 2 tasks
+    (scontrol), run by `mpiexec -n 2` with MPIWrapperCOB inside it, and its parameters equal
+    the local threaded run's exactly (same seeds, terms spread over ranks instead of threads)."""
+    started = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "start_cluster.sh")], capture_output=True,
+                             text=True, timeout=600)
+    assert started.returncode == 0 and "ready" in started.stdout, started.stderr[-2000:]
+    local_dir, _ = finished_run
+    mpi_config(tmp_path / "config.yaml")
+    command = [SNAKEMAKE, "results/argon/params.json", "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
+               "--profile", str(REPO / "profiles" / "slurm"), "--jobs", "2", "--slurm-no-account",
+               "--default-resources", "slurm_partition=debug", "mem_mb=1000", "runtime=30",
+               "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
+    done = subprocess.run(command, cwd=tmp_path, env=venv_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    log = (tmp_path / "logs" / "argon" / "fit.log").read_text()
+    assert "mpiexec -n 2" in log and "MPI rank 0 of 2" in log and "MPI rank 1 of 2" in log
+    job = re.search(r"inside SLURM job (\d+)", log).group(1)
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+    assert "NumTasks=2" in shown and "CPUs/Task=1" in shown, shown
+    record = json.loads((tmp_path / "results" / "argon" / "fit.json").read_text())
+    assert record["evaluator"] == "mpi" and record["n_workers"] == 2
+    assert (tmp_path / "results" / "argon" / "params.json").read_text() == \
+        (local_dir / "results" / "argon" / "params.json").read_text()
 
 
 @pytest.mark.slow
