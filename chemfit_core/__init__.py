@@ -1,90 +1,68 @@
 """chemfit_core: fit interatomic-potential parameters to reference data.
 
 Every public name is importable from here; ChemFit's module paths
-(``chemfit_core.combined_objective_function`` ...) work as well.
-``MPIWrapperCOB`` is imported on first use, so importing chemfit_core does not
-start MPI.
+(``chemfit_core.combined_objective_function`` ...) work as well. Names are imported
+on first use (PEP 562), so a process that needs one module — a Snakemake script, the
+``chemfit relax`` command — does not pay for scipy.optimize and the rest, and
+importing chemfit_core does not start MPI.
 """
 
-from chemfit_core.abstract_objective_function import (
-    EvaluateContext,
-    ObjectiveFunctor,
-    QuantityComputer,
-    QuantityComputerObjectiveFunction,
-    WrappedObjectiveFunctor,
-)
-from chemfit_core.async_wrapper_cob import AsyncWrapperCOB
-from chemfit_core.combined_objective_function import (
-    CombinedObjectiveFunction,
-    mean_reducer,
-    nan_exception_handler,
-    raising_exception_handler,
-    skip_exception_handler,
-    sum_reducer,
-)
-from chemfit_core.errors import (
-    ChemFitError,
-    CommandTimeoutError,
-    ConfigError,
-    ExternalCommandError,
-    LammpsError,
-    NonFiniteObjectiveError,
-    OutputMissingError,
-    TemplateRenderError,
-    TermEvaluationError,
-)
-from chemfit_core.file_based_computer import (
-    CommandCancelled,
-    FileBasedQuantityComputer,
-    render_template,
-    run_command,
-)
-from chemfit_core.fitter import Evaluation, FitResult, Fitter, flatten_dict, unflatten_dict
-from chemfit_core.lammps import LammpsQuantityComputer, read_thermo, run_lammps
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AsyncWrapperCOB",
-    "ChemFitError",
-    "CombinedObjectiveFunction",
-    "CommandCancelled",
-    "CommandTimeoutError",
-    "ConfigError",
-    "EvaluateContext",
-    "Evaluation",
-    "ExternalCommandError",
-    "FileBasedQuantityComputer",
-    "FitResult",
-    "Fitter",
-    "LammpsError",
-    "LammpsQuantityComputer",
-    "MPIWrapperCOB",
-    "NonFiniteObjectiveError",
-    "ObjectiveFunctor",
-    "OutputMissingError",
-    "QuantityComputer",
-    "QuantityComputerObjectiveFunction",
-    "TemplateRenderError",
-    "TermEvaluationError",
-    "WrappedObjectiveFunctor",
-    "flatten_dict",
-    "mean_reducer",
-    "nan_exception_handler",
-    "raising_exception_handler",
-    "read_thermo",
-    "render_template",
-    "run_command",
-    "run_lammps",
-    "skip_exception_handler",
-    "sum_reducer",
-    "unflatten_dict",
-]
+_MODULE_OF = {
+    "AsyncWrapperCOB": "chemfit_core.async_wrapper_cob",
+    "ChemFitError": "chemfit_core.errors",
+    "CombinedObjectiveFunction": "chemfit_core.combined_objective_function",
+    "CommandCancelled": "chemfit_core.file_based_computer",
+    "CommandTimeoutError": "chemfit_core.errors",
+    "ConfigError": "chemfit_core.errors",
+    "EvaluateContext": "chemfit_core.abstract_objective_function",
+    "Evaluation": "chemfit_core.fitter",
+    "ExternalCommandError": "chemfit_core.errors",
+    "FileBasedQuantityComputer": "chemfit_core.file_based_computer",
+    "FitResult": "chemfit_core.fitter",
+    "Fitter": "chemfit_core.fitter",
+    "LammpsError": "chemfit_core.errors",
+    "LammpsQuantityComputer": "chemfit_core.lammps",
+    "MPIWrapperCOB": "chemfit_core.mpi_wrapper_cob",
+    "NonFiniteObjectiveError": "chemfit_core.errors",
+    "ObjectiveFunctor": "chemfit_core.abstract_objective_function",
+    "OutputMissingError": "chemfit_core.errors",
+    "QuantityComputer": "chemfit_core.abstract_objective_function",
+    "QuantityComputerObjectiveFunction": "chemfit_core.abstract_objective_function",
+    "TemplateRenderError": "chemfit_core.errors",
+    "TermEvaluationError": "chemfit_core.errors",
+    "WrappedObjectiveFunctor": "chemfit_core.abstract_objective_function",
+    "flatten_dict": "chemfit_core.fitter",
+    "mean_reducer": "chemfit_core.combined_objective_function",
+    "nan_exception_handler": "chemfit_core.combined_objective_function",
+    "raising_exception_handler": "chemfit_core.combined_objective_function",
+    "read_thermo": "chemfit_core.lammps",
+    "render_template": "chemfit_core.file_based_computer",
+    "run_command": "chemfit_core.file_based_computer",
+    "run_lammps": "chemfit_core.lammps",
+    "skip_exception_handler": "chemfit_core.combined_objective_function",
+    "sum_reducer": "chemfit_core.combined_objective_function",
+    "unflatten_dict": "chemfit_core.fitter",
+}
+
+__all__ = sorted(_MODULE_OF)
 
 
-def __getattr__(name: str):
-    if name == "MPIWrapperCOB":
-        from chemfit_core.mpi_wrapper_cob import MPIWrapperCOB
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chemfit_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return MPIWrapperCOB
-    raise AttributeError(f"module 'chemfit_core' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULE_OF])
+
