@@ -35,6 +35,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from chemfit_core.abstract_objective_function import EvaluateContext, Parameters, QuantityComputer
+from chemfit_core.cache import OutputCache
 from chemfit_core.errors import (
     ChemFitError,
     CommandTimeoutError,
@@ -255,6 +256,9 @@ class FileBasedQuantityComputer(QuantityComputer):
         command_timeout: seconds the command may run (None: no limit).
         env: extra environment variables for the command.
         name: label used for work directories, logs and errors.
+        output_cache: a :class:`~chemfit_core.cache.OutputCache`: a run whose work
+            directory, command and engine match a stored one is not repeated; its
+            outputs are copied in and parsed (``ctx.meta["output_cache"]``: hit/miss).
     """
 
     def __init__(
@@ -277,6 +281,7 @@ class FileBasedQuantityComputer(QuantityComputer):
         command_timeout: float | None = 3600.0,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
+        output_cache: OutputCache | None = None,
     ):
         super().__init__()
         self.output_files = [Path(f) for f in output_files]
@@ -311,6 +316,7 @@ class FileBasedQuantityComputer(QuantityComputer):
         self.command_timeout = command_timeout
         self.env = dict(env or {})
         self.name = name or "evaluation"
+        self.output_cache = output_cache
 
     # -- ChemFit's builder helpers ---------------------------------------------------------
     def with_cmd(self, executable_cmd: Callable[..., Sequence[str]], /, **kwargs: Any):
@@ -363,23 +369,18 @@ class FileBasedQuantityComputer(QuantityComputer):
                 self.presubmit_hook(parameters, workdir)
             command = self.build_cmd(parameters, workdir)
             ctx.temp.cmd = command
-            try:
-                ctx.meta["command_wall_s"] = run_command(
-                    command,
-                    workdir,
-                    timeout=self.command_timeout,
-                    env=self.command_env(),
-                    cancel=getattr(ctx.shared, "cancel", None),
-                    poll_interval=self.poll_interval,
-                )
-            except ExternalCommandError as exc:
-                if not self.try_parsing_after_exception or isinstance(exc, CommandTimeoutError):
-                    raise self.explain_failure(exc, workdir) from exc
-                logger.warning("%s; parsing its outputs anyway", exc)
+            cache = self.output_cache
+            key = None if cache is None else cache.key(workdir, command, self.output_files)
+            hit = key is not None and cache.restore(key, workdir, self.output_files)
+            if key is not None:
+                ctx.meta["output_cache"] = "hit" if hit else "miss"
+            completed = True if hit else self._run(command, workdir, ctx)
             self.wait_for_outputs(ctx.temp.output_files, workdir)
             quantities: dict[str, Any] = {}
             for parser in self.output_parsers:
                 quantities.update(parser(list(ctx.temp.output_files)))
+            if key is not None and not hit and completed:  # parsed fine: worth keeping
+                cache.store(key, workdir, self.output_files)
         except BaseException as exc:
             self._after_failure(exc, workdir, ctx)
             raise
@@ -388,6 +389,20 @@ class FileBasedQuantityComputer(QuantityComputer):
         else:
             ctx.meta["workdir"] = str(workdir)
         return quantities
+
+    def _run(self, command: list[str], workdir: Path, ctx: EvaluateContext) -> bool:
+        """Run the command; False when it failed but its outputs are to be parsed anyway."""
+        try:
+            ctx.meta["command_wall_s"] = run_command(
+                command, workdir, timeout=self.command_timeout, env=self.command_env(),
+                cancel=getattr(ctx.shared, "cancel", None), poll_interval=self.poll_interval,
+            )
+        except ExternalCommandError as exc:
+            if not self.try_parsing_after_exception or isinstance(exc, CommandTimeoutError):
+                raise self.explain_failure(exc, workdir) from exc
+            logger.warning("%s; parsing its outputs anyway", exc)
+            return False
+        return True
 
     def explain_failure(self, exc: ExternalCommandError, workdir: Path) -> ExternalCommandError:
         """Hook for subclasses to turn a failed command into a more telling error."""

@@ -215,6 +215,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         keep_workdirs: bool = False,
         form: Any | None = None,
         dump_every: int = 100,
+        output_cache: Any | None = None,
     ):
         unknown = set(references) - set(PROPERTY_UNITS)
         if unknown:
@@ -239,6 +240,8 @@ class LiquidStatePointTerm(ObjectiveFunctor):
             command_timeout=command_timeout,
             delete_temp_workdirs=False,  # the frames are read after parsing; removed below
             name=name,
+            output_files=["frames.dump"] if form is not None else [],  # cached with the log
+            output_cache=output_cache,
         )
 
     def _parse(self, output_files: list[Path]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from chemfit_core.liquid import (
     properties_from_log,
     validation_template_variables,
 )
-from chemfit_core.cache import EvaluationCache, namespace_of
+from chemfit_core.cache import EvaluationCache, OutputCache, namespace_of
 from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
 from chemfit_core.targets import potential_form_of, propagate, targets_from_config
 
@@ -95,6 +95,7 @@ def build_liquid_objective(
         from chemfit_core.forms import potential_form
 
         form = potential_form({**fit["potential"], "element": fit["element"]})
+    runs = run_cache(workdir)
     cob = CombinedObjectiveFunction()
     terms_info = []
     for sp in fit["liquid"]["state_points"]:
@@ -113,6 +114,7 @@ def build_liquid_objective(
                 n_blocks=md["n_blocks"],
                 command_timeout=md["timeout_s"],
                 form=form,
+                output_cache=runs,
                 dump_every=md.get("dump_every", 40),
             )
             cob.add(term, weights=sp["weight"] / sp["replicas"], names=name)
@@ -253,6 +255,11 @@ def _fit_and_write(fit_name: str, fit: Mapping[str, Any], master_seed: int, temp
     minimise(fitter, optimizer, seed=derived_seed(master_seed, fit_name, "optimizer"))
     logger.info("fit %s: %d evaluations replayed from the cache, %d computed", fit_name, fitter.n_replayed,
                 len(fitter.history) - fitter.n_replayed)
+    runs = {id(c): c for c in (getattr(getattr(t, "computer", None), "output_cache", None)
+                               for t in cob.objective_functions) if c is not None}
+    for cache in runs.values():  # under MPI: the runs of rank 0's terms
+        logger.info("fit %s: LAMMPS runs: %d read from %s, %d run", fit_name, cache.hits, cache.directory,
+                    cache.misses)
     result = fitter.result
     assert result is not None
     fitted = result.parameters
@@ -286,6 +293,17 @@ def fit_cache(fit_name: str, fit: Mapping[str, Any], master_seed: int, template:
     text = Path(template).read_text() if template else None
     namespace = namespace_of(fit_name, config_hash(fit), master_seed, text, version("chemfit-core"))
     return EvaluationCache(Path(workdir) / "cache", namespace)
+
+
+def run_cache(workdir: Path | str) -> OutputCache:
+    """The cache of a fit's LAMMPS runs, in ``<workdir>/cache/runs``: keyed by each run's
+    rendered input (parameters, state point, seed), command, LAMMPS version and chemfit_core
+    version, so a run is reused by any fit, rerun or edited config that asks for it again."""
+    from importlib.metadata import version
+
+    from chemfit_core.lammps import lammps_version
+
+    return OutputCache(Path(workdir) / "cache" / "runs", salt=("lammps", lammps_version(), version("chemfit-core")))
 
 
 def params_summary(fit_name: str, fit: Mapping[str, Any], fitted: Mapping[str, float], result: Any) -> dict[str, Any]:

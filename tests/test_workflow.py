@@ -533,3 +533,27 @@ def test_reports_open_in_a_headless_browser_and_show_the_plots(finished_run, tmp
             assert _painted_fraction(tmp_path / f"snakemake_report_{plot}") > 0.05
     finally:
         browser.quit()
+
+
+@pytest.mark.slow
+def test_an_edited_weight_refits_but_reads_every_lammps_run_from_the_run_cache(finished_run, tmp_path):
+    """A new weight changes the objective, so the evaluation cache (keyed by the config) misses;
+    COBYQA's first evaluations do not depend on the objective's values, so the LAMMPS runs
+    they ask for — same rendered inputs, seeds, engine — are all read from work/argon/cache/runs."""
+    import shutil
+
+    local_dir, env = finished_run
+    for name in ("config.yaml", "vacancy.extxyz", "work", "results"):
+        copy = shutil.copytree if (local_dir / name).is_dir() else shutil.copy
+        copy(local_dir / name, tmp_path / name)
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    config["fits"]["argon"]["liquid"]["state_points"][0]["weight"] = 2.0
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    done = snakemake(tmp_path, env, "results/argon/params.json", "--forcerun", "fit")
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tmp_path / "logs" / "argon" / "fit.log").read_text()
+    assert "0 evaluations replayed from the cache, 3 computed" in log
+    assert re.search(r"LAMMPS runs: 6 read from \S+, 0 run", log), log[-2000:]
+    before = json.loads((local_dir / "results" / "argon" / "fit.json").read_text())["history"]
+    after = json.loads((tmp_path / "results" / "argon" / "fit.json").read_text())["history"]
+    assert [e["properties"] for e in after] == [e["properties"] for e in before]  # the same runs

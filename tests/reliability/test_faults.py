@@ -1,5 +1,6 @@
-"""Fault injection with the real LAMMPS binary: atoms lost mid-run, a failing parameter set in
-penalty mode, and 32 concurrent LAMMPS terms that must each read only their own files."""
+"""Fault injection with the real LAMMPS binary: atoms lost mid-run, inf/NaN in the output, a
+run hung past its timeout, a missing output file, a failing parameter set in penalty mode,
+and 32 concurrent LAMMPS terms that must each read only their own files."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import pytest
 
 from chemfit_core import (
     AsyncWrapperCOB,
+    ChemFitError,
     CombinedObjectiveFunction,
+    CommandTimeoutError,
     Fitter,
     LammpsError,
     LammpsQuantityComputer,
+    OutputMissingError,
     TermEvaluationError,
 )
 
@@ -97,3 +101,51 @@ def test_32_concurrent_lammps_terms_each_read_their_own_output(tmp_path):
         {"dt": 5.0})["thermo"][-1]["PotEng"][-1] for s in expected.values()]
     assert energies == pytest.approx(serial, rel=1e-12)
     assert len(set(energies)) == 32
+
+
+OVERLAP_TEMPLATE = """units metal
+atom_style atomic
+region box block 0 10 0 10 0 10
+create_box 1 box
+create_atoms 1 single 5 5 5
+create_atoms 1 single 5 5 {{ z }}
+mass 1 39.948
+pair_style lj/cut 8.5
+pair_coeff 1 1 0.0104 3.4
+thermo_style custom step pe press
+thermo_modify norm no
+run 0
+"""
+
+
+def test_inf_and_nan_in_the_output_are_an_error_naming_log_and_line(tmp_path):
+    """Two atoms on one spot: LAMMPS prints inf and -nan and exits 0; the parser refuses them."""
+    computer = LammpsQuantityComputer(OVERLAP_TEMPLATE, tmp_path)
+    assert np.isfinite(computer({"z": 8.0})["thermo"][-1]["PotEng"]).all()  # apart: fine
+    with pytest.raises(ChemFitError, match=r"log\.lammps, line \d+: thermo output is not finite"):
+        computer({"z": 5.0})
+
+
+def test_a_hung_run_is_killed_at_its_timeout_and_its_directory_kept(tmp_path):
+    """A run of 10⁹ steps with a 2 s timeout: killed (process group), a CommandTimeoutError that
+    names the work directory, and no LAMMPS process left behind."""
+    import subprocess
+    import time
+
+    computer = LammpsQuantityComputer(MD_TEMPLATE.replace("run 50", "run 1000000000"), tmp_path,
+                                      template_variables={"seed": 1, "sigma": 3.4}, command_timeout=2.0)
+    start = time.monotonic()
+    with pytest.raises(CommandTimeoutError) as info:
+        computer({"dt": 5.0})
+    assert time.monotonic() - start < 30
+    kept = re.search(r"(\S*evaluation-\S+?)[\s:;)]", str(info.value) + " ")
+    assert kept and Path(kept.group(1).rstrip(".,")).is_dir(), str(info.value)
+    running = subprocess.run(["pgrep", "-f", f"lmp -in in.lammps.*{tmp_path}"], capture_output=True, text=True)
+    assert not running.stdout.strip()
+
+
+def test_a_missing_output_file_is_an_error_naming_it_and_the_directory(tmp_path):
+    computer = LammpsQuantityComputer(MD_TEMPLATE, tmp_path, template_variables={"seed": 1, "sigma": 3.4},
+                                      output_files=["rdf.dat"])  # the input never writes it
+    with pytest.raises(OutputMissingError, match=r"did not write rdf\.dat \(work directory kept: \S+"):
+        computer({"dt": 5.0})
