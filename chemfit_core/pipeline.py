@@ -279,11 +279,15 @@ def _fit_and_write(fit_name: str, fit: Mapping[str, Any], master_seed: int, temp
 def fit_cache(fit_name: str, fit: Mapping[str, Any], master_seed: int, template: Path | str | None,
               workdir: Path | str) -> EvaluationCache:
     """The evaluation cache of a fit, in ``<workdir>/cache``: keyed by the fit's configuration,
-    master seed, template text and chemfit_core version, so any change starts afresh."""
+    master seed, template text, the content of its structure file and chemfit_core version,
+    so any change starts afresh (a structure file edited in place included)."""
+    import hashlib
     from importlib.metadata import version
 
     text = Path(template).read_text() if template else None
-    namespace = namespace_of(fit_name, config_hash(fit), master_seed, text, version("chemfit-core"))
+    structures = fit.get("structures", {}).get("file")
+    content = hashlib.sha256(Path(structures).read_bytes()).hexdigest() if structures else None
+    namespace = namespace_of(fit_name, config_hash(fit), master_seed, text, content, version("chemfit-core"))
     return EvaluationCache(Path(workdir) / "cache", namespace)
 
 

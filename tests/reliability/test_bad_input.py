@@ -71,16 +71,9 @@ SP0 = [*FIT, "liquid", "state_points", 0]
 def setting(path: list[Any], value: Any) -> Callable[[Config], None]:
     """A mutation that sets (or, for ``KeyError``, deletes) the value at ``path``."""
 
-    def mutate(config: Config) -> None:
-        node = config
-        for key in path[:-1]:
-            node = node[key]
-        if value is KeyError:
-            del node[path[-1]]
-        else:
-            node[path[-1]] = value
+    from test_config import break_config
 
-    return mutate
+    return lambda config: break_config(config, path, value)
 
 
 def without_references(config: Config) -> None:

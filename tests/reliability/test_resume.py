@@ -105,3 +105,17 @@ def test_snakemake_fit_killed_mid_run_resumes_to_the_same_parameters(tmp_path, v
     first = json.loads((plain / "results" / "argon" / "params.json").read_text())
     second = json.loads((killed / "results" / "argon" / "params.json").read_text())
     assert first == second
+
+
+def test_a_structure_file_edited_in_place_starts_a_fresh_evaluation_cache(tmp_path):
+    """The config names the file by path; the cache key holds its content, so replayed
+    evaluations never come from the old reference data."""
+    from chemfit_core.pipeline import fit_cache
+
+    data = tmp_path / "reference.extxyz"
+    data.write_text("reference data, version 1\n")
+    fit = {"structures": {"file": str(data)}, "parameters": {}}
+    first = fit_cache("cu", fit, 7, None, tmp_path).namespace
+    assert fit_cache("cu", fit, 7, None, tmp_path).namespace == first  # stable
+    data.write_text("reference data, version 2\n")
+    assert fit_cache("cu", fit, 7, None, tmp_path).namespace != first
