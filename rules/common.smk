@@ -42,7 +42,9 @@ def solid_config(wildcards):
 
 def fit_core_config(wildcards):
     """What the fit itself depends on: editing anything else must not rerun it."""
-    fit = {k: v for k, v in fit_validation_config(wildcards).items() if k not in EXECUTION}
+    fit = {
+        k: v for k, v in fit_validation_config(wildcards).items() if k not in EXECUTION
+    }
     if "liquid" in fit:
         fit["liquid"] = {k: v for k, v in fit["liquid"].items() if k != "validation"}
     if "crystal" in fit:
@@ -88,7 +90,9 @@ def fit_threads(wildcards):
 def fit_mpi(wildcards):
     """The MPI launcher of a fit run under MPI, else empty (the SLURM executor then
     submits a plain job with --cpus-per-task = threads)."""
-    return config["fits"][wildcards.fit]["mpi"]["launcher"] if fit_ranks(wildcards) else ""
+    return (
+        config["fits"][wildcards.fit]["mpi"]["launcher"] if fit_ranks(wildcards) else ""
+    )
 
 
 def validation_logs(wildcards):
