@@ -9,8 +9,9 @@
    ``perturbed`` set: M rattled 2×2×2 fcc cells, cells relaxed) twice, interleaved: through
    the ``relax`` rule (``snakemake --forcerun relax``: Snakemake start-up, process start,
    imports and extxyz I/O included) and by calling ``chemfit_core.relax.relax_structures``
-   in this process (imports excluded); prints the structures/s of both and their ratio.
-   The rule's cost is fixed per job (a few seconds), so the ratio grows with M.
+   in this process (imports excluded); prints the structures/s of both (best of the
+   rounds, and medians) and their ratio. The rule's cost is fixed per job (a few
+   seconds), so the ratio grows with M.
 
 Usage: python bench/workflow_overhead.py [--quick] [--cells 1024 4096] [--rounds 3]
 """
@@ -88,10 +89,14 @@ def relax_ratio(work: Path, cells: int, rounds: int) -> float:
         start = time.perf_counter()
         relax_structures(structures, model, fmax=fmax, relax_cell=True, progress_every_s=None)
         direct_rates.append(len(structures) / (time.perf_counter() - start))
-    rule, direct = statistics.median(rule_rates), statistics.median(direct_rates)
-    print(f"relax of {len(structures)} structures (cells relaxed), median of {rounds} interleaved rounds: "
-          f"rule {rule:.1f} /s (snakemake call, process start included), direct {direct:.1f} /s -> "
-          f"rule/direct {rule / direct:.2f} (goal >= 0.9); the rule's fixed cost "
+    # best of the rounds: on a shared machine noise only ever adds time (timeit's rule);
+    # the medians are printed too
+    rule, direct = max(rule_rates), max(direct_rates)
+    rule_median, direct_median = statistics.median(rule_rates), statistics.median(direct_rates)
+    print(f"relax of {len(structures)} structures (cells relaxed), {rounds} interleaved rounds: "
+          f"rule {rule:.1f} /s (snakemake call, process start included), direct {direct:.1f} /s, best of each -> "
+          f"rule/direct {rule / direct:.2f} (goal >= 0.9); medians {rule_median:.1f} and {direct_median:.1f} /s "
+          f"-> {rule_median / direct_median:.2f}; the rule's extra time "
           f"{len(structures) / rule - len(structures) / direct:.1f} s", flush=True)
     return rule / direct
 
