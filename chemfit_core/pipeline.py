@@ -35,7 +35,7 @@ from chemfit_core.liquid import (
 )
 from chemfit_core.cache import EvaluationCache, OutputCache, namespace_of
 from chemfit_core.results import write_csv, write_json
-from chemfit_core.targets import targets_from_config
+from chemfit_core.targets import potential_form_of, targets_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +55,16 @@ def build_objective(
     master_seed: int,
     template: Path | str | None,
     workdir: Path | str,
+    runs: OutputCache | None = None,
 ) -> tuple[CombinedObjectiveFunction, list[dict[str, Any]]]:
     """All of a fit's terms: liquid state points (LAMMPS), then crystal and structures (in-process).
 
     Returns the combined objective and, per term, its name and state point (``crystal``,
-    ``structures`` for in-process terms), and for liquid terms replica and seed.
+    ``structures`` for in-process terms), and for liquid terms replica and seed. ``runs``:
+    the LAMMPS run cache (default :func:`run_cache` of ``workdir``).
     """
-    cob, terms_info = (build_liquid_objective(fit_name, fit, master_seed, template, workdir) if "liquid" in fit
-                       else (CombinedObjectiveFunction(), []))
+    cob, terms_info = (build_liquid_objective(fit_name, fit, master_seed, template, workdir, runs)
+                       if "liquid" in fit else (CombinedObjectiveFunction(), []))
     for name, term, weight in targets_from_config(fit):
         cob.add(term, weights=weight, names=name)
         terms_info.append({"name": name, "state_point": name})
@@ -75,6 +77,7 @@ def build_liquid_objective(
     master_seed: int,
     template: Path | str,
     workdir: Path | str,
+    runs: OutputCache | None = None,
 ) -> tuple[CombinedObjectiveFunction, list[dict[str, Any]]]:
     """One term per (state point, replica); a state point's weight is split over its replicas.
 
@@ -82,12 +85,9 @@ def build_liquid_objective(
     """
     variables = liquid_template_variables(fit)
     md = fit["liquid"]["md"]
-    form = None
-    if fit["optimizer"].get("jacobian") in ("analytic", "fluctuation"):
-        from chemfit_core.forms import potential_form
-
-        form = potential_form({**fit["potential"], "element": fit["element"]})
-    runs = run_cache(workdir)
+    analytic = fit["optimizer"].get("jacobian") in ("analytic", "fluctuation")
+    form = potential_form_of(fit) if analytic else None
+    runs = run_cache(workdir) if runs is None else runs
     cob = CombinedObjectiveFunction()
     terms_info = []
     for sp in fit["liquid"]["state_points"]:
@@ -161,12 +161,16 @@ def run_fit(
     With ``mpi`` every rank of ``MPI.COMM_WORLD`` calls this: rank 0 fits and writes, the
     others evaluate their share of the terms (:class:`MPIWrapperCOB`) and return None.
     """
-    cob, terms_info = build_objective(fit_name, fit, master_seed, template, workdir)
+    runs = run_cache(workdir)
+    cob, terms_info = build_objective(fit_name, fit, master_seed, template, workdir, runs)
     with _evaluator(cob, fit, workers, mpi) as (objective, n_workers):
         if objective is None:  # an MPI worker rank: it evaluated its share until rank 0 was done
             return None
-        return _fit_and_write(fit_name, fit, master_seed, template, workdir, objective, n_workers, terms_info,
-                              fit_json, params_json, history_csv)
+        record = _fit_and_write(fit_name, fit, master_seed, template, workdir, objective, n_workers, mpi,
+                                terms_info, fit_json, params_json, history_csv)
+    if "liquid" in fit:  # under MPI: the runs of rank 0's terms
+        logger.info("fit %s: LAMMPS runs: %d read from %s, %d run", fit_name, runs.hits, runs.directory, runs.misses)
+    return record
 
 
 def run_fit_under_mpi(arguments: Mapping[str, Any], launcher: str, ranks: int, log: Path | str) -> None:
@@ -225,7 +229,7 @@ def _evaluator(cob: CombinedObjectiveFunction, fit: Mapping[str, Any], workers: 
 
 
 def _fit_and_write(fit_name: str, fit: Mapping[str, Any], master_seed: int, template: Path | str | None,
-                   workdir: Path | str, objective: Any, n_workers: int, terms_info: list[dict[str, Any]],
+                   workdir: Path | str, objective: Any, n_workers: int, mpi: bool, terms_info: list[dict[str, Any]],
                    fit_json: Path | str, params_json: Path | str, history_csv: Path | str) -> dict[str, Any]:
     """Minimise ``objective`` (rank 0 / the only process) from the config's start, replaying the
     cache, and write the fit's three result files."""
@@ -247,11 +251,6 @@ def _fit_and_write(fit_name: str, fit: Mapping[str, Any], master_seed: int, temp
     minimise(fitter, optimizer, seed=derived_seed(master_seed, fit_name, "optimizer"))
     logger.info("fit %s: %d evaluations replayed from the cache, %d computed", fit_name, fitter.n_replayed,
                 len(fitter.history) - fitter.n_replayed)
-    runs = {id(c): c for c in (getattr(getattr(t, "computer", None), "output_cache", None)
-                               for t in cob.objective_functions) if c is not None}
-    for cache in runs.values():  # under MPI: the runs of rank 0's terms
-        logger.info("fit %s: LAMMPS runs: %d read from %s, %d run", fit_name, cache.hits, cache.directory,
-                    cache.misses)
     result = fitter.result
     assert result is not None
     fitted = result.parameters
@@ -263,7 +262,7 @@ def _fit_and_write(fit_name: str, fit: Mapping[str, Any], master_seed: int, temp
         "config_sha256": config_hash(fit),
         "terms": terms_info,
         "n_workers": n_workers,
-        "evaluator": "mpi" if type(objective).__name__ == "MPIWrapperCOB" else "threads",
+        "evaluator": "mpi" if mpi else "threads",
         "wall_time_s": time.monotonic() - start,
         "initial_properties": initial_properties,
         "evaluations_replayed_from_cache": fitter.n_replayed,

@@ -35,9 +35,10 @@ def set_structures(fit_name: str, fit: Mapping[str, Any], set_name: str, nearest
     structures take the set's name as their kind).
 
     Raises :class:`~chemfit_core.errors.ChemFitError` naming the file and the structure
-    index for a user set that is missing, unreadable, empty or holds another element.
+    index for a user set that is missing, unreadable or empty, or has a structure that
+    the config validation rejects (another element, overlapping atoms...).
     """
-    from chemfit_core.config import derived_seed
+    from chemfit_core.config import derived_seed, structure_problems
     from chemfit_core.errors import ChemFitError
     from chemfit_core.state import read_structures
 
@@ -52,11 +53,11 @@ def set_structures(fit_name: str, fit: Mapping[str, Any], set_name: str, nearest
                            f"expected one of {solid_sets(fit)}")
     path = solid["sets"][set_name]["file"]
     structures = read_structures(path)
+    problems = [f"{path}, structure {index}: {problem}" for index, atoms in enumerate(structures)
+                for problem in structure_problems(atoms, element)]  # the config check's own test
+    if problems:
+        raise ChemFitError(f"fits.{fit_name}.solid.sets.{set_name}:\n  " + "\n  ".join(problems))
     for index, atoms in enumerate(structures):
-        others = sorted(set(atoms.get_chemical_symbols()) - {element})
-        if others:
-            raise ChemFitError(f"{path}: structure {index} holds {', '.join(others)}; expected only {element} "
-                               f"(fits.{fit_name}.solid.sets.{set_name})")
         atoms.info.update({"kind": set_name, "label": f"{set_name}-{index}"})
     return structures
 

@@ -504,3 +504,19 @@ def test_solid_structure_set_is_checked_like_reference_structures(tmp_path):
                  "expected atoms at least 0.5 Å apart (periodic images included), got atoms 0 and 1 0.300 Å apart",
                  f"{SOURCE}: fits.argon.solid.sets.gone.file: expected an extxyz file of Ar structures (relative",
                  "(no such file)")
+
+
+def test_a_solid_set_is_checked_again_where_it_is_read(tmp_path):
+    """chemfit_core.solid (the prepare_solid rule, or a user calling it) applies the same per-structure
+    check as the config validation, so an unvalidated config cannot slip a bad set through."""
+    from chemfit_core.errors import ChemFitError
+    from chemfit_core.solid import set_structures
+
+    copper = bulk("Cu", "fcc", a=3.615).repeat(2)
+    config = validate_config(argon(), SOURCE)
+    config["fits"]["argon"]["solid"]["sets"] = {"foreign": {"file": str(extxyz(tmp_path, [bulk("Ar", "fcc", a=5.26),
+                                                                                            copper]))}}
+    with pytest.raises(ChemFitError) as info:
+        set_structures("argon", config["fits"]["argon"], "foreign", 3.76, 1)
+    assert_names(str(info.value), "fits.argon.solid.sets.foreign:", f"{tmp_path / 'ref.extxyz'}, structure 1: "
+                 "expected only Ar atoms (the fit's element), got Cu")
