@@ -32,6 +32,11 @@ SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 MpiDefault=none
+# Clients give up on an unreachable controller after 1 s instead of 9 s: Snakemake's SLURM
+# executor plugin runs `scontrol show config` whenever Snakemake starts (at import, any
+# executor), so with the default 10 s every later snakemake call on this machine waited 9 s
+# whenever these daemons were not running. Local round trips here take milliseconds.
+MessageTimeout=2
 NodeName=$host CPUs=$cpus RealMemory=8000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
