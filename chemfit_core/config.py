@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -89,11 +90,14 @@ def validate_config(
     source: str = "<config>",
     schema_path: Path | str = SCHEMA_PATH,
     template_dir: Path | str = TEMPLATE_DIR,
+    checked_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """Validate ``config`` in place, fill defaults and return it.
 
     ``schema_path`` and ``template_dir`` default to the workflow folder next to
-    this package (an editable install); Snakemake passes its own.
+    this package (an editable install); Snakemake passes its own. ``checked_dir``,
+    when given, remembers the structure files that passed their checks by content
+    (see :func:`structure_file_problems`); Snakemake passes ``.snakemake/chemfit/checked``.
 
     Raises :class:`ConfigError` listing every problem as ``source: key: expected ...``.
     """
@@ -103,7 +107,7 @@ def validate_config(
     problems = [f"{source}: {key_path(e.absolute_path)}: {_describe(e)}" for e in errors]
     problems += _non_finite_problems(config, source)
     if not problems:
-        problems = _semantic_problems(config, source, Path(template_dir))
+        problems = _semantic_problems(config, source, Path(template_dir), checked_dir)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
@@ -135,7 +139,8 @@ def _name_problems(where: str, names: Sequence[Any], what: str, listed: bool = F
     return problems
 
 
-def _semantic_problems(config: Mapping[str, Any], source: str, template_dir: Path) -> list[str]:
+def _semantic_problems(config: Mapping[str, Any], source: str, template_dir: Path,
+                       checked_dir: Path | str | None) -> list[str]:
     """Checks a schema cannot express: bound order, names, elements, structure files, templates."""
     from ase.data import chemical_symbols
 
@@ -176,12 +181,13 @@ def _semantic_problems(config: Mapping[str, Any], source: str, template_dir: Pat
         spec = fit.get("structures", {})
         if "file" in spec:
             needed = ["energy", "forces"] + ([] if spec["stress_denominator"] is None else ["stress"])
-            problems += structure_file_problems(f"{where}.structures.file", spec["file"], fit["element"], needed)
+            problems += structure_file_problems(f"{where}.structures.file", spec["file"], fit["element"], needed,
+                                                checked_dir)
         sets = fit["solid"].get("sets", {})
         problems += _name_problems(f"{where}.solid.sets", list(sets), "set name")
         for set_name, entry in sets.items():
             problems += structure_file_problems(f"{where}.solid.sets.{set_name}.file", entry["file"],
-                                                fit["element"], [])
+                                                fit["element"], [], checked_dir)
         if "liquid" not in fit:
             continue
         template = template_dir / fit["liquid"]["template"]
@@ -224,17 +230,28 @@ def _template_problems(where: str, path: Path, fit: Mapping[str, Any]) -> list[s
 
 
 # -- reference structure files ---------------------------------------------------------------
-def structure_file_problems(where: str, file: str, element: str, needed: Sequence[str]) -> list[str]:
+def structure_file_problems(
+    where: str, file: str, element: str, needed: Sequence[str], checked_dir: Path | str | None = None
+) -> list[str]:
     """Problems of an extxyz file of ``element`` structures, read as the fit reads it: missing,
     unreadable or empty, and per structure (:func:`structure_problems`) ``needed`` results
-    (``energy``, ``forces``, ``stress``) absent or not finite, foreign elements, overlapping atoms."""
-    from ase.io import read
+    (``energy``, ``forces``, ``stress``) absent or not finite, foreign elements, overlapping atoms.
 
+    With ``checked_dir``, a file that passed is remembered there under a hash of its content,
+    the element, ``needed`` and this checking code, and not read again: Snakemake validates
+    the config at every start (under the SLURM executor, once per job), and reading and
+    neighbour-listing thousands of structures each time would cost more than the job.
+    A file whose content changed is checked afresh; files with problems are never remembered."""
     expected = f"an extxyz file of {element} structures" + (f" with {', '.join(needed)}" if needed else "")
     path = Path(file)
     if not path.is_file():
         return [(f"{where}: expected {expected} (relative to the working directory {Path.cwd()}), "
                  f"got {file!r} (no such file)")]
+    marker = None if checked_dir is None else Path(checked_dir) / _check_key(path, element, needed)
+    if marker is not None and marker.is_file():
+        return []
+    from ase.io import read
+
     try:
         structures = read(path, index=":") if path.stat().st_size else []
     except Exception as exc:  # noqa: BLE001 - ase raises many types for a malformed file
@@ -248,7 +265,27 @@ def structure_file_problems(where: str, file: str, element: str, needed: Sequenc
     if len(problems) > MAX_STRUCTURE_PROBLEMS:
         more = len(problems) - MAX_STRUCTURE_PROBLEMS
         problems = [*problems[:MAX_STRUCTURE_PROBLEMS], f"{where}: {file}: ... and {more} more problems"]
+    if marker is not None and not problems:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        staged = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+        staged.write_text(json.dumps({"file": str(path.resolve()), "element": element, "needed": list(needed),
+                                      "structures": len(structures)}) + "\n")
+        os.replace(staged, marker)  # atomic: Snakemake processes of parallel jobs may race here
     return problems
+
+
+def _check_key(path: Path, element: str, needed: Sequence[str]) -> str:
+    """What a structure file's check depends on, hashed: its bytes, the element, the results
+    needed, the overlap distance, this module's code and the ASE version that reads it."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(json.dumps([element, sorted(needed), MIN_DISTANCE_A, version("ase")]).encode())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()
 
 
 def structure_problems(atoms: Any, element: str, needed: Sequence[str] = ()) -> list[str]:

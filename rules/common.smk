@@ -14,6 +14,8 @@ validate_config(
     source=", ".join(str(f) for f in workflow.configfiles) or "the module's config",
     schema_path=workflow.source_path("../workflow/schemas/config.schema.yaml"),
     template_dir=TEMPLATE_DIR,
+    # structure files that passed are remembered by content: every Snakemake start validates
+    checked_dir=Path(".snakemake") / "chemfit" / "checked",
 )
 
 FITS = list(config["fits"])

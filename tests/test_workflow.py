@@ -126,6 +126,9 @@ def test_fitted_model_relaxes_crystals_in_the_batched_engine(finished_run):
     vacancy = solid.loc[solid["property"] == "E_vacancy-E_fcc_eV", "value"].iloc[0]
     assert 0 < vacancy < 0.08 / 31 * 12  # fewer bonds than fcc, less than 12 of the 31 atoms' bonds broken
     assert "Solid-state validation" in (workdir / "results" / "report.html").read_text()
+    # the user's file passed its checks once and is remembered by content for later Snakemake starts
+    (checked,) = (workdir / ".snakemake" / "chemfit" / "checked").iterdir()
+    assert json.loads(checked.read_text())["file"] == str((workdir / "vacancy.extxyz").resolve())
 
 
 @pytest.mark.slow

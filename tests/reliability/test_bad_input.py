@@ -11,6 +11,7 @@ sandboxed Jinja environment.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,33 @@ def test_overlapping_atoms_name_structure_atoms_and_distance(tmp_path):
     path = extxyz(tmp_path, [copper(), crowded])
     assert_names(structure_problems_of(path), f"{KEY}: {path}, structure 1: expected atoms at least 0.5 Å apart",
                  "got atoms 0 and 5 0.200 Å apart")
+
+
+def test_a_remembered_check_never_hides_a_file_edited_in_place(tmp_path):
+    """validate_config(checked_dir=...) (what every Snakemake start does) remembers a file that
+    passed by its content: the same bytes are not read again, an edit is checked afresh."""
+    checked = tmp_path / "checked"
+    path = extxyz(tmp_path, [copper(), copper(energy=-27.5)])
+    validate_config(structures_fit(path), SOURCE, checked_dir=checked)
+    (marker,) = checked.iterdir()
+    assert json.loads(marker.read_text())["structures"] == 2
+    validate_config(structures_fit(path), SOURCE, checked_dir=checked)
+    assert list(checked.iterdir()) == [marker]  # the same content: remembered, nothing new written
+
+    crowded = copper()
+    crowded.positions[5] = crowded.positions[0] + [0.2, 0.0, 0.0]
+    write(path, [copper(), crowded], format="extxyz")  # same name, new content
+    with pytest.raises(ConfigError) as info:
+        validate_config(structures_fit(path), SOURCE, checked_dir=checked)
+    assert_names(str(info.value), f"{KEY}: {path}, structure 1: expected atoms at least 0.5 Å apart")
+    assert list(checked.iterdir()) == [marker]  # a file with problems is never remembered
+
+    write(path, [copper(), copper(energy=-27.5)], format="extxyz")  # the passing content again
+    config = structures_fit(path)
+    config["fits"]["recovery"]["structures"]["stress_denominator"] = 0.001  # now stress is needed too
+    with pytest.raises(ConfigError) as info:  # the remembered pass was for energy and forces only
+        validate_config(config, SOURCE, checked_dir=checked)
+    assert_names(str(info.value), "expected energy, forces, stress (they are fitted), got no stress")
 
 
 def test_overlap_across_the_periodic_boundary_is_found(tmp_path):
