@@ -6,12 +6,18 @@
    command intervals is the time spent in the science; the rest of the wall time
    (start-up, DAG, scheduling, launching scripts) is Snakemake's share.
 2. For each M of ``--cells``, relaxes the same structures (the fitted argon model's
-   ``perturbed`` set: M rattled 2×2×2 fcc cells, cells relaxed) twice, interleaved: through
-   the ``relax`` rule (``snakemake --forcerun relax``: Snakemake start-up, process start,
-   imports and extxyz I/O included) and by calling ``chemfit_core.relax.relax_structures``
-   in this process (imports excluded); prints the structures/s of both (best of the
-   rounds, and medians) and their ratio. The rule's cost is fixed per job (a few
-   seconds), so the ratio grows with M.
+   ``perturbed`` set: M rattled 2×2×2 fcc cells, cells relaxed) three ways, interleaved:
+   through the ``relax`` rule (``snakemake --forcerun relax``: Snakemake start-up, process
+   start, imports and extxyz I/O included), through the rule's own command line without
+   Snakemake (``python -m chemfit_core relax ...``), and by calling
+   ``chemfit_core.relax.relax_structures`` in this process (imports and I/O excluded, the
+   headline's "direct"); prints the structures/s of each (best of the rounds, and medians)
+   and the ratios. The rule's extra cost is mostly fixed per job (seconds), so the ratio
+   grows with M.
+
+Where SLURM's client tools are installed, every Snakemake start also runs ``scontrol show
+config`` (the SLURM executor plugin does, at import, whatever the executor): instant with
+a reachable controller, up to 10 s without one. The script prints how long it takes here.
 
 Usage: python bench/workflow_overhead.py [--quick] [--cells 1024 4096] [--rounds 3]
 """
@@ -19,10 +25,13 @@ Usage: python bench/workflow_overhead.py [--quick] [--cells 1024 4096] [--rounds
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import datetime as dt
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +40,7 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _workflow import run_directory, snakemake  # noqa: E402
+from _workflow import ENV, run_directory, snakemake  # noqa: E402
 
 
 def busy_time(workdir: Path) -> tuple[float, int]:
@@ -74,6 +83,7 @@ def relax_ratio(work: Path, cells: int, rounds: int) -> float:
     snakemake(work, target)  # prepare the set (and the fit, the first time) once
     from ase.io import read
 
+    from chemfit_core.config import validate_config
     from chemfit_core.models import build_model
     from chemfit_core.pipeline import fitted_model_spec
     from chemfit_core.relax import relax_structures
@@ -81,24 +91,49 @@ def relax_ratio(work: Path, cells: int, rounds: int) -> float:
 
     structures = read(work / "results" / "argon" / "solid" / "perturbed" / "initial.extxyz", index=":")
     model = build_model(fitted_model_spec(read_json(work / "results" / "argon" / "params.json")["argon"]))
-    fmax = config["fits"]["argon"]["solid"]["fmax"]
-    rule_rates, direct_rates = [], []
+    with contextlib.chdir(work):  # the config's files are relative to the run directory
+        solid = validate_config(copy.deepcopy(config))["fits"]["argon"]["solid"]  # defaults filled
+    fmax, device = solid["fmax"], solid["device"]
+    command = [sys.executable, "-m", "chemfit_core", "relax", target.replace("relaxed", "initial"),
+               "cli-relaxed.extxyz", "--fit-params", "results/argon/params.json", "--fit", "argon", "--relax-cell",
+               "--fmax", str(fmax), "--device", device]  # the rule's command line (rules/solid.smk)
+    rates: dict[str, list[float]] = {"rule": [], "cli": [], "direct": []}
     for _ in range(rounds):
         wall = snakemake(work, target, "--forcerun", "relax")
-        rule_rates.append(len(structures) / wall)
+        rates["rule"].append(len(structures) / wall)
+        start = time.perf_counter()
+        subprocess.run(command, cwd=work, env=ENV, check=True, capture_output=True)
+        rates["cli"].append(len(structures) / (time.perf_counter() - start))
         start = time.perf_counter()
         relax_structures(structures, model, fmax=fmax, relax_cell=True, progress_every_s=None)
-        direct_rates.append(len(structures) / (time.perf_counter() - start))
+        rates["direct"].append(len(structures) / (time.perf_counter() - start))
     # best of the rounds: on a shared machine noise only ever adds time (timeit's rule);
     # the medians are printed too
-    rule, direct = max(rule_rates), max(direct_rates)
-    rule_median, direct_median = statistics.median(rule_rates), statistics.median(direct_rates)
-    print(f"relax of {len(structures)} structures (cells relaxed), {rounds} interleaved rounds: "
-          f"rule {rule:.1f} /s (snakemake call, process start included), direct {direct:.1f} /s, best of each -> "
-          f"rule/direct {rule / direct:.2f} (goal >= 0.9); medians {rule_median:.1f} and {direct_median:.1f} /s "
-          f"-> {rule_median / direct_median:.2f}; the rule's extra time "
-          f"{len(structures) / rule - len(structures) / direct:.1f} s", flush=True)
-    return rule / direct
+    best = {k: max(v) for k, v in rates.items()}
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"relax of {len(structures)} structures (cells relaxed), {rounds} interleaved rounds, structures/s, "
+          f"best of each (medians): rule {best['rule']:.1f} ({median['rule']:.1f}), the rule's command without "
+          f"Snakemake {best['cli']:.1f} ({median['cli']:.1f}), relax_structures in this process "
+          f"{best['direct']:.1f} ({median['direct']:.1f})", flush=True)
+    for slower, faster, what in (("rule", "direct", "rule/direct (goal >= 0.9)"),
+                                 ("rule", "cli", "rule/command (Snakemake's own cost)"),
+                                 ("cli", "direct", "command/direct (process, imports, extxyz I/O)")):
+        extra = len(structures) / best[slower] - len(structures) / best[faster]
+        print(f"  {what}: {best[slower] / best[faster]:.2f} (medians {median[slower] / median[faster]:.2f}), "
+              f"{extra:.1f} s more", flush=True)
+    return best["rule"] / best["direct"]
+
+
+def slurm_probe() -> None:
+    """How long ``scontrol show config`` takes here (every Snakemake start runs it, see above)."""
+    if shutil.which("scontrol") is None:
+        print("SLURM client tools: not installed (Snakemake's SLURM plugin skips its probe)")
+        return
+    start = time.perf_counter()
+    done = subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=30)
+    print(f"SLURM client tools installed: `scontrol show config` took {time.perf_counter() - start:.1f} s "
+          f"({'controller reachable' if done.returncode == 0 else 'no controller'}); every Snakemake start "
+          "below pays it", flush=True)
 
 
 def main() -> None:
@@ -109,6 +144,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = run_directory(args.quick, "chemfit-overhead-")
+    slurm_probe()
     try:
         wall = snakemake(work)
         busy, jobs = busy_time(work)
