@@ -106,7 +106,7 @@ def _cmd_relax(args: argparse.Namespace) -> None:
     write(buffer, result.structures, format="extxyz")
     atomic_write_text(args.output, buffer.getvalue())
     print(f"relaxed {result.n_structures} structures ({int(result.converged.sum())} converged) "
-          f"in {result.wall_time_s:.2f} s -> {args.output}")
+          f"in {result.wall_time_s:.2f} s on {result.device} ({result.engine} engine) -> {args.output}")
     if not result.converged.all():
         raise ChemFitError(f"{int((~result.converged).sum())} structures did not converge within "
                            f"{args.max_steps} steps (flagged relax_converged=False in {args.output})")

@@ -38,6 +38,7 @@ class RelaxResult:
     wall_time_s: float
     n_force_calls: int  # batched model evaluations (torch engine)
     engine: str = "torch"
+    device: str = "cpu"  # where the torch engine ran ("cpu", "cuda", "cuda:1"); LAMMPS workers: "cpu"
 
     @property
     def n_structures(self) -> int:
@@ -135,6 +136,7 @@ def relax_structures(
     if not relax_cell and getattr(model, "compute_stress", True):
         _final_stress(ordered, model, batcher.max_memory_scaler, memory_scales_with)
     result = _collect(ordered, fmax, time.monotonic() - start, n_calls)
+    result.device = str(device)
     if progress_every_s is not None:
         logger.info("relax: %d structures in %.2f s (%d converged), %d batched force calls",
                     result.n_structures, result.wall_time_s, int(result.converged.sum()), n_calls)

@@ -51,6 +51,7 @@ def test_relaxation_on_cuda_equals_cpu():
     structures = cells(symbol, a, 12)
     cpu = relax_structures(structures, build_model(spec), fmax=1e-3, engine="torch", device="cpu")
     gpu = relax_structures(structures, build_model(spec), fmax=1e-3, engine="torch", device="cuda")
+    assert gpu.device == "cuda" and cpu.device == "cpu"
     assert gpu.converged.all()
     np.testing.assert_allclose(gpu.energies, cpu.energies, rtol=1e-9)
     np.testing.assert_array_equal(gpu.n_steps, cpu.n_steps)

@@ -332,21 +332,33 @@ def _can_run_slurm() -> str | None:
     return None
 
 
+def start_slurm_cluster() -> None:
+    """The one-node cluster of tests/slurm/start_cluster.sh, up and taking jobs."""
+    started = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "start_cluster.sh")], capture_output=True,
+                             text=True, timeout=600)
+    assert started.returncode == 0 and "ready" in started.stdout, started.stderr[-2000:]
+
+
+def slurm_snakemake(profile: str, *targets_and_options: str, jobs: int) -> list[str]:
+    """The command running the workflow through ``profiles/<profile>`` on that cluster: the
+    profile's default resources give way to the cluster's (partition debug, no account, 1 GB,
+    30 min); its per-rule resources stay; job status from squeue."""
+    return [SNAKEMAKE, *targets_and_options, "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
+            "--profile", str(REPO / "profiles" / profile), "--jobs", str(jobs), "--slurm-no-account",
+            "--default-resources", "slurm_partition=debug", "mem_mb=1000", "runtime=30",
+            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_can_run_slurm() is not None, reason=str(_can_run_slurm()))
 def test_slurm_profile_on_a_real_cluster_gives_the_local_results(finished_run, tmp_path, venv_env):
     """The test config through profiles/slurm (--executor slurm, real slurmctld and slurmd on this
     machine, started by tests/slurm/start_cluster.sh): every job is an sbatch job, and the
     fitted parameters and properties equal the local run's exactly (same seeds)."""
-    started = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "start_cluster.sh")], capture_output=True,
-                             text=True, timeout=600)
-    assert started.returncode == 0 and "ready" in started.stdout, started.stderr[-2000:]
+    start_slurm_cluster()
     local_dir, _ = finished_run
     small_config(tmp_path / "config.yaml")
-    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
-               "--profile", str(REPO / "profiles" / "slurm"), "--jobs", "4", "--slurm-no-account",
-               "--default-resources", "slurm_partition=debug", "mem_mb=1000", "runtime=30",
-               "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
+    command = slurm_snakemake("slurm", jobs=4)
     done = subprocess.run(command, cwd=tmp_path, env=venv_env, capture_output=True, text=True, timeout=900)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
@@ -359,6 +371,48 @@ def test_slurm_profile_on_a_real_cluster_gives_the_local_results(finished_run, t
     local_props = pd.read_csv(local_dir / "results" / "properties.csv")
     slurm_props = pd.read_csv(tmp_path / "results" / "properties.csv")
     pd.testing.assert_frame_equal(slurm_props, local_props)
+
+
+def _slurm_memory_short_of(mem_mb: int) -> str | None:
+    """Why this machine's one-node cluster cannot take a job asking for ``mem_mb``, or None."""
+    with open("/proc/meminfo") as meminfo:
+        total_mb = int(next(line for line in meminfo if line.startswith("MemTotal:")).split()[1]) // 1024
+    declared = total_mb * 9 // 10  # what tests/slurm/start_cluster.sh declares as the node's RealMemory
+    return None if declared >= mem_mb else f"profiles/slurm-gpu asks {mem_mb} MB per relax job, the node has {declared}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_can_run_slurm() is not None, reason=str(_can_run_slurm()))
+@pytest.mark.skipif(_slurm_memory_short_of(16000) is not None, reason=str(_slurm_memory_short_of(16000)))
+def test_gpu_profile_puts_relax_jobs_on_the_gpu_partition_holding_one_gpu(finished_run, tmp_path, venv_env):
+    """profiles/slurm-gpu on the real cluster, whose node declares one GPU (a counted generic
+    resource: this machine has none): every relax job is an sbatch job on partition gpu holding
+    gres/gpu=1 (scontrol), the other jobs stay on the CPU partition; `solid.device: auto`
+    finds no CUDA device in the job and relaxes on the CPU, giving the local run's properties."""
+    import shutil
+
+    start_slurm_cluster()
+    local_dir, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(local_dir, run)  # a finished run: only the relax jobs and what reads them run again
+    command = slurm_snakemake("slurm-gpu", "results/argon/solid_properties.csv", "--forcerun", "relax", jobs=4)
+    done = subprocess.run(command, cwd=run, env=venv_env, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: (\S+?)\)", output)
+    relax = [job for job, log in submitted if "rule_relax" in log]
+    others = [job for job, log in submitted if "rule_relax" not in log]
+    assert len(relax) == 3 and others, output[-3000:]  # prototypes, perturbed, vacancy; then solid_properties
+    for job in relax:
+        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+        assert "Partition=gpu" in shown and re.search(r"gres[/:]gpu[:=]1", shown), shown
+    for job in others:
+        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+        assert "Partition=debug" in shown and not re.search(r"gres[/:]gpu", shown), shown
+    for name in ("prototypes", "perturbed", "vacancy"):
+        assert "on cpu (torch engine)" in (run / "logs" / "argon" / "solid" / name / "relax.log").read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(run / "results" / "argon" / "solid_properties.csv"),
+                                  pd.read_csv(local_dir / "results" / "argon" / "solid_properties.csv"))
 
 
 def mpi_config(path: Path, ranks: int = 2) -> Path:
@@ -390,15 +444,10 @@ def test_an_mpi_fit_is_one_slurm_job_with_several_tasks(finished_run, tmp_path, 
     """fits.argon.mpi.ranks = 2 through profiles/slurm: the fit is one sbatch job of 2 tasks
     (scontrol), run by `mpiexec -n 2` with MPIWrapperCOB inside it, and its parameters equal
     the local threaded run's exactly (same seeds, terms spread over ranks instead of threads)."""
-    started = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "start_cluster.sh")], capture_output=True,
-                             text=True, timeout=600)
-    assert started.returncode == 0 and "ready" in started.stdout, started.stderr[-2000:]
+    start_slurm_cluster()
     local_dir, _ = finished_run
     mpi_config(tmp_path / "config.yaml")
-    command = [SNAKEMAKE, "results/argon/params.json", "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
-               "--profile", str(REPO / "profiles" / "slurm"), "--jobs", "2", "--slurm-no-account",
-               "--default-resources", "slurm_partition=debug", "mem_mb=1000", "runtime=30",
-               "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
+    command = slurm_snakemake("slurm", "results/argon/params.json", jobs=2)
     done = subprocess.run(command, cwd=tmp_path, env=venv_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     log = (tmp_path / "logs" / "argon" / "fit.log").read_text()
