@@ -96,7 +96,7 @@ def relax_ratio(work: Path, cells: int, rounds: int) -> float:
     fmax, device = solid["fmax"], solid["device"]
     command = [sys.executable, "-m", "chemfit_core", "relax", target.replace("relaxed", "initial"),
                "cli-relaxed.extxyz", "--fit-params", "results/argon/params.json", "--fit", "argon", "--relax-cell",
-               "--fmax", str(fmax), "--device", device]  # the rule's command line (rules/solid.smk)
+               "--fmax", str(fmax), "--device", device]  # the rule's command line (rules/relax.smk)
     rates: dict[str, list[float]] = {"rule": [], "cli": [], "direct": []}
     for _ in range(rounds):
         wall = snakemake(work, target, "--forcerun", "relax")

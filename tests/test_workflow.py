@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -339,6 +340,11 @@ def start_slurm_cluster() -> None:
     assert started.returncode == 0 and "ready" in started.stdout, started.stderr[-2000:]
 
 
+def scontrol_show(kind: str, name: str) -> str:
+    """``scontrol show job|node NAME``: what the cluster holds for it."""
+    return subprocess.run(["scontrol", "show", kind, name], capture_output=True, text=True, timeout=30).stdout
+
+
 def slurm_snakemake(profile: str, *targets_and_options: str, jobs: int) -> list[str]:
     """The command running the workflow through ``profiles/<profile>`` on that cluster: the
     profile's default resources give way to the cluster's (partition debug, no account, 1 GB,
@@ -373,25 +379,20 @@ def test_slurm_profile_on_a_real_cluster_gives_the_local_results(finished_run, t
     pd.testing.assert_frame_equal(slurm_props, local_props)
 
 
-def _slurm_memory_short_of(mem_mb: int) -> str | None:
-    """Why this machine's one-node cluster cannot take a job asking for ``mem_mb``, or None."""
-    with open("/proc/meminfo") as meminfo:
-        total_mb = int(next(line for line in meminfo if line.startswith("MemTotal:")).split()[1]) // 1024
-    declared = total_mb * 9 // 10  # what tests/slurm/start_cluster.sh declares as the node's RealMemory
-    return None if declared >= mem_mb else f"profiles/slurm-gpu asks {mem_mb} MB per relax job, the node has {declared}"
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(_can_run_slurm() is not None, reason=str(_can_run_slurm()))
-@pytest.mark.skipif(_slurm_memory_short_of(16000) is not None, reason=str(_slurm_memory_short_of(16000)))
 def test_gpu_profile_puts_relax_jobs_on_the_gpu_partition_holding_one_gpu(finished_run, tmp_path, venv_env):
-    """profiles/slurm-gpu on the real cluster, whose node declares one GPU (a counted generic
-    resource: this machine has none): every relax job is an sbatch job on partition gpu holding
+    """profiles/slurm-gpu on the real cluster, whose node declares one GPU (device file /dev/null:
+    this machine has none): every relax job is an sbatch job on partition gpu holding
     gres/gpu=1 (scontrol), the other jobs stay on the CPU partition; `solid.device: auto`
     finds no CUDA device in the job and relaxes on the CPU, giving the local run's properties."""
     import shutil
 
     start_slurm_cluster()
+    asked = yaml.safe_load((REPO / "profiles" / "slurm-gpu" / "config.yaml").read_text())["set-resources"]["relax"]
+    declared = int(re.search(r"RealMemory=(\d+)", scontrol_show("node", socket.gethostname())).group(1))
+    if declared < asked["mem_mb"]:
+        pytest.skip(f"profiles/slurm-gpu asks {asked['mem_mb']} MB per relax job; this machine's node has {declared}")
     local_dir, _ = finished_run
     run = tmp_path / "run"
     shutil.copytree(local_dir, run)  # a finished run: only the relax jobs and what reads them run again
@@ -404,10 +405,10 @@ def test_gpu_profile_puts_relax_jobs_on_the_gpu_partition_holding_one_gpu(finish
     others = [job for job, log in submitted if "rule_relax" not in log]
     assert len(relax) == 3 and others, output[-3000:]  # prototypes, perturbed, vacancy; then solid_properties
     for job in relax:
-        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+        shown = scontrol_show("job", job)
         assert "Partition=gpu" in shown and re.search(r"gres[/:]gpu[:=]1", shown), shown
     for job in others:
-        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+        shown = scontrol_show("job", job)
         assert "Partition=debug" in shown and not re.search(r"gres[/:]gpu", shown), shown
     for name in ("prototypes", "perturbed", "vacancy"):
         assert "on cpu (torch engine)" in (run / "logs" / "argon" / "solid" / name / "relax.log").read_text()
@@ -453,7 +454,7 @@ def test_an_mpi_fit_is_one_slurm_job_with_several_tasks(finished_run, tmp_path, 
     log = (tmp_path / "logs" / "argon" / "fit.log").read_text()
     assert "mpiexec -n 2" in log and "MPI rank 0 of 2" in log and "MPI rank 1 of 2" in log
     job = re.search(r"inside SLURM job (\d+)", log).group(1)
-    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+    shown = scontrol_show("job", job)
     assert "NumTasks=2" in shown and "CPUs/Task=1" in shown, shown
     record = json.loads((tmp_path / "results" / "argon" / "fit.json").read_text())
     assert record["evaluator"] == "mpi" and record["n_workers"] == 2
