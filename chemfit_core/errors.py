@@ -78,3 +78,7 @@ class LammpsError(ExternalCommandError):
 
 class NonFiniteObjectiveError(ChemFitError, FloatingPointError):
     """The objective returned NaN or infinity; the fit stops rather than guess."""
+
+
+class CommandCancelled(ChemFitError):
+    """The evaluation was cancelled (a sibling term failed) and its command killed."""

@@ -3,17 +3,14 @@
 import sys
 from pathlib import Path
 
-from chemfit_core.config import validate_config
-from chemfit_core.solid import solid_sets
+from chemfit_core.stages.config import TEMPLATE_DIR, validate_config
+from chemfit_core.stages.solid import solid_sets
 
 PYTHON = sys.executable
-TEMPLATE_DIR = Path(workflow.current_basedir).parent / "workflow" / "templates"
 
 validate_config(
     config,
     source=", ".join(str(f) for f in workflow.configfiles) or "the module's config",
-    schema_path=workflow.source_path("../workflow/schemas/config.schema.yaml"),
-    template_dir=TEMPLATE_DIR,
     # structure files that passed are remembered by content: every Snakemake start validates
     checked_dir=Path(".snakemake") / "chemfit" / "checked",
 )
@@ -68,7 +65,7 @@ def liquid_template(wildcards):
     fit = config["fits"][wildcards.fit]
     if "liquid" not in fit:
         return []
-    return workflow.source_path(f"../workflow/templates/{fit['liquid']['template']}")
+    return str(TEMPLATE_DIR / fit["liquid"]["template"])
 
 
 def structure_files(wildcards):

@@ -1,4 +1,4 @@
-"""Snakemake script of rule `fit`: fit one configuration (see chemfit_core.pipeline.run_fit).
+"""Snakemake script of rule `fit`: fit one configuration (see chemfit_core.stages.fit.run_fit).
 
 In one process with a thread pool, or — when the rule's `mpi` resource names a launcher —
 as `<launcher> -n <tasks> python -m chemfit_core fit ARGS.json --mpi`, which on SLURM runs
@@ -6,7 +6,7 @@ inside the job's allocation of `tasks` tasks.
 """
 
 from chemfit_core.cli import log_to
-from chemfit_core.pipeline import run_fit, run_fit_under_mpi
+from chemfit_core.stages.fit import run_fit, run_fit_under_mpi
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

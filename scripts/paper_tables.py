@@ -17,14 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from chemfit_core import EvaluateContext, Fitter
-from chemfit_core.crystal import UNITS, CrystalSetup
-from chemfit_core.forms import potential_form
-from chemfit_core.liquid import Reference
 from chemfit_core.models import build_model
-from chemfit_core.roundtrip import round_trip
-from chemfit_core.targets import CrystalTarget, StructureTarget, label, rattled_cells
+from chemfit_core.science.crystal import UNITS, CrystalSetup
+from chemfit_core.science.forms import potential_form
+from chemfit_core.science.liquid import Reference
+from chemfit_core.science.roundtrip import round_trip
+from chemfit_core.science.targets import CrystalTarget, StructureTarget, label, rattled_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 CU_EXPERIMENT = {"a0_A": 3.615, "Ec_eV": 3.54, "C11_GPa": 170.0, "C12_GPa": 122.5, "C44_GPa": 75.8,

@@ -1,7 +1,7 @@
 """Snakemake script of rule `prepare_solid`: one structure set of a fit's solid stage."""
 
 from chemfit_core.cli import log_to
-from chemfit_core.solid import prepare_set
+from chemfit_core.stages.solid import prepare_set
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

@@ -3,8 +3,8 @@
 import pandas as pd
 
 from chemfit_core.cli import log_to
-from chemfit_core.report import write_properties_plot
 from chemfit_core.results import read_json
+from chemfit_core.stages.report import write_properties_plot
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

@@ -1,7 +1,7 @@
 """Snakemake script of rule `provenance`: results/provenance.json."""
 
 from chemfit_core.cli import log_to
-from chemfit_core.provenance import write_provenance
+from chemfit_core.stages.provenance import write_provenance
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

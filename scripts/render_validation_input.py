@@ -1,7 +1,7 @@
 """Snakemake script of rule `render_validation_input`."""
 
 from chemfit_core.cli import log_to
-from chemfit_core.validation import render_validation_input
+from chemfit_core.stages.validation import render_validation_input
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

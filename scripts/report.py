@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 
 from chemfit_core.cli import log_to
-from chemfit_core.report import write_report
 from chemfit_core.results import read_json
+from chemfit_core.stages.report import write_report
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 

@@ -1,7 +1,7 @@
 """Snakemake script of rule `solid_properties`."""
 
 from chemfit_core.cli import log_to
-from chemfit_core.solid import analyse_sets
+from chemfit_core.stages.solid import analyse_sets
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

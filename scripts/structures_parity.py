@@ -1,8 +1,8 @@
 """Snakemake script of rule `structures_parity`."""
 
 from chemfit_core.cli import log_to
-from chemfit_core.report import write_structures_parity
 from chemfit_core.results import read_json
+from chemfit_core.stages.report import write_structures_parity
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

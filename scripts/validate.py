@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from chemfit_core.cli import log_to
-from chemfit_core.validation import analyse_validation
+from chemfit_core.stages.validation import analyse_validation
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

@@ -6,15 +6,15 @@ import pytest
 import torch
 from ase.build import bulk
 
-from chemfit_core.autobatching import (
+from chemfit_core.engine.autobatching import (
     BinningAutoBatcher,
     InFlightAutoBatcher,
     calculate_memory_scaler,
     determine_max_batch_size,
     to_constant_volume_bins,
 )
+from chemfit_core.engine.state import atoms_to_state, concatenate_states
 from chemfit_core.models import LennardJones
-from chemfit_core.state import atoms_to_state, concatenate_states
 
 lj_model = LennardJones(0.0104, 3.40, 8.5)
 
@@ -53,7 +53,7 @@ def test_seed_example_runs_with_the_import_renamed():
     processor = CountdownProcessor()
     process_batch, check_convergence = processor.process_batch, processor.check_convergence
     # --- seed example, with `torch_sim` renamed to `chemfit_core` in the import ---
-    from chemfit_core.autobatching import InFlightAutoBatcher
+    from chemfit_core.engine.autobatching import InFlightAutoBatcher
 
     # Create a hot-swapping batcher
     batcher = InFlightAutoBatcher(

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from chemfit_core import ConfigError
-from chemfit_core.config import config_hash, derived_seed, load_config, validate_config
+from chemfit_core.stages.config import config_hash, derived_seed, load_config, validate_config
 
 DEFAULT = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from ase.build import bulk
 
-from chemfit_core.autobatching import InFlightAutoBatcher
+from chemfit_core.engine.autobatching import InFlightAutoBatcher
+from chemfit_core.engine.relax import relax_structures
+from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.models import build_model
-from chemfit_core.relax import relax_structures
-from chemfit_core.state import atoms_to_state
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible to torch")
 

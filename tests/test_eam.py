@@ -11,14 +11,14 @@ import pytest
 import torch
 from ase.build import bulk
 from ase.cluster import Icosahedron
-
-from chemfit_core.lammps import potentials_dir
-from chemfit_core.models import build_model
-from chemfit_core.models.eam import EAM, AnalyticEAM, lammps_spline
-from chemfit_core.relax import relax_structures
-from chemfit_core.state import atoms_to_state
 from lammps_reference import lammps_reference
 from test_pair_models import assert_matches, crystals, evaluate
+
+from chemfit_core.engine.relax import relax_structures
+from chemfit_core.engine.state import atoms_to_state
+from chemfit_core.external.lammps import potentials_dir
+from chemfit_core.models import build_model
+from chemfit_core.models.eam import EAM, AnalyticEAM, lammps_spline
 
 MISHIN = potentials_dir() / "Cu_mishin1.eam.alloy"
 U3 = potentials_dir() / "Cu_u3.eam"
@@ -180,7 +180,7 @@ def test_lammps_workers_and_the_torch_engine_relax_eam_to_the_same_minima():
 
 def test_round_trip_of_fitted_models_through_lammps(tmp_path, cu_structures):
     from chemfit_core.models import Morse
-    from chemfit_core.roundtrip import round_trip
+    from chemfit_core.science.roundtrip import round_trip
 
     eam = round_trip(analytic(), cu_structures[:8], tmp_path / "eam")
     assert (tmp_path / "eam" / "fitted.eam.alloy").is_file()

@@ -9,9 +9,10 @@ import pytest
 from ase.build import bulk
 
 from chemfit_core import EvaluateContext
-from chemfit_core.fluctuation import energy_derivatives, fluctuation_gradient
-from chemfit_core.forms import AnalyticEAMForm, LennardJonesForm, MorseForm, potential_form
-from chemfit_core.liquid import LiquidStatePointTerm, Reference, liquid_properties
+from chemfit_core.science.fluctuation import energy_derivatives, fluctuation_gradient
+from chemfit_core.science.forms import AnalyticEAMForm, LennardJonesForm, MorseForm, potential_form
+from chemfit_core.science.liquid import LiquidStatePointTerm, Reference, liquid_properties
+from chemfit_core.stages.config import TEMPLATE_DIR
 
 FORMS = [
     (potential_form({"form": "lj/cut", "element": "Ar", "cutoff_sigma": 2.5, "tail_correction": True}),
@@ -48,14 +49,14 @@ def test_energy_derivatives_match_finite_differences(form, theta, crystal):
     model = form.model(theta)
     energies, grads = energy_derivatives(structures, model, form.model_tensors, theta)
     # the same model object with shifted parameters: derivatives at fixed cutoff (for
-    # lj/cut the cutoff is cutoff_sigma·σ at the base point; see chemfit_core.fluctuation)
+    # lj/cut the cutoff is cutoff_sigma·σ at the base point; see chemfit_core.science.fluctuation)
     for k, name in enumerate(theta):
         h = 1e-6 * abs(theta[name])
         up, _ = energy_derivatives(structures, model, form.model_tensors, {**theta, name: theta[name] + h})
         down, _ = energy_derivatives(structures, model, form.model_tensors, {**theta, name: theta[name] - h})
         np.testing.assert_allclose(grads[:, k], (up - down) / (2 * h), rtol=1e-5, atol=1e-8, err_msg=name)
     # the energies themselves are the plain model's
-    from chemfit_core.state import atoms_to_state
+    from chemfit_core.engine.state import atoms_to_state
 
     np.testing.assert_allclose(energies, model(atoms_to_state(structures))["energy"].detach().numpy())
 
@@ -89,7 +90,7 @@ def test_liquid_gradients_follow_corresponding_states(tmp_path, repo):
     gradients must show both, within their noise."""
     form = potential_form({"form": "lj/cut", "element": "Ar", "cutoff_sigma": 3.0, "tail_correction": True})
     term = LiquidStatePointTerm(
-        name="nbp", template=repo / "workflow" / "templates" / "lj_liquid_npt.lammps.j2", workdir=tmp_path,
+        name="nbp", template=TEMPLATE_DIR / "lj_liquid_npt.lammps.j2", workdir=tmp_path,
         temperature_K=87.302, pressure_bar=1.01325,
         references={"density_kg_m3": Reference(1395.4, 10.0), "hvap_kJ_mol": Reference(6.437, 0.1)}, seed=7,
         template_variables={
@@ -129,7 +130,7 @@ def test_liquid_gradients_agree_with_finite_differences_of_independent_runs(tmp_
 
     def run(theta, with_gradients):
         term = LiquidStatePointTerm(
-            name="nbp", template=repo / "workflow" / "templates" / "lj_liquid_npt.lammps.j2", workdir=tmp_path,
+            name="nbp", template=TEMPLATE_DIR / "lj_liquid_npt.lammps.j2", workdir=tmp_path,
             temperature_K=87.302, pressure_bar=1.01325, references=refs, seed=11, template_variables=variables,
             form=form if with_gradients else None, dump_every=40,
         )

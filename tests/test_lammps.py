@@ -10,8 +10,14 @@ import pytest
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
 
-from chemfit_core import ChemFitError, EvaluateContext, LammpsError, LammpsQuantityComputer, read_thermo
-from chemfit_core.lammps import lammps_binary, potentials_dir
+from chemfit_core import (
+    ChemFitError,
+    EvaluateContext,
+    LammpsError,
+    LammpsQuantityComputer,
+    read_thermo,
+)
+from chemfit_core.external.lammps import lammps_binary, potentials_dir
 
 LJ_TEMPLATE = """units metal
 atom_style atomic
@@ -119,7 +125,12 @@ def test_binary_is_the_real_executable_not_the_python_wrapper():
 
 
 def test_a_lammps_term_past_its_timeout_fails_with_its_name(tmp_path):
-    from chemfit_core import AsyncWrapperCOB, CombinedObjectiveFunction, CommandTimeoutError, TermEvaluationError
+    from chemfit_core import (
+        AsyncWrapperCOB,
+        CombinedObjectiveFunction,
+        CommandTimeoutError,
+        TermEvaluationError,
+    )
 
     endless = LJ_TEMPLATE.replace("run 0", "velocity all create 80 1\nfix 1 all nve\nrun 100000000")
     slow = LammpsQuantityComputer(endless, tmp_path, template_variables={"a": 5.3, "cutoff": 8.5}, command_timeout=1.0)

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from chemfit_core import ChemFitError, EvaluateContext
-from chemfit_core.liquid import (
-    EV_PER_ATOM_TO_KJ_PER_MOL,
+from chemfit_core.science.liquid import (
     LiquidStatePointTerm,
     Reference,
     block_average,
     liquid_properties,
 )
+from chemfit_core.stages.config import TEMPLATE_DIR
+from chemfit_core.units import EV_PER_ATOM_TO_KJ_PER_MOL
 
 
 def test_block_average_of_white_noise_matches_the_standard_error():
@@ -78,7 +79,7 @@ def test_liquid_properties_detect_lost_atoms_and_missing_columns():
 def test_short_npt_run_gives_a_liquid_argon_density(tmp_path, repo):
     term = LiquidStatePointTerm(
         name="nbp",
-        template=repo / "workflow" / "templates" / "lj_liquid_npt.lammps.j2",
+        template=TEMPLATE_DIR / "lj_liquid_npt.lammps.j2",
         workdir=tmp_path,
         temperature_K=87.302,
         pressure_bar=1.01325,

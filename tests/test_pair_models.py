@@ -14,10 +14,10 @@ from ase import Atoms
 from ase.build import bulk, fcc111
 from ase.cluster import Icosahedron
 from ase.neighborlist import neighbor_list
-
-from chemfit_core.models.pair import LennardJones, Morse
-from chemfit_core.state import atoms_to_state
 from lammps_reference import lammps_reference
+
+from chemfit_core.engine.state import atoms_to_state
+from chemfit_core.models.pair import LennardJones, Morse
 
 LJ = {"epsilon": 0.0104, "sigma": 3.40, "cutoff": 8.5}  # argon
 MORSE = {"D": 0.3429, "alpha": 1.3588, "r0": 2.866, "cutoff": 9.0}  # copper

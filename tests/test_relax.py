@@ -14,10 +14,10 @@ from ase.filters import UnitCellFilter
 from ase.io import read, write
 from ase.optimize import FIRE
 
-from chemfit_core.fire import FireState, fire_init, fire_step, max_force
+from chemfit_core.engine.fire import FireState, fire_init, fire_step, max_force
+from chemfit_core.engine.relax import relax_structures
+from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.models import LennardJones
-from chemfit_core.relax import relax_structures
-from chemfit_core.state import atoms_to_state
 
 EPS, SIG, RC = 0.0104, 3.40, 8.5
 

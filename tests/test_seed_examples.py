@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chemfit_core.lammps import lammps_command, lammps_env, parse_log
+from chemfit_core.external.lammps import lammps_command, lammps_env, parse_log
 
 EXAMPLE_BASIC = '''
 from concurrent.futures import ThreadPoolExecutor

@@ -8,7 +8,7 @@ import torch
 from ase.build import bulk, molecule
 from ase.io import write
 
-from chemfit_core.state import SimState, atoms_to_state, concatenate_states, read_structures
+from chemfit_core.engine.state import SimState, atoms_to_state, concatenate_states, read_structures
 from chemfit_core.errors import ChemFitError
 
 

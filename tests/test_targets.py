@@ -8,10 +8,10 @@ import pytest
 from ase.build import bulk
 
 from chemfit_core import ChemFitError, CombinedObjectiveFunction, EvaluateContext, Fitter
-from chemfit_core.crystal import CrystalSetup
-from chemfit_core.forms import potential_form
-from chemfit_core.liquid import Reference
-from chemfit_core.targets import CrystalTarget, StructureTarget, label
+from chemfit_core.science.crystal import CrystalSetup
+from chemfit_core.science.forms import potential_form
+from chemfit_core.science.liquid import Reference
+from chemfit_core.science.targets import CrystalTarget, StructureTarget, label
 
 MORSE_GW = {"D_eV": 0.3429, "alpha_invA": 1.3588, "r0_A": 2.866}
 EAM_TRUE = {"D_eV": 0.05, "alpha_invA": 1.5, "r0_A": 2.8, "A_eV": 1.2, "B_eV": 0.002, "beta": 5.0}
@@ -105,7 +105,7 @@ def test_copper_morse_fitted_to_experiment_recovers_girifalco_weizer():
 def test_structures_from_an_extxyz_file_keep_their_labels(tmp_path):
     from ase.io import write
 
-    from chemfit_core.targets import targets_from_config
+    from chemfit_core.science.targets import targets_from_config
 
     form = potential_form({"form": "morse", "element": "Cu", "cutoff_A": 7.0})
     write(tmp_path / "ref.extxyz", synthetic(form, MORSE_GW, n=3))

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from ase.io import read
 
+from chemfit_core.stages.config import TEMPLATE_DIR
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
@@ -280,7 +282,7 @@ def test_provenance_records_versions_revision_seeds_and_input_hashes(finished_ru
     assert record["seeds"]["master"] == record["config"]["seed"]
     fit = json.loads((workdir / "results" / "argon" / "fit.json").read_text())
     assert record["seeds"]["argon"] == {t["name"]: t["seed"] for t in fit["terms"]}
-    template = REPO / "workflow" / "templates" / "lj_liquid_npt.lammps.j2"
+    template = TEMPLATE_DIR / "lj_liquid_npt.lammps.j2"
     assert record["inputs_sha256"][str(template)] == hashlib.sha256(template.read_bytes()).hexdigest()
     assert "config sha256" in (workdir / "results" / "report.html").read_text()
 

@@ -1,6 +1,6 @@
 """Interatomic potentials in torch with one contract.
 
-Every model maps a batched :class:`~chemfit_core.state.SimState` to::
+Every model maps a batched :class:`~chemfit_core.engine.state.SimState` to::
 
     {"energy": [n_systems] eV, "forces": [n_atoms, 3] eV/Å, "stress": [n_systems, 3, 3] eV/Å³}
 
@@ -59,9 +59,10 @@ def build_model(spec: Mapping[str, Any]) -> Model:
         if form == "morse":
             return Morse(spec.pop("D"), spec.pop("alpha"), spec.pop("r0"), spec.pop("cutoff"), **spec, **options)
         if form in ("eam/alloy", "eam"):
-            from chemfit_core.models.eam import EAM
-            from chemfit_core.lammps import potentials_dir
             from pathlib import Path
+
+            from chemfit_core.external.lammps import potentials_dir
+            from chemfit_core.models.eam import EAM
 
             path = Path(spec.pop("file"))
             if not path.is_file() and (potentials_dir() / path).is_file():

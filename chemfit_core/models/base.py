@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from chemfit_core.neighbors import NeighborList, Pairs
-from chemfit_core.state import SimState
+from chemfit_core.engine.neighbors import NeighborList, Pairs
+from chemfit_core.engine.state import SimState
 
 
 class Model(torch.nn.Module):

@@ -24,13 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chemfit_core.engine.neighbors import Pairs
+from chemfit_core.engine.state import SimState
 from chemfit_core.models.base import Model
-from chemfit_core.neighbors import Pairs
-from chemfit_core.state import SimState
-
-# LAMMPS funcfl files tabulate the effective charge Z(r); φ(r) = 27.2·0.529·Z_i Z_j / r
-# (Hartree·Bohr in eV·Å, the factor LAMMPS uses).
-HARTREE_BOHR = 27.2 * 0.529
+from chemfit_core.units import LAMMPS_HARTREE_BOHR
 
 
 def lammps_spline(values: np.ndarray) -> np.ndarray:
@@ -208,7 +205,7 @@ class EAM(_EAMBase):
         # LAMMPS (file2array) tabulates F on nrho+1 points, the last one repeating the
         # file's last value, over the same grid spacing; z2r = 27.2*0.529*Z*Z.
         frho = np.append(frho, frho[-1])
-        z2r = HARTREE_BOHR * zr * zr
+        z2r = LAMMPS_HARTREE_BOHR * zr * zr  # funcfl tabulates the effective charge Z(r)
         return cls([z], frho[None], rhor[None], z2r[None, None], drho, dr, cutoff, style="eam", file=path,
                    elements=[chemical_symbols[z]], **options)
 

@@ -25,7 +25,12 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from chemfit_core import ConfigError
-from chemfit_core.config import MAX_STRUCTURE_PROBLEMS, TEMPLATE_DIR, load_config, validate_config
+from chemfit_core.stages.config import (
+    MAX_STRUCTURE_PROBLEMS,
+    TEMPLATE_DIR,
+    load_config,
+    validate_config,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 SOURCE = "bad.yaml"
@@ -310,8 +315,8 @@ def test_sandbox_refuses_unsafe_template(tmp_path):
 
 def test_validation_renders_the_template_with_the_variables_the_pipeline_sets(tmp_path):
     """The check's fit-run variables are the ones each LiquidStatePointTerm renders with."""
-    from chemfit_core.liquid import fit_template_contexts
-    from chemfit_core.pipeline import build_liquid_objective
+    from chemfit_core.science.liquid import fit_template_contexts
+    from chemfit_core.stages.fit import build_liquid_objective
 
     config = validate_config(argon(), SOURCE)
     for jacobian in ("2-point", "fluctuation"):
@@ -535,10 +540,10 @@ def test_solid_structure_set_is_checked_like_reference_structures(tmp_path):
 
 
 def test_a_solid_set_is_checked_again_where_it_is_read(tmp_path):
-    """chemfit_core.solid (the prepare_solid rule, or a user calling it) applies the same per-structure
+    """chemfit_core.stages.solid (the prepare_solid rule, or a user calling it) applies the same per-structure
     check as the config validation, so an unvalidated config cannot slip a bad set through."""
     from chemfit_core.errors import ChemFitError
-    from chemfit_core.solid import set_structures
+    from chemfit_core.stages.solid import set_structures
 
     copper = bulk("Cu", "fcc", a=3.615).repeat(2)
     config = validate_config(argon(), SOURCE)

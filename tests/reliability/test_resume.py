@@ -110,7 +110,7 @@ def test_snakemake_fit_killed_mid_run_resumes_to_the_same_parameters(tmp_path, v
 def test_a_structure_file_edited_in_place_starts_a_fresh_evaluation_cache(tmp_path):
     """The config names the file by path; the cache key holds its content, so replayed
     evaluations never come from the old reference data."""
-    from chemfit_core.pipeline import fit_cache
+    from chemfit_core.stages.fit import fit_cache
 
     data = tmp_path / "reference.extxyz"
     data.write_text("reference data, version 1\n")

@@ -6,11 +6,10 @@ from __future__ import annotations
 import copy
 
 import pytest
+from test_faults import MD_TEMPLATE as TEMPLATE  # 108 LJ argon atoms, 50 NVE steps at {{ dt }} fs
 
 from chemfit_core import EvaluateContext, LammpsQuantityComputer
 from chemfit_core.cache import OutputCache
-
-from test_faults import MD_TEMPLATE as TEMPLATE  # 108 LJ argon atoms, 50 NVE steps at {{ dt }} fs
 
 PARAMETERS = {"dt": 5.0}
 

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from chemfit_core.liquid import KB_EV_PER_K
 from chemfit_core.models import LennardJones, Model, Morse
+from chemfit_core.units import KB_EV_PER_K
 
 
 def _z(element: str) -> int:

@@ -16,20 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import constants
 
 from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
 from chemfit_core.errors import ChemFitError
-from chemfit_core.lammps import LammpsQuantityComputer, read_thermo
-
-KB_EV_PER_K = constants.k / constants.e
-"""Boltzmann constant in eV/K."""
-EV_PER_ATOM_TO_KJ_PER_MOL = constants.e * constants.N_A / 1000.0
-"""1 eV per atom in kJ/mol."""
-GAS_CONSTANT_KJ_PER_MOL_K = constants.R / 1000.0
-BAR_A3_TO_KJ_PER_MOL = 1e5 * 1e-30 * constants.N_A / 1000.0
-"""1 bar·Å³ per atom in kJ/mol."""
-ATM_IN_BAR = constants.atm / constants.bar
+from chemfit_core.external.lammps import LammpsQuantityComputer, read_thermo
+from chemfit_core.units import (
+    BAR_A3_TO_KJ_PER_MOL,
+    EV_PER_ATOM_TO_KJ_PER_MOL,
+    G_CM3_TO_KG_M3,
+    GAS_CONSTANT_KJ_PER_MOL_K,
+    KB_EV_PER_K,
+)
 
 PROPERTY_UNITS = {"density_kg_m3": "kg/m³", "hvap_kJ_mol": "kJ/mol"}
 
@@ -85,7 +82,7 @@ def liquid_properties(
     n_atoms = int(thermo["Atoms"][-1])
     if np.any(thermo["Atoms"] != n_atoms):
         raise ChemFitError("atoms were lost during the production run")
-    density, density_sem = block_average(thermo["Density"] * 1000.0, n_blocks)  # g/cm³ → kg/m³
+    density, density_sem = block_average(thermo["Density"] * G_CM3_TO_KG_M3, n_blocks)
     u_kj = thermo["PotEng"] / n_atoms * EV_PER_ATOM_TO_KJ_PER_MOL
     pressure = thermo["Press"] if pressure_bar is None else pressure_bar
     pv_kj = pressure * thermo["Volume"] / n_atoms * BAR_A3_TO_KJ_PER_MOL
@@ -184,7 +181,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
     ``ctx.meta["residuals"]``. With ``form`` given, it also saves frames every
     ``dump_every`` steps and reports the residuals' derivatives with respect to the
     fit's parameters in ``ctx.meta["jacobian"]``, from the fluctuation formula
-    (:mod:`chemfit_core.fluctuation`): gradients from the same single run.
+    (:mod:`chemfit_core.science.fluctuation`): gradients from the same single run.
 
     Args:
         name: label of the term (logs, errors, work directories).
@@ -196,7 +193,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         template_variables: further fixed template values (cell count, run lengths...).
         n_blocks: blocks for the standard errors.
         command_timeout: seconds one run may take.
-        form: the potential form (:mod:`chemfit_core.forms`), for gradients.
+        form: the potential form (:mod:`chemfit_core.science.forms`), for gradients.
         dump_every: steps between frames saved for gradients (a multiple of ``thermo_every``).
     """
 
@@ -293,7 +290,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
     ) -> dict[str, dict[str, float]]:
         """d⟨density⟩/dθ (kg/m³ per unit) and d⟨ΔHvap⟩/dθ (kJ/mol per unit) by the fluctuation formula,
         with block standard errors (keys ``..._sem``)."""
-        from chemfit_core.fluctuation import (
+        from chemfit_core.science.fluctuation import (
             energy_derivatives,
             fluctuation_gradient,
             fluctuation_gradient_sem,
@@ -317,7 +314,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
                                f"{worst:.1e} (relative): the model and the template disagree")
         n_atoms = int(thermo["Atoms"][-1])
         beta = 1.0 / (KB_EV_PER_K * self.temperature_K)
-        density = thermo["Density"][rows] * 1000.0
+        density = thermo["Density"][rows] * G_CM3_TO_KG_M3
         u_kj = lammps_energy / n_atoms * EV_PER_ATOM_TO_KJ_PER_MOL
         pv_kj = self.pressure_bar * thermo["Volume"][rows] / n_atoms * BAR_A3_TO_KJ_PER_MOL
         hvap = -u_kj - pv_kj + GAS_CONSTANT_KJ_PER_MOL_K * self.temperature_K

@@ -38,9 +38,9 @@ def set_structures(fit_name: str, fit: Mapping[str, Any], set_name: str, nearest
     index for a user set that is missing, unreadable or empty, or has a structure that
     the config validation rejects (another element, overlapping atoms...).
     """
-    from chemfit_core.config import derived_seed, structure_problems
+    from chemfit_core.engine.state import read_structures
     from chemfit_core.errors import ChemFitError
-    from chemfit_core.state import read_structures
+    from chemfit_core.stages.config import derived_seed, structure_problems
 
     solid, element = fit["solid"], fit["element"]
     if set_name == "prototypes":
@@ -70,8 +70,8 @@ def prepare_set(fit_name: str, fit: Mapping[str, Any], master_seed: int, params_
 
     from ase.io import write
 
-    from chemfit_core.pipeline import fitted_model_spec
     from chemfit_core.results import atomic_write_text, read_json
+    from chemfit_core.stages.fit import fitted_model_spec
 
     spec = fitted_model_spec(read_json(params_json)[fit_name])
     structures = set_structures(fit_name, fit, set_name, 2 ** (1 / 6) * spec["sigma"], master_seed)
@@ -83,8 +83,8 @@ def prepare_set(fit_name: str, fit: Mapping[str, Any], master_seed: int, params_
 def analyse_sets(fit_name: str, fit: Mapping[str, Any], relaxed_paths: Sequence[Path | str],
                  out_csv: Path | str) -> pd.DataFrame:
     """Lattice constant, cohesive energy and energy differences of every relaxed set."""
+    from chemfit_core.engine.state import read_structures
     from chemfit_core.results import write_csv
-    from chemfit_core.state import read_structures
 
     relaxed = [atoms for path in relaxed_paths for atoms in read_structures(path)]
     table = solid_properties(relaxed, references=fit["solid"]["references"])

@@ -115,7 +115,7 @@ def structures_parity(fit_record: Mapping[str, Any]) -> dict[str, dict[str, np.n
     """Reference vs model energies and forces of a fit's ``structures`` target at the
     initial and the fitted parameters (:meth:`StructureTarget.predictions`); empty
     for a fit without one. The structures are read from the fit's own config."""
-    from chemfit_core.targets import targets_from_config
+    from chemfit_core.science.targets import targets_from_config
 
     config = fit_record["config"]
     initial = {name: p["initial"] for name, p in config["parameters"].items()}

@@ -5,8 +5,8 @@ point and replica, each an NPT LAMMPS run with its own fixed seed, plus crystal 
 structure terms computed in-process), evaluates its terms concurrently — threads
 (:class:`AsyncWrapperCOB`) or MPI ranks (:func:`run_fit_under_mpi`) — minimises it and
 writes the fitted parameters and the full history. The stages after it are in
-:mod:`chemfit_core.validation` (properties at the fitted parameters) and
-:mod:`chemfit_core.solid` (structure sets relaxed with the fitted model).
+:mod:`chemfit_core.stages.validation` (properties at the fitted parameters) and
+:mod:`chemfit_core.stages.solid` (structure sets relaxed with the fitted model).
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ from typing import Any
 import numpy as np
 
 from chemfit_core.async_wrapper_cob import AsyncWrapperCOB
+from chemfit_core.cache import EvaluationCache, OutputCache, namespace_of
 from chemfit_core.combined_objective_function import CombinedObjectiveFunction
-from chemfit_core.config import config_hash, derived_seed
 from chemfit_core.fitter import Fitter
-from chemfit_core.liquid import (
-    KB_EV_PER_K,
+from chemfit_core.results import write_csv, write_json
+from chemfit_core.science.liquid import (
     PROPERTY_UNITS,
     LiquidStatePointTerm,
     Reference,
     liquid_template_variables,
 )
-from chemfit_core.cache import EvaluationCache, OutputCache, namespace_of
-from chemfit_core.results import write_csv, write_json
-from chemfit_core.targets import potential_form_of, targets_from_config
+from chemfit_core.science.targets import potential_form_of, targets_from_config
+from chemfit_core.stages.config import config_hash, derived_seed
+from chemfit_core.units import KB_EV_PER_K
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def run_cache(workdir: Path | str) -> OutputCache:
     version, so a run is reused by any fit, rerun or edited config that asks for it again."""
     from importlib.metadata import version
 
-    from chemfit_core.lammps import lammps_version
+    from chemfit_core.external.lammps import lammps_version
 
     return OutputCache(Path(workdir) / "cache" / "runs", salt=("lammps", lammps_version(), version("chemfit-core")))
 

@@ -1,17 +1,15 @@
-"""The LAMMPS round trip: the same model evaluated by LAMMPS and by torch.
+"""Single-point energies, forces and stresses of ASE structures computed by LAMMPS.
 
 :func:`lammps_reference` evaluates many ASE structures in ONE LAMMPS process
 (``clear`` + ``read_data`` per structure, ``run 0``) and returns the results in the
-original Cartesian frame of each structure, with ASE's units and sign conventions.
-:func:`round_trip` writes a fitted model in LAMMPS form (pair coefficients, or a setfl
-file for an analytic EAM), evaluates structures both ways and reports the agreement.
-The tests use :func:`lammps_reference` as their independent reference.
+original Cartesian frame of each structure, with ASE's units and sign conventions: the
+independent reference the tests and the round trip
+(:func:`chemfit_core.science.roundtrip.round_trip`) compare torch models with.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import ase.io
 import numpy as np
@@ -19,12 +17,9 @@ from ase import Atoms
 from ase.calculators.lammps import Prism
 
 from chemfit_core.errors import ChemFitError
-from chemfit_core.lammps import read_thermo, run_lammps
+from chemfit_core.external.lammps import read_thermo, run_lammps
+from chemfit_core.units import LAMMPS_EV_PER_A3_IN_BAR
 
-# 1 eV/Å³ in bar. CODATA gives 1602176.634; LAMMPS's metal units use 1.6021765e6 (its
-# ``nktv2p``), so converting back with LAMMPS's own factor recovers its virial exactly
-# (the two differ by 8e-8 relative).
-EV_PER_A3_IN_BAR = 1.6021765e6
 MARGIN = 5.0  # Å of empty space around the atoms along non-periodic directions
 
 
@@ -106,45 +101,6 @@ def lammps_reference(atoms_list: list[Atoms], pair_lines: list[str], workdir: Pa
         pressure = np.array([[p["Pxx"], p["Pxy"], p["Pxz"]],
                              [p["Pxy"], p["Pyy"], p["Pyz"]],
                              [p["Pxz"], p["Pyz"], p["Pzz"]]])
-        stress = prism.tensor2_to_ase(-pressure / EV_PER_A3_IN_BAR) if atoms.pbc.all() else None
+        stress = prism.tensor2_to_ase(-pressure / LAMMPS_EV_PER_A3_IN_BAR) if atoms.pbc.all() else None
         results.append({"energy": float(thermo["PotEng"][0]), "forces": forces, "stress": stress})
     return results
-
-
-def round_trip(model: Any, structures: list[Atoms], workdir: Path | str) -> dict[str, float]:
-    """Largest relative differences between ``model`` (torch) and LAMMPS on ``structures``.
-
-    The model goes to LAMMPS through ``model.lammps_commands`` or, for an analytic EAM,
-    a setfl file written into ``workdir``. Returns ``energy`` (max |ΔE|/|E|), ``forces``
-    (max |ΔF| over max |F|) and ``stress`` (max |Δσ| over max |σ|, periodic structures).
-    """
-    import torch
-    from ase.data import chemical_symbols
-
-    from chemfit_core.state import atoms_to_state
-
-    workdir = Path(workdir).resolve()  # LAMMPS runs inside it: the setfl path must not be relative
-    workdir.mkdir(parents=True, exist_ok=True)
-    species = [chemical_symbols[z] for z in model.species]
-    if hasattr(model, "write_setfl"):
-        from chemfit_core.models.eam import EAM
-
-        commands = EAM.from_setfl(model.write_setfl(workdir / "fitted.eam.alloy")).lammps_commands(species)
-    else:
-        commands = model.lammps_commands(species)
-    reference = lammps_reference(structures, commands, workdir, species)
-    with torch.no_grad():
-        out = model(atoms_to_state(structures, dtype=torch.float64))
-    bounds = np.cumsum([0] + [len(a) for a in structures])
-    forces = out["forces"].numpy()
-    worst = {"energy": 0.0, "forces": 0.0, "stress": 0.0}
-    for k, ref in enumerate(reference):
-        worst["energy"] = max(worst["energy"], abs(out["energy"][k].item() - ref["energy"]) / abs(ref["energy"]))
-        f_ref = ref["forces"]
-        scale = max(np.abs(f_ref).max(), 1e-12)
-        worst["forces"] = max(worst["forces"], np.abs(forces[bounds[k]:bounds[k + 1]] - f_ref).max() / scale)
-        if ref["stress"] is not None:
-            s_ref = ref["stress"]
-            diff = np.abs(out["stress"][k].numpy() - s_ref).max() / max(np.abs(s_ref).max(), 1e-12)
-            worst["stress"] = max(worst["stress"], float(diff))
-    return {k: float(v) for k, v in worst.items()}

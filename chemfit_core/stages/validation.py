@@ -18,11 +18,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chemfit_core.config import derived_seed
 from chemfit_core.file_based_computer import render_template
-from chemfit_core.liquid import PROPERTY_UNITS, properties_from_log, validation_template_variables
 from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
-from chemfit_core.targets import potential_form_of, propagate, targets_from_config
+from chemfit_core.science.liquid import (
+    PROPERTY_UNITS,
+    properties_from_log,
+    validation_template_variables,
+)
+from chemfit_core.science.targets import potential_form_of, propagate, targets_from_config
+from chemfit_core.stages.config import derived_seed
 
 
 def validation_seed(master_seed: int, fit_name: str, state: str, replica: int) -> int:
@@ -146,8 +150,8 @@ def _liquid_rows(fit_name: str, fit: Mapping[str, Any], initial: Mapping[str, An
 
 def _in_process_rows(fit_name: str, fit: Mapping[str, Any], record: Mapping[str, Any], workdir: Path
                      ) -> list[dict[str, Any]]:
-    from chemfit_core.crystal import UNITS
-    from chemfit_core.roundtrip import round_trip
+    from chemfit_core.science.crystal import UNITS
+    from chemfit_core.science.roundtrip import round_trip
 
     fitted = record["parameters"]
     names = record.get("parameter_names") or list(fitted)
@@ -173,7 +177,7 @@ def _in_process_rows(fit_name: str, fit: Mapping[str, Any], record: Mapping[str,
                                  initial.get("structures", {}).get(prop, np.nan), ctx.meta["properties"][prop]))
             structures = term.structures
     if "structures" not in fit:  # round trip on rattled crystals of the fitted lattice
-        from chemfit_core.targets import rattled_cells
+        from chemfit_core.science.targets import rattled_cells
 
         a0 = next((r["fitted"] for r in rows if r["property"] == "a0_A"), fit["crystal"]["a_guess_A"])
         structures = rattled_cells(fit["element"], 6, a0, seed=0)  # evaluated by torch and LAMMPS in round_trip

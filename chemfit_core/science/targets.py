@@ -1,10 +1,10 @@
 """In-process objective terms: crystal properties and reference energies/forces.
 
 Both are deterministic functions of the parameters (no MD noise), evaluated with the
-torch models of :mod:`chemfit_core.forms`, and report what the least-squares fitter
+torch models of :mod:`chemfit_core.science.forms`, and report what the least-squares fitter
 needs: ``ctx.meta["residuals"]`` (and, for structures, the exact Jacobian by autograd),
 plus ``ctx.meta["properties"]`` for reports. The liquid counterpart, run by LAMMPS,
-is :class:`chemfit_core.liquid.LiquidStatePointTerm`.
+is :class:`chemfit_core.science.liquid.LiquidStatePointTerm`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
-from chemfit_core.crystal import PROPERTIES, CrystalSetup, crystal_properties
-from chemfit_core.forms import PotentialForm
-from chemfit_core.liquid import Reference
-from chemfit_core.state import atoms_to_state
+from chemfit_core.engine.state import atoms_to_state
+from chemfit_core.science.crystal import PROPERTIES, CrystalSetup, crystal_properties
+from chemfit_core.science.forms import PotentialForm
+from chemfit_core.science.liquid import Reference
 
 
 def label(structures: Sequence[Any], model: torch.nn.Module) -> list[Any]:
@@ -49,14 +49,14 @@ def _loss(ctx: EvaluateContext, residuals: Sequence[float]) -> float:
 
 
 class CrystalTarget(ObjectiveFunctor):
-    """Crystal properties of the model (:func:`~chemfit_core.crystal.crystal_properties`)
+    """Crystal properties of the model (:func:`~chemfit_core.science.crystal.crystal_properties`)
     against references; loss = Σ ((x − x_ref)/d)².
 
     Args:
         form: the potential form whose parameters are fitted.
         setup: how the crystal is built and relaxed.
         references: ``{property: Reference}``, property names of
-            :data:`~chemfit_core.crystal.PROPERTIES` (a0_A in Å, Ec_eV in eV/atom, Cij in GPa...).
+            :data:`~chemfit_core.science.crystal.PROPERTIES` (a0_A in Å, Ec_eV in eV/atom, Cij in GPa...).
         validate: further properties computed and reported, but not fitted.
     """
 
@@ -221,7 +221,7 @@ def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunc
 
 def potential_form_of(fit: Mapping[str, Any]) -> PotentialForm:
     """The potential form of a fit's config (``potential`` section and ``element``)."""
-    from chemfit_core.forms import potential_form
+    from chemfit_core.science.forms import potential_form
 
     return potential_form({**fit["potential"], "element": fit["element"]})
 

@@ -1,8 +1,8 @@
 """Relax many structures in batches: the entry point of the ``relax`` rule and of users.
 
 :func:`relax_structures` streams structures through an
-:class:`~chemfit_core.autobatching.InFlightAutoBatcher` driving batched FIRE
-(:mod:`chemfit_core.fire`): every system is checked for convergence (largest
+:class:`~chemfit_core.engine.autobatching.InFlightAutoBatcher` driving batched FIRE
+(:mod:`chemfit_core.engine.fire`): every system is checked for convergence (largest
 force ≤ ``fmax``) after every force evaluation, converged systems leave the
 batch at once and waiting ones take their place. Results come back in input
 order with energies, forces, stresses and convergence flags.
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from chemfit_core.autobatching import InFlightAutoBatcher, MemoryScaling
-from chemfit_core.fire import FireParameters, FireState, fire_step, max_force
-from chemfit_core.state import SimState, atoms_to_state
+from chemfit_core.engine.autobatching import InFlightAutoBatcher, MemoryScaling
+from chemfit_core.engine.fire import FireParameters, FireState, fire_step, max_force
+from chemfit_core.engine.state import SimState, atoms_to_state
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def relax_structures(
 
 def _final_stress(states: list[FireState], model: Any, budget: float | None, metric: MemoryScaling) -> None:
     """Stress at the final positions (FIRE at fixed cells does not need it along the way)."""
-    from chemfit_core.autobatching import BinningAutoBatcher
+    from chemfit_core.engine.autobatching import BinningAutoBatcher
 
     if not states:
         return
@@ -159,7 +159,7 @@ def _final_stress(states: list[FireState], model: Any, budget: float | None, met
 
 def _relax_lammps(structures: list[Any], model: Any, fmax: float, max_steps: int, workers: int | None,
                   progress_every_s: float | None) -> RelaxResult:
-    from chemfit_core.lammps_relax import relax_with_lammps
+    from chemfit_core.engine.lammps_workers import relax_with_lammps
 
     relaxed, energies, steps, fmaxes, wall = relax_with_lammps(
         structures, model, fmax=fmax, max_steps=max_steps, workers=workers)

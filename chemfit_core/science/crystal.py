@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from chemfit_core.engine.relax import relax_structures
 from chemfit_core.errors import ChemFitError
-from chemfit_core.relax import relax_structures
+from chemfit_core.units import EV_A2_TO_J_M2, EV_A3_TO_GPA
 
-EV_A3_TO_GPA = 160.21766208
-EV_A2_TO_J_M2 = 16.021766208
 PROPERTIES = (
     "a0_A", "Ec_eV", "B_GPa", "C11_GPa", "C12_GPa", "C44_GPa", "vacancy_eV",
     "surface_111_J_m2", "surface_100_J_m2", "E_bcc_eV", "E_hcp_eV",
@@ -77,7 +76,7 @@ def _isolated_atom_energy(model: Any, element: str) -> float:
     from ase import Atoms
 
     atom = Atoms(element, positions=[[0, 0, 0]], cell=[30, 30, 30], pbc=False)
-    from chemfit_core.state import atoms_to_state
+    from chemfit_core.engine.state import atoms_to_state
 
     return float(model(atoms_to_state(atom, dtype=model.dtype))["energy"][0].detach())
 

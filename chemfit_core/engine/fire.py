@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from chemfit_core.state import SimState
+from chemfit_core.engine.state import SimState
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,9 +22,10 @@ import yaml
 
 from chemfit_core.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-TEMPLATE_DIR = REPO_ROOT / "workflow" / "templates"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+"""The package data: the configuration schema and the shipped LAMMPS templates."""
+SCHEMA_PATH = DATA_DIR / "config.schema.yaml"
+TEMPLATE_DIR = DATA_DIR / "templates"
 MIN_DISTANCE_A = 0.5
 """Atoms of a reference structure closer than this (Å, periodic images included) overlap."""
 MAX_STRUCTURE_PROBLEMS = 10
@@ -206,7 +207,7 @@ def _template_problems(where: str, path: Path, fit: Mapping[str, Any]) -> list[s
     way the workflow does (sandboxed Jinja, ``StrictUndefined``) for every kind of run."""
     from chemfit_core.errors import TemplateRenderError
     from chemfit_core.file_based_computer import load_template, render_template
-    from chemfit_core.liquid import fit_template_contexts
+    from chemfit_core.science.liquid import fit_template_contexts
 
     try:
         template = load_template(path)

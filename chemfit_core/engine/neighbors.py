@@ -20,8 +20,8 @@ import dataclasses
 import numpy as np
 import torch
 
+from chemfit_core.engine.state import SimState
 from chemfit_core.errors import ChemFitError
-from chemfit_core.state import SimState
 
 MAX_ATOMS_PER_A3 = 0.5
 """Densest periodic system a neighbour list is built for (diamond has 0.18 atoms/Å³)."""
