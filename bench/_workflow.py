@@ -13,16 +13,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+TEST_CONFIG = REPO / ".test" / "config"  # the test-sized config, shared with tests/test_workflow.py
 
 
 def run_directory(quick: bool, prefix: str) -> Path:
-    """A temporary directory holding config.yaml: the default config, or the test-sized one."""
+    """A temporary directory holding config.yaml: the default config, or the test-sized one
+    (.test/config/config.yaml, with the structure file it names, vacancy.extxyz, beside it)."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     if quick:
-        sys.path.insert(0, str(REPO / "tests"))
-        from test_workflow import small_config
-
-        small_config(work / "config.yaml")
+        for name in ("config.yaml", "vacancy.extxyz"):
+            shutil.copy(TEST_CONFIG / name, work / name)
     else:
         shutil.copy(REPO / "config" / "config.yaml", work / "config.yaml")
     return work

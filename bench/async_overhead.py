@@ -71,7 +71,6 @@ def main() -> None:
     args = parser.parse_args()
 
     CFCombined, CFExecutorWrapper = import_chemfit()
-    sys.path.insert(0, str(HERE.parent))
     from chemfit_core import AsyncWrapperCOB, CombinedObjectiveFunction
 
     print(f"Python {sys.version.split()[0]}, {args.rounds} interleaved rounds, median shown")

@@ -21,14 +21,11 @@ import argparse
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _workflow import run_directory, snakemake  # noqa: E402
+from _workflow import run_directory, snakemake  # from the script's folder, bench/
 
 
 def run(workdir: Path, *args: str) -> float:

@@ -38,9 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _workflow import ENV, run_directory, snakemake  # noqa: E402
+from _workflow import ENV, run_directory, snakemake  # from the script's folder, bench/
 
 
 def busy_time(workdir: Path) -> tuple[float, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,27 +21,15 @@ REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
+TEST_CONFIG = REPO / ".test" / "config"
+
+
 def small_config(path: Path) -> Path:
-    """The default argon config with runs of seconds instead of minutes."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    fit = config["fits"]["argon"]
-    fit["liquid"]["md"].update(n_cells=3, melt_steps=200, equilibration_steps=200, production_steps=500, thermo_every=10)
-    fit["liquid"]["validation"].update(replicas=2, production_steps=500)
-    fit["optimizer"]["max_evaluations"] = 3
-    fit["solid"]["perturbed_cells"] = 2
-    fit["solid"]["sets"] = {"vacancy": {"file": "vacancy.extxyz"}}  # a user's set beside the built-in two
-    vacancy_cell().write(path.parent / "vacancy.extxyz", format="extxyz")
-    path.write_text(yaml.safe_dump(config))
+    """The test config (.test/config/config.yaml: the default argon config with runs of seconds
+    instead of minutes) at ``path``, with the user's structure set it names (vacancy.extxyz) beside it."""
+    shutil.copy(TEST_CONFIG / "config.yaml", path)
+    shutil.copy(TEST_CONFIG / "vacancy.extxyz", path.parent / "vacancy.extxyz")
     return path
-
-
-def vacancy_cell():
-    """A 2×2×2 fcc argon supercell with one atom removed: a user's structure set of one cell."""
-    from ase.build import bulk
-
-    atoms = bulk("Ar", "fcc", a=5.3, cubic=True).repeat(2)
-    del atoms[0]
-    return atoms
 
 
 def snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
