@@ -14,9 +14,10 @@ with FIRE (fixed cells) until the largest force is at most 0.01 eV/Å under Lenn
   ``ase_fire`` flavour, convergence checked every 5 steps, its default) and an
   ``InFlightAutoBatcher`` with the atom budget ours uses on CPU; its model picks its
   own neighbour list (nvalchemi-toolkit-ops, a dependency, when installed). It runs in
-  its own environment, ``bench/.venv-torchsim``, made on first use, as a subprocess of
-  this script (``--torchsim-worker``); steps are counted by a model subclass that
-  tallies system evaluations (one per system and step, plus the initial one);
+  its own environment, ``bench/.venv-torchsim``, made on first use by
+  ``bench/install_torchsim_py311.sh``, as a subprocess of this script
+  (``--torchsim-worker``); steps are counted by a model subclass that tallies
+  system evaluations (one per system and step, plus the initial one);
 - LAMMPS: one ``lmp`` process on one core, all structures in one input
   (``min_style fire``, ``min_modify norm max``): FIRE 2.0 with LAMMPS's constants.
 
@@ -55,9 +56,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 TS_VENV = HERE / ".venv-torchsim"
-SHARED = next((p for p in (HERE.parent / "shared", HERE.parent.parent / "shared") if p.is_dir()),
-              HERE.parent / "shared")  # the checkout's shared/, else the workspace's
-TS_INSTALLER = SHARED / "tools" / "install_torchsim_py311.sh"
+TS_INSTALLER = HERE / "install_torchsim_py311.sh"  # torch-sim 0.6.2 on Python 3.11
 EPS, SIG, RC, FMAX = 0.0104, 3.40, 8.5, 0.01
 CPU_BUDGET = 12_000  # atoms per batch, chemfit_core.engine.autobatching.CPU_MAX_ATOMS
 REPEATS = [(2, 2, 2), (2, 2, 3), (2, 3, 3), (3, 3, 3), (3, 3, 4), (4, 4, 4)]
