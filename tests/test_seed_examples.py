@@ -1,15 +1,14 @@
-"""The two example programs of the seed document (ChemFit's "Asynchronous Objective
-Evaluation" page) run with `chemfit` renamed to `chemfit_core` in the imports.
+"""The two examples of docs/async_examples.md (AsyncWrapperCOB on terms that run external
+programs, and on three LAMMPS setups), run as they stand in the docs.
 
-Each example is kept verbatim below. The page's examples are sketches: they use names
-they do not define (`terms`, the loss functions, `initial_params`) and elide the
-computers' arguments as `FileBasedQuantityComputer(...)`. The harness defines those
-names, and the elided `...` is the one other edit: it becomes `**<name>_setup`, a dict
-of arguments the harness provides (real LAMMPS runs).
+The examples leave some names to the reader (``terms``, the LAMMPS setups, the loss
+functions, ``initial_params``) and say in the prose what they are; the harness below
+defines them (real subprocesses, real LAMMPS runs) and executes each code block.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -17,70 +16,37 @@ import pytest
 
 from chemfit_core.external.lammps import lammps_command, lammps_env, parse_log
 
-EXAMPLE_BASIC = '''
-from concurrent.futures import ThreadPoolExecutor
-from chemfit_core.combined_objective_function import CombinedObjectiveFunction
-from chemfit_core.async_wrapper_cob import AsyncWrapperCOB
-from chemfit_core.fitter import Fitter
-# Suppose each term internally calls subprocess.run via file-based computers
-combined = CombinedObjectiveFunction(objective_functions=terms)
-# Optional: restrict concurrency via a custom thread pool
-executor = ThreadPoolExecutor(max_workers=4)
-# Wrap for async parallel evaluation
-wrapper = AsyncWrapperCOB(combined, executor=executor)
-fitter = Fitter(wrapper, initial_params={"x": 0.0})
-opt_params = fitter.fit_scipy()
-print(opt_params)
-'''
-
-EXAMPLE_LAMMPS = '''
-from concurrent.futures import ThreadPoolExecutor
-from chemfit_core.file_based_computer import FileBasedQuantityComputer
-from chemfit_core.abstract_objective_function import QuantityComputerObjectiveFunction
-from chemfit_core.combined_objective_function import CombinedObjectiveFunction
-from chemfit_core.async_wrapper_cob import AsyncWrapperCOB
-from chemfit_core.fitter import Fitter
-# Build several file-based computers, e.g. each running a different LAMMPS setup
-energy_computer = FileBasedQuantityComputer(**energy_setup)
-density_computer = FileBasedQuantityComputer(**density_setup)
-rdf_computer = FileBasedQuantityComputer(**rdf_setup)
-energy_ob = QuantityComputerObjectiveFunction(
-loss_function=energy_loss_fn,
-quantity_computer=energy_computer,
-)
-density_ob = QuantityComputerObjectiveFunction(
-loss_function=density_loss_fn,
-quantity_computer=density_computer,
-)
-rdf_ob = QuantityComputerObjectiveFunction(
-loss_function=rdf_loss_fn,
-quantity_computer=rdf_computer,
-)
-combined = CombinedObjectiveFunction(
-objective_functions=[energy_ob, density_ob, rdf_ob],
-weights=[1.0, 0.5, 0.2],
-)
-# Use asyncio-based parallelism to run the LAMMPS-based terms concurrently
-executor = ThreadPoolExecutor(max_workers=4)
-async_wrapper = AsyncWrapperCOB(combined, executor=executor)
-fitter = Fitter(async_wrapper, initial_params=initial_params)
-opt_params = fitter.fit_scipy()
-executor.shutdown(wait=True)
-'''
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "async_examples.md"
+CODE_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+# the names each example leaves to the reader, which the harness supplies
+SUPPLIED_BASIC = ("terms",)
+SUPPLIED_LAMMPS = ("energy_setup", "density_setup", "rdf_setup",
+                   "energy_loss_fn", "density_loss_fn", "rdf_loss_fn", "initial_params")
 
 
-def test_seed_text_holds_these_examples_with_only_the_import_renamed():
-    """Guard against drift: where the seed is beside the clone, the examples above are its text."""
-    seed = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_868f1a78b53bbeee.txt"
-    if not seed.is_file():
-        pytest.skip(f"seed document not found at {seed}; the examples are checked by the other tests")
-    text = seed.read_text()
-    for example in (EXAMPLE_BASIC, EXAMPLE_LAMMPS):
-        original = example.replace("chemfit_core.", "chemfit.")
-        for setup in ("energy", "density", "rdf"):
-            original = original.replace(f"(**{setup}_setup)", "(...)")
-        for line in original.strip().splitlines():
+def documented_examples() -> tuple[str, str]:
+    """The python code blocks of docs/async_examples.md: the basic example, the LAMMPS one."""
+    blocks = CODE_BLOCK.findall(DOCS.read_text(encoding="utf-8"))
+    if len(blocks) != 2:
+        raise AssertionError(f"{DOCS} should hold two python blocks (basic, LAMMPS), "
+                             f"not {len(blocks)}")
+    return blocks[0], blocks[1]
+
+
+EXAMPLE_BASIC, EXAMPLE_LAMMPS = documented_examples()
+
+
+def test_docs_hold_these_examples_and_say_what_the_reader_supplies():
+    """Guard against drift: the examples run below are the docs' text, and the docs' prose
+    names every name an example leaves to the reader (and the harness supplies)."""
+    text = DOCS.read_text(encoding="utf-8")
+    prose = CODE_BLOCK.sub("", text)
+    for example, supplied in ((EXAMPLE_BASIC, SUPPLIED_BASIC), (EXAMPLE_LAMMPS, SUPPLIED_LAMMPS)):
+        for line in example.strip().splitlines():
             assert line in text, line
+        for name in supplied:
+            assert re.search(rf"\b{name}\b", example), f"{name}: not used by the example"
+            assert f"`{name}`" in prose, f"{name}: not explained in the docs' prose"
 
 
 def subprocess_term(center):
@@ -96,6 +62,7 @@ def subprocess_term(center):
 
 def test_basic_example_fits_with_terms_that_run_subprocesses(capsys):
     namespace = {"terms": [subprocess_term(c) for c in (1.0, 2.0, 3.0)]}
+    assert tuple(namespace) == SUPPLIED_BASIC
     exec(EXAMPLE_BASIC, namespace)
     assert namespace["opt_params"]["x"] == pytest.approx(2.0, abs=1e-4)
     assert "'x':" in capsys.readouterr().out
@@ -151,6 +118,7 @@ def test_lammps_example_recovers_known_parameters(tmp_path):
         "rdf_loss_fn": loss_for("rdf"),
         "initial_params": {"epsilon": 0.0115, "sigma": 3.35},
     }
+    assert tuple(namespace) == SUPPLIED_LAMMPS
     exec(EXAMPLE_LAMMPS, namespace)
     fitted = namespace["opt_params"]
     assert fitted["epsilon"] == pytest.approx(truth["epsilon"], rel=1e-3)
