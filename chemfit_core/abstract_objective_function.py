@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
+from chemfit_core.term_result import TermResult
+
 Parameters = dict[str, Any]
 
 
@@ -27,7 +29,9 @@ class EvaluateContext:
     """Per-evaluation state: parameters, quantities, loss and free-form metadata.
 
     One context is made per evaluation (and one child per term), so objective
-    objects never hold per-call state and can be evaluated concurrently.
+    objects never hold per-call state and can be evaluated concurrently. A term that
+    computes more than its loss (residuals, properties, derivatives) puts a
+    :class:`~chemfit_core.term_result.TermResult` in ``result``.
     ``shared`` is one namespace for a context and all its children; the
     combined objective uses it to cancel sibling terms when one fails.
     """
@@ -36,6 +40,7 @@ class EvaluateContext:
         "quantities",
         "parameters",
         "loss",
+        "result",
         "meta",
         "temp",
         "config",
@@ -53,6 +58,7 @@ class EvaluateContext:
         self.quantities: dict[str, Any] | None = None
         self.parameters: Parameters | None = None
         self.loss: float | None = None
+        self.result: TermResult | None = None
         self.meta: dict[str, Any] = {}
         self.temp = SimpleNamespace()
         self.config = SimpleNamespace() if config is None else config

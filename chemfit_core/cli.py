@@ -57,28 +57,27 @@ def _parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def _cmd_relax(args: argparse.Namespace) -> None:
-    import torch
-    from ase.io import write
+def _fitted_model(args: argparse.Namespace):
+    """The model of a fit's params.json entry, through its potential form."""
+    from chemfit_core.results import read_json
+    from chemfit_core.science.forms import fitted_form
 
-    from chemfit_core.engine.relax import relax_structures
-    from chemfit_core.engine.state import read_structures
+    if args.param or args.cutoff is not None or args.potential is not None or args.species:
+        raise ChemFitError("--fit-params takes the whole model from the fit; drop --param, --cutoff, "
+                           "--potential and --species")
+    summaries = read_json(args.fit_params)
+    name = args.fit or (next(iter(summaries)) if len(summaries) == 1 else None)
+    if name not in summaries:
+        raise ChemFitError(f"{args.fit_params}: name the fit with --fit (one of {', '.join(summaries)})")
+    form, params = fitted_form(summaries[name])
+    return form.model(params)
+
+
+def _model_from_arguments(args: argparse.Namespace):
+    """The model named by --model with its --param, --cutoff, --potential and --species."""
     from chemfit_core.models import build_model
-    from chemfit_core.results import atomic_write_text
 
-    if args.fit_params:
-        from chemfit_core.results import read_json
-        from chemfit_core.stages.fit import fitted_model_spec
-
-        summaries = read_json(args.fit_params)
-        name = args.fit or (next(iter(summaries)) if len(summaries) == 1 else None)
-        if name not in summaries:
-            raise ChemFitError(f"{args.fit_params}: name the fit with --fit (one of {', '.join(summaries)})")
-        spec: dict = fitted_model_spec(summaries[name])
-    elif args.model:
-        spec = {"form": args.model}
-    else:
-        raise ChemFitError("give --model (with --param ...) or --fit-params")
+    spec: dict = {"form": args.model}
     for item in args.param:
         key, sep, value = item.partition("=")
         if not sep:
@@ -91,9 +90,25 @@ def _cmd_relax(args: argparse.Namespace) -> None:
     if args.species:
         spec["species"] = args.species
     try:
-        model = build_model(spec)
+        return build_model(spec)
     except ValueError as exc:
         raise ChemFitError(str(exc)) from exc
+
+
+def _cmd_relax(args: argparse.Namespace) -> None:
+    import torch
+    from ase.io import write
+
+    from chemfit_core.engine.relax import relax_structures
+    from chemfit_core.engine.state import read_structures
+    from chemfit_core.results import atomic_write_text
+
+    if args.fit_params:
+        model = _fitted_model(args)
+    elif args.model:
+        model = _model_from_arguments(args)
+    else:
+        raise ChemFitError("give --model (with --param ...) or --fit-params")
     structures = read_structures(args.input)
     result = relax_structures(
         structures, model, fmax=args.fmax, max_steps=args.max_steps, relax_cell=args.relax_cell,

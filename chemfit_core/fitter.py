@@ -25,6 +25,7 @@ import scipy.optimize
 
 from chemfit_core.abstract_objective_function import EvaluateContext, as_objective_functor
 from chemfit_core.errors import NonFiniteObjectiveError
+from chemfit_core.term_result import TermResult
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,20 @@ class Evaluation:
     term_names: list[str] | None = None
     wall_time_s: float = 0.0
     error: str | None = None
-    properties: list[dict[str, Any] | None] | None = None  # per term, from ctx.meta["properties"]
+    term_results: list[TermResult | None] | None = None  # per term, from each term's ctx.result
     residuals: list[float] | None = None  # weighted residual vector, when the terms give one
+
+    def __post_init__(self) -> None:
+        if self.term_results is not None:  # replayed from JSON
+            self.term_results = [r if r is None or isinstance(r, TermResult) else TermResult.from_dict(r)
+                                 for r in self.term_results]
+
+    @property
+    def properties(self) -> list[dict[str, float] | None] | None:
+        """What each term computed (``TermResult.properties``), None for terms without a result."""
+        if self.term_results is None:
+            return None
+        return [None if r is None else r.properties for r in self.term_results]
 
 
 @dataclass
@@ -272,11 +285,11 @@ class Fitter:
     def fit_least_squares(self, method: str = "trf", jac: str = "2-point", **kwargs: Any) -> dict[str, Any]:
         """Minimise Σ r² with ``scipy.optimize.least_squares`` over the terms' residuals.
 
-        Terms report their residuals ((value − reference)/denominator) in
-        ``ctx.meta["residuals"]``; a combined objective's weights scale them by √w.
-        ``jac="analytic"`` uses the Jacobians terms report in ``ctx.meta["jacobian"]``
-        (``{parameter: [d r_k / d parameter]}``, e.g. fluctuation formulas of MD
-        averages), so one evaluation gives residuals and derivatives; otherwise
+        Terms report their residuals ((value − reference)/denominator) in their
+        :class:`~chemfit_core.term_result.TermResult` (``ctx.result``); a combined
+        objective's weights scale them by √w. ``jac="analytic"`` uses the Jacobians the
+        terms report there (``{parameter: [d r_k / d parameter]}``, e.g. fluctuation
+        formulas of MD averages), so one evaluation gives residuals and derivatives; otherwise
         scipy's finite differences (``"2-point"``, ``"3-point"``). Sets
         ``result.covariance`` = (JᵀJ)⁻¹ at the optimum (denominators read as 1σ
         uncertainties), scaled by the reduced χ² when there are more residuals
@@ -290,7 +303,7 @@ class Fitter:
                 self._evaluate_internal(z)
                 record = self.history[-1]
                 if record.residuals is None:
-                    raise ValueError("least-squares fitting needs terms that report residuals in ctx.meta['residuals']")
+                    raise ValueError("least-squares fitting needs terms that report residuals (ctx.result, a TermResult)")
                 cache.clear()
                 cache[key] = (np.asarray(record.residuals, dtype=float), self._last_jacobian)
             return cache[key]
@@ -298,7 +311,7 @@ class Fitter:
         def jacobian(z: np.ndarray) -> np.ndarray:
             r, j = evaluate(z)
             if j is None:
-                raise ValueError("jac='analytic' needs terms that report ctx.meta['jacobian']")
+                raise ValueError("jac='analytic' needs terms that report a Jacobian in their TermResult")
             return j * self._scale  # d r / d z = d r / d x * dx/dz
 
         lower, upper = self._to_internal(self._lower), self._to_internal(self._upper)
@@ -425,7 +438,8 @@ class Fitter:
 
     def _record(self, flat: dict[str, float], value: float, ctx: EvaluateContext, wall: float, error: str | None) -> None:
         terms = ctx.meta.get("terms")
-        residuals, jacobian = _residuals_and_jacobian(ctx, self.names)
+        results = _term_results(ctx)
+        residuals, jacobian = _residuals_and_jacobian(results, ctx.meta.get("weights"), self.names)
         evaluation = Evaluation(
             index=len(self.history),
             parameters=flat,
@@ -434,7 +448,7 @@ class Fitter:
             term_names=list(ctx.meta["term_names"]) if "term_names" in ctx.meta else None,
             wall_time_s=wall,
             error=error,
-            properties=_term_properties(ctx),
+            term_results=None if results is None or all(r is None for r in results) else results,
             residuals=None if residuals is None else residuals.tolist(),
         )
         self._append(evaluation, jacobian)
@@ -501,39 +515,27 @@ class Fitter:
                     logger.warning("parameter %s = %g is near its bounds [%g, %g]", name, flat[name], lo, hi)
 
 
-def _residuals_and_jacobian(ctx: EvaluateContext, names: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Weighted residual vector (and Jacobian over ``names``) of an evaluation, when terms give them."""
-    if "residuals" in ctx.meta:
-        parts = [(1.0, ctx.meta)]
-    elif ctx.meta.get("children") and "weights" in ctx.meta:
-        parts = [(w, child.get("meta", {})) for w, child in zip(ctx.meta["weights"], ctx.meta["children"])]
-        if not all("residuals" in meta for w, meta in parts if w > 0):
-            return None, None
-    else:
+def _term_results(ctx: EvaluateContext) -> list[TermResult | None] | None:
+    """Each term's result: the children's (a combined objective) or the context's own (one term)."""
+    if ctx.children:
+        return [child.result for child in ctx.children]
+    return None if ctx.result is None else [ctx.result]
+
+
+def _residuals_and_jacobian(results: list[TermResult | None] | None, weights: list[float] | None,
+                            names: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Weighted residual vector (and Jacobian over ``names``) of an evaluation, when every
+    weighted term gives residuals (and Jacobians)."""
+    if not results:
         return None, None
-    residuals, rows, complete = [], [], True
-    for weight, meta in parts:
-        if weight == 0 or "residuals" not in meta:
-            continue
-        r = np.sqrt(weight) * np.asarray(meta["residuals"], dtype=float)
-        residuals.append(r)
-        jac = meta.get("jacobian")
-        if jac is None:
-            complete = False
-            continue
-        rows.append(np.sqrt(weight) * np.column_stack([np.asarray(jac.get(n, np.zeros(len(r))), dtype=float)
-                                                       for n in names]))
-    vector = np.concatenate(residuals) if residuals else np.zeros(0)
-    return vector, (np.vstack(rows) if complete and rows else None)
-
-
-def _term_properties(ctx: EvaluateContext) -> list[dict[str, Any] | None] | None:
-    """What each term reported in ``ctx.meta["properties"]`` (computed quantities)."""
-    children = ctx.meta.get("children")
-    if not children:
-        return None
-    found = [child.get("meta", {}).get("properties") for child in children]
-    return found if any(p is not None for p in found) else None
+    weights = [1.0] * len(results) if weights is None else weights
+    parts = [(w, r) for w, r in zip(weights, results) if w > 0]
+    if not parts or any(r is None or r.residuals is None for _, r in parts):
+        return None, None
+    residuals = [np.sqrt(w) * np.asarray(r.residuals, dtype=float) for w, r in parts]
+    complete = all(r.jacobian is not None for _, r in parts)
+    jacobian = np.vstack([np.sqrt(w) * r.jacobian_matrix(names) for w, r in parts]) if complete else None
+    return np.concatenate(residuals), jacobian
 
 
 def _takes_rng(func: Callable[..., Any]) -> bool:

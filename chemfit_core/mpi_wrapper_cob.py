@@ -95,17 +95,17 @@ class MPIWrapperCOB(ObjectiveFunctor):
         return self.comm.recv(source=source, tag=tag)
 
     def _evaluate_share(self, parameters: Parameters, ctx: EvaluateContext) -> list[tuple]:
-        """Evaluate this rank's terms: ``(idx, ok, value or error text, meta)`` each."""
+        """Evaluate this rank's terms: ``(idx, ok, value or error text, meta, result)`` each."""
         indices = self.terms_of_rank(self.rank)
         out = []
         for idx, child in zip(indices, ctx.spawn_children(len(indices))):
             try:
                 value = self.cob.evaluate_term(parameters, idx, child)
-                out.append((idx, True, value, child.meta))
+                out.append((idx, True, value, child.meta, child.result))
             except Exception as exc:  # sent to rank 0, raised there with the term's name
                 cause = exc.cause if isinstance(exc, TermEvaluationError) else exc
                 text = "".join(traceback.format_exception(cause))
-                out.append((idx, False, f"{type(cause).__name__}: {cause} (on rank {self.rank})\n{text}", {}))
+                out.append((idx, False, f"{type(cause).__name__}: {cause} (on rank {self.rank})\n{text}", {}, None))
         return out
 
     # -- rank 0 -----------------------------------------------------------------------------
@@ -124,13 +124,13 @@ class MPIWrapperCOB(ObjectiveFunctor):
         for worker in range(1, self.size):
             results.extend(self._receive(worker, _TAG_RESULT))
         values: list[float | None] = [None] * self.cob.n_terms()
-        metas: list[dict] = [{} for _ in values]
-        for idx, ok, payload, meta in sorted(results, key=lambda r: r[0]):
+        children = ctx.spawn_children(self.cob.n_terms())  # rank 0's view of every term, wherever it ran
+        for idx, ok, payload, meta, result in sorted(results, key=lambda r: r[0]):
             if not ok:
                 raise TermEvaluationError(idx, self.cob.names[idx], RemoteTermError(payload))
             values[idx] = payload
-            metas[idx] = meta
-        ctx.meta["children"] = [{"meta": m} for m in metas]
+            children[idx].meta, children[idx].result = meta, result
+        ctx.collect_child_meta_data()
         return self.cob.reduce(values, ctx)
 
     # -- workers ----------------------------------------------------------------------------

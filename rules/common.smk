@@ -8,14 +8,15 @@ from chemfit_core.stages.solid import solid_sets
 
 PYTHON = sys.executable
 
-validate_config(
+# The rules read the validated copy, defaults filled in; Snakemake's own `config` is left as given.
+CONFIG = validate_config(
     config,
     source=", ".join(str(f) for f in workflow.configfiles) or "the module's config",
     # structure files that passed are remembered by content: every Snakemake start validates
     checked_dir=Path(".snakemake") / "chemfit" / "checked",
 )
 
-FITS = list(config["fits"])
+FITS = list(CONFIG["fits"])
 
 
 wildcard_constraints:
@@ -25,7 +26,7 @@ wildcard_constraints:
 
 
 def fit_config(wildcards):
-    return config["fits"][wildcards.fit]
+    return CONFIG["fits"][wildcards.fit]
 
 
 # Keys of a fit that do not change the fit itself: editing them must not rerun it.
@@ -35,7 +36,7 @@ EXECUTION = ("workers", "mpi")
 
 
 def solid_config(wildcards):
-    fit = config["fits"][wildcards.fit]
+    fit = CONFIG["fits"][wildcards.fit]
     return {"element": fit["element"], "solid": fit["solid"]}
 
 
@@ -57,32 +58,32 @@ def fit_core_config(wildcards):
 
 def fit_validation_config(wildcards):
     """What the validation of a fit depends on (everything but the solid stage)."""
-    fit = config["fits"][wildcards.fit]
+    fit = CONFIG["fits"][wildcards.fit]
     return {key: value for key, value in fit.items() if key not in NOT_FITTED}
 
 
 def liquid_template(wildcards):
-    fit = config["fits"][wildcards.fit]
+    fit = CONFIG["fits"][wildcards.fit]
     if "liquid" not in fit:
         return []
     return str(TEMPLATE_DIR / fit["liquid"]["template"])
 
 
 def structure_files(wildcards):
-    spec = config["fits"][wildcards.fit].get("structures", {})
+    spec = CONFIG["fits"][wildcards.fit].get("structures", {})
     return [spec["file"]] if "file" in spec else []
 
 
 def fit_ranks(wildcards):
     """MPI ranks of a fit; 0: one process with a thread pool."""
-    ranks = config["fits"][wildcards.fit]["mpi"]["ranks"]
+    ranks = CONFIG["fits"][wildcards.fit]["mpi"]["ranks"]
     return ranks if ranks >= 2 else 0
 
 
 def fit_threads(wildcards):
     if fit_ranks(wildcards):
         return fit_ranks(wildcards)  # one core per rank, each runs its terms one by one
-    workers = config["fits"][wildcards.fit]["workers"]
+    workers = CONFIG["fits"][wildcards.fit]["workers"]
     return workers if workers > 0 else workflow.cores
 
 
@@ -90,12 +91,12 @@ def fit_mpi(wildcards):
     """The MPI launcher of a fit run under MPI, else empty (the SLURM executor then
     submits a plain job with --cpus-per-task = threads)."""
     return (
-        config["fits"][wildcards.fit]["mpi"]["launcher"] if fit_ranks(wildcards) else ""
+        CONFIG["fits"][wildcards.fit]["mpi"]["launcher"] if fit_ranks(wildcards) else ""
     )
 
 
 def validation_logs(wildcards):
-    fit = config["fits"][wildcards.fit]
+    fit = CONFIG["fits"][wildcards.fit]
     if "liquid" not in fit:
         return []
     replicas = fit["liquid"]["validation"]["replicas"]
@@ -108,21 +109,21 @@ def validation_logs(wildcards):
 
 def solid_set_file(wildcards):
     """A user's structure file of a solid set (none for the built-in sets)."""
-    sets = config["fits"][wildcards.fit]["solid"]["sets"]
+    sets = CONFIG["fits"][wildcards.fit]["solid"]["sets"]
     return [sets[wildcards.set]["file"]] if wildcards.set in sets else []
 
 
 def relaxed_sets(wildcards):
     return [
         f"results/{wildcards.fit}/solid/{name}/relaxed.extxyz"
-        for name in solid_sets(config["fits"][wildcards.fit])
+        for name in solid_sets(CONFIG["fits"][wildcards.fit])
     ]
 
 
 def solid_tables(wildcards=None):
     return [
         f"results/{name}/solid_properties.csv"
-        for name, fit in config["fits"].items()
+        for name, fit in CONFIG["fits"].items()
         if fit["solid"]["enabled"]
     ]
 
@@ -131,7 +132,7 @@ def parity_plots(wildcards=None):
     """Parity plots of the fits with reference structures."""
     return [
         f"results/{name}/structures_parity.png"
-        for name, fit in config["fits"].items()
+        for name, fit in CONFIG["fits"].items()
         if "structures" in fit
     ]
 
@@ -139,7 +140,7 @@ def parity_plots(wildcards=None):
 def all_inputs(wildcards=None):
     """Every input file of every fit (templates, structures), for provenance hashes."""
     files = []
-    for fit in config["fits"].values():
+    for fit in CONFIG["fits"].values():
         if "liquid" in fit:
             files.append(str(TEMPLATE_DIR / fit["liquid"]["template"]))
         if "file" in fit.get("structures", {}):

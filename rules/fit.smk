@@ -23,7 +23,7 @@ rule fit:
         cpus_per_task=lambda wildcards: 1 if fit_ranks(wildcards) else 0,
     params:
         fit=fit_core_config,
-        seed=config["seed"],
+        seed=CONFIG["seed"],
         workdir=lambda wildcards: f"work/{wildcards.fit}",
     script:
         "../scripts/fit.py"

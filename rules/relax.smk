@@ -17,7 +17,7 @@ rule prepare_solid:
         runtime=5,
     params:
         fit=solid_config,
-        seed=config["seed"],
+        seed=CONFIG["seed"],
     script:
         "../scripts/prepare_solid.py"
 
@@ -41,12 +41,12 @@ rule relax:
         mem_mb=2000,
         runtime=30,
         gpu=lambda wildcards: (
-            1 if config["fits"][wildcards.fit]["solid"]["device"] == "cuda" else 0
+            1 if CONFIG["fits"][wildcards.fit]["solid"]["device"] == "cuda" else 0
         ),
     params:
         python=PYTHON,
-        fmax=lambda wildcards: config["fits"][wildcards.fit]["solid"]["fmax"],
-        device=lambda wildcards: config["fits"][wildcards.fit]["solid"]["device"],
+        fmax=lambda wildcards: CONFIG["fits"][wildcards.fit]["solid"]["fmax"],
+        device=lambda wildcards: CONFIG["fits"][wildcards.fit]["solid"]["device"],
     shell:
         "{params.python:q} -m chemfit_core relax {input.structures:q} {output:q}"
         " --fit-params {input.params:q} --fit {wildcards.fit} --relax-cell"
@@ -56,7 +56,8 @@ rule relax:
 rule solid_properties:
     """Lattice constant, cohesive energy, structure energies of every relaxed set next to experiment."""
     input:
-        relaxed_sets,
+        relaxed=relaxed_sets,
+        params="results/{fit}/params.json",
     output:
         "results/{fit}/solid_properties.csv",
     log:

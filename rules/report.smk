@@ -116,7 +116,7 @@ rule provenance:
         mem_mb=500,
         runtime=5,
     params:
-        config=config,
+        config=CONFIG,
         workflow_dir=workflow.basedir,
     script:
         "../scripts/provenance.py"

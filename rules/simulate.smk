@@ -17,7 +17,7 @@ rule render_validation_input:
         runtime=5,
     params:
         fit=fit_validation_config,
-        seed=config["seed"],
+        seed=CONFIG["seed"],
     script:
         "../scripts/render_validation_input.py"
 
@@ -40,7 +40,7 @@ rule simulate:
         runtime=60,
     params:
         python=PYTHON,
-        timeout=lambda wildcards: config["fits"][wildcards.fit]["liquid"]["md"][
+        timeout=lambda wildcards: CONFIG["fits"][wildcards.fit]["liquid"]["md"][
             "timeout_s"
         ],
     shell:

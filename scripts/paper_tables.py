@@ -53,7 +53,7 @@ def fit_crystal(form, fitted, start, bounds):
     params = fitter.fit_least_squares(jac="2-point", diff_step=1e-5)
     ctx = EvaluateContext()
     target(params, ctx)
-    return params, fitter.result, ctx.meta["properties"], time.monotonic() - t0
+    return params, fitter.result, ctx.result.properties, time.monotonic() - t0
 
 
 def property_rows(props, fitted) -> list[str]:
@@ -78,9 +78,9 @@ def param_rows(params, result, reference=None) -> list[str]:
     return rows
 
 
-def round_trip_line(model, work: Path) -> str:
-    structures = labelled(model, 6, seed=99, vacancies=True)
-    worst = round_trip(model, structures, work)
+def round_trip_line(form, params, work: Path) -> str:
+    structures = labelled(form.model(params), 6, seed=99, vacancies=True)
+    worst = round_trip(form, params, structures, work)
     return (f"LAMMPS round trip on 6 rattled cells (incl. vacancies): max relative difference energy "
             f"{worst['energy']:.1e}, forces {worst['forces']:.1e}, stress {worst['stress']:.1e}.")
 
@@ -95,7 +95,7 @@ def copper_morse(work: Path) -> list[str]:
             f"Least squares, finite-difference Jacobian: {result.n_evaluations} evaluations, {wall:.0f} s. "
             "Reference parameters: Girifalco and Weizer, Phys. Rev. 114, 687 (1959).", "",
             *param_rows(params, result, GIRIFALCO_WEIZER), "", *property_rows(props, fitted), "",
-            round_trip_line(form.model(params), work / "morse"), ""]
+            round_trip_line(form, params, work / "morse"), ""]
 
 
 def copper_eam(work: Path) -> list[str]:
@@ -115,14 +115,14 @@ def copper_eam(work: Path) -> list[str]:
              "F = −A√ρ + Bρ², smooth cutoff ψ at 5.5 Å (width 1 Å).", "",
              f"Stage 1, matched to energies/forces/stresses of 16 Cu_mishin1 cells (analytic Jacobian, "
              f"{stage1.result.n_evaluations} evaluations, {time.monotonic() - t0:.0f} s): energy RMSE "
-             f"{1000 * ctx.meta['properties']['energy_rmse_eV_atom']:.2f} meV/atom, force RMSE "
-             f"{1000 * ctx.meta['properties']['force_rmse_eV_A']:.1f} meV/Å.", ""]
+             f"{1000 * ctx.result.properties['energy_rmse_eV_atom']:.2f} meV/atom, force RMSE "
+             f"{1000 * ctx.result.properties['force_rmse_eV_A']:.1f} meV/Å.", ""]
     fitted = ["a0_A", "Ec_eV", "C11_GPa", "C12_GPa", "C44_GPa", "vacancy_eV"]
     bounds = {k: tuple(sorted((0.7 * v, 1.3 * v))) for k, v in matched.items()}
     params, result, props, wall = fit_crystal(form, fitted, matched, bounds)
     return [*lines, f"Stage 2, refined to experiment (finite-difference Jacobian, {result.n_evaluations} "
             f"evaluations, {wall:.0f} s):", "", *param_rows(params, result), "", *property_rows(props, fitted), "",
-            round_trip_line(form.model(params), work / "eam"), ""]
+            round_trip_line(form, params, work / "eam"), ""]
 
 
 def recovery() -> list[str]:

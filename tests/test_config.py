@@ -152,7 +152,8 @@ MORSE = ["fits", "copper_morse"]
         ([*MORSE, "potential", "cutoff_A"], KeyError, "fits.copper_morse.potential.cutoff_A", "expected a cutoff"),
         ([*MORSE, "parameters", "sigma_A"], {"initial": 3.4, "lower": 3, "upper": 4}, "fits.copper_morse.parameters",
          "expected exactly ['D_eV', 'alpha_invA', 'r0_A'] for form morse"),
-        ([*MORSE, "solid"], {"enabled": True}, "fits.copper_morse.solid.enabled", "supports lj/cut fits only"),
+        ([*MORSE, "potential", "cutoff_sigma"], 3.0, "fits.copper_morse.potential",
+         "got ['cutoff_sigma'], which it does not use"),
         ([*MORSE, "optimizer", "jacobian"], "analytic", "fits.copper_morse.optimizer.jacobian",
          "crystal targets have no analytic Jacobian"),
         ([*MORSE, "crystal", "references", "a0"], {"value": 3.6, "denominator": 0.01},
@@ -166,3 +167,14 @@ def test_broken_crystal_fit_names_file_key_and_expectation(path, value, key, exp
         validate_config(config, "cu.yaml")
     message = str(info.value)
     assert "cu.yaml: " in message and key in message and expected in message, message
+
+
+def test_the_solid_stage_takes_any_form_and_validation_leaves_the_input_alone():
+    config = morse_config()
+    config["fits"]["copper_morse"]["solid"] = {"enabled": True}
+    before = copy.deepcopy(config)
+    validated = validate_config(config, "cu.yaml")
+    assert validated["fits"]["copper_morse"]["solid"]["enabled"] is True
+    assert config == before  # a new config comes back; Snakemake's own stays as given
+    assert "structures" in validated["fits"]["copper_morse"]["solid"]
+    assert "structures" not in config["fits"]["copper_morse"]["solid"]

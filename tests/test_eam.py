@@ -178,12 +178,16 @@ def test_lammps_workers_and_the_torch_engine_relax_eam_to_the_same_minima():
     np.testing.assert_allclose(torch_result.energies / 32, lammps_result.energies / 32, atol=1e-6)
 
 
-def test_round_trip_of_fitted_models_through_lammps(tmp_path, cu_structures):
-    from chemfit_core.models import Morse
+def test_round_trip_of_fitted_forms_through_lammps(tmp_path, cu_structures):
+    from chemfit_core.science.forms import potential_form
     from chemfit_core.science.roundtrip import round_trip
 
-    eam = round_trip(analytic(), cu_structures[:8], tmp_path / "eam")
+    eam_form = potential_form({"form": "eam/analytic", "element": "Cu", "cutoff_A": 5.5, "width_A": 1.0, "re_A": 2.556})
+    eam_params = {"D_eV": 0.05, "alpha_invA": 1.5, "r0_A": 2.8, "A_eV": 1.2, "B_eV": 0.0, "beta": 5.0}
+    eam = round_trip(eam_form, eam_params, cu_structures[:8], tmp_path / "eam")
     assert (tmp_path / "eam" / "fitted.eam.alloy").is_file()
     assert max(eam.values()) < 1e-6, eam
-    morse = round_trip(Morse(0.3429, 1.3588, 2.866, 9.0), cu_structures[:8], tmp_path / "morse")
+    morse_form = potential_form({"form": "morse", "element": "Cu", "cutoff_A": 9.0})
+    morse = round_trip(morse_form, {"D_eV": 0.3429, "alpha_invA": 1.3588, "r0_A": 2.866}, cu_structures[:8],
+                       tmp_path / "morse")
     assert max(morse.values()) < 1e-9, morse

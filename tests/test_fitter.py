@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from chemfit_core.term_result import TermResult
 from chemfit_core import (
     CombinedObjectiveFunction,
     Fitter,
@@ -182,8 +183,8 @@ class LinearDataTerm:
     def __call__(self, p, ctx=None):
         residuals = [(p["a"] * x + p["b"] - y) / self.s for x, y in zip(self.x, self.y)]
         if ctx is not None:
-            ctx.meta["residuals"] = residuals
-            ctx.meta["jacobian"] = {"a": [x / self.s for x in self.x], "b": [1 / self.s] * len(self.x)}
+            ctx.result = TermResult(residuals=residuals,
+                                    jacobian={"a": [x / self.s for x in self.x], "b": [1 / self.s] * len(self.x)})
         return math.fsum(r * r for r in residuals)
 
 

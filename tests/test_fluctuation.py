@@ -103,7 +103,7 @@ def test_liquid_gradients_follow_corresponding_states(tmp_path, repo):
     theta = {"epsilon_K": 116.79, "sigma_A": 3.3952}
     ctx = EvaluateContext()
     term(theta, ctx)
-    gradients, props = ctx.quantities["gradients"], ctx.meta["properties"]
+    gradients, props = ctx.quantities["gradients"], ctx.result.properties
     rho, h, sigma = props["density_kg_m3"], props["hvap_kJ_mol"], theta["sigma_A"]
     d_rho, d_h = gradients["density_kg_m3"]["sigma_A"], gradients["hvap_kJ_mol"]["sigma_A"]
     sem_rho, sem_h = gradients["density_kg_m3_sem"]["sigma_A"], gradients["hvap_kJ_mol_sem"]["sigma_A"]
@@ -112,7 +112,8 @@ def test_liquid_gradients_follow_corresponding_states(tmp_path, repo):
     assert abs(d_h) < 4 * sem_h + 0.1 * h / sigma
     # ΔHvap grows with ε: d ln ΔHvap/d ln ε ≈ 1 (plus the temperature dependence)
     assert gradients["hvap_kJ_mol"]["epsilon_K"] * theta["epsilon_K"] / h > 0.5
-    assert set(ctx.meta["jacobian"]) == set(theta) and len(ctx.meta["jacobian"]["sigma_A"]) == 2
+    assert set(ctx.result.jacobian) == set(theta) and len(ctx.result.jacobian["sigma_A"]) == 2
+    assert ctx.result.derivatives["density_kg_m3"] == gradients["density_kg_m3"]
     assert not any(tmp_path.rglob("frames.dump"))  # work directories are removed after parsing
 
 
@@ -142,8 +143,7 @@ def test_liquid_gradients_agree_with_finite_differences_of_independent_runs(tmp_
     base = run(theta, True)
     gradients = base.quantities["gradients"]
     for name, h in (("epsilon_K", 4.0), ("sigma_A", 0.03)):
-        up = run({**theta, name: theta[name] + h}, False).meta["properties"]
-        down = run({**theta, name: theta[name] - h}, False).meta["properties"]
+        up, down = (run({**theta, name: theta[name] + sign * h}, False).quantities for sign in (1, -1))
         for key in ("density_kg_m3", "hvap_kJ_mol"):
             fd = (up[key] - down[key]) / (2 * h)
             fd_sem = np.hypot(up[f"{key}_sem"], down[f"{key}_sem"]) / (2 * h)

@@ -93,7 +93,7 @@ def test_short_npt_run_gives_a_liquid_argon_density(tmp_path, repo):
     )
     ctx = EvaluateContext()
     loss = term({"epsilon_K": 116.79, "sigma_A": 3.3952}, ctx)
-    props = ctx.meta["properties"]
+    props = ctx.result.properties
     # published LJ argon: 1393.6 kg/m3 and 6.467 kJ/mol (long runs); short runs scatter more
     assert props["density_kg_m3"] == pytest.approx(1393.6, rel=0.02)
     assert props["hvap_kJ_mol"] == pytest.approx(6.467, rel=0.02)

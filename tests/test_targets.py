@@ -34,14 +34,14 @@ def test_structure_target_jacobian_equals_finite_differences():
     theta = {k: v * 1.05 for k, v in EAM_TRUE.items()}
     ctx = EvaluateContext()
     target(theta, ctx)
-    r0 = np.array(ctx.meta["residuals"])
+    r0 = np.array(ctx.result.residuals)
     for name in theta:
         h = 1e-6 * abs(theta[name])
         c_up, c_down = EvaluateContext(), EvaluateContext()
         target({**theta, name: theta[name] + h}, c_up)
         target({**theta, name: theta[name] - h}, c_down)
-        fd = (np.array(c_up.meta["residuals"]) - np.array(c_down.meta["residuals"])) / (2 * h)
-        np.testing.assert_allclose(ctx.meta["jacobian"][name], fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max(),
+        fd = (np.array(c_up.result.residuals) - np.array(c_down.result.residuals)) / (2 * h)
+        np.testing.assert_allclose(ctx.result.jacobian[name], fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max(),
                                    err_msg=name)
     assert len(r0) == 3 + 3 * sum(len(a) for a in target.structures) + 3 * 6
 
@@ -91,7 +91,7 @@ def test_copper_morse_fitted_to_experiment_recovers_girifalco_weizer():
     params = fitter.fit_least_squares(jac="2-point", diff_step=1e-5)
     ctx = EvaluateContext()
     target(params, ctx)
-    props = ctx.meta["properties"]
+    props = ctx.result.properties
     for name, ref in refs.items():
         assert props[name] == pytest.approx(ref.value, rel=0.005), name
     for name, value in MORSE_GW.items():
@@ -105,7 +105,7 @@ def test_copper_morse_fitted_to_experiment_recovers_girifalco_weizer():
 def test_structures_from_an_extxyz_file_keep_their_labels(tmp_path):
     from ase.io import write
 
-    from chemfit_core.science.targets import targets_from_config
+    from chemfit_core.stages.objective import targets_from_config
 
     form = potential_form({"form": "morse", "element": "Cu", "cutoff_A": 7.0})
     write(tmp_path / "ref.extxyz", synthetic(form, MORSE_GW, n=3))

@@ -20,7 +20,7 @@ finite differences of it are clean (no MD noise).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,13 +72,38 @@ def _strained(atoms: Any, deformation: np.ndarray, label: str) -> Any:
     return strained
 
 
-def _isolated_atom_energy(model: Any, element: str) -> float:
+ATOMS_PER_CUBIC_CELL = {"fcc": 4, "bcc": 2, "diamond": 8}
+"""Atoms in the conventional cubic cell of each cubic lattice."""
+
+
+def isolated_atom_energy(model: Any, element: str) -> float:
+    """Energy of one ``element`` atom alone under ``model``, eV (the zero of the cohesive energy)."""
     from ase import Atoms
 
-    atom = Atoms(element, positions=[[0, 0, 0]], cell=[30, 30, 30], pbc=False)
     from chemfit_core.engine.state import atoms_to_state
 
+    atom = Atoms(element, positions=[[0, 0, 0]], cell=[30, 30, 30], pbc=False)
     return float(model(atoms_to_state(atom, dtype=model.dtype))["energy"][0].detach())
+
+
+def cubic_lattice_constant(atoms: Any, lattice: str) -> float:
+    """Lattice constant (Å) of a cubic ``lattice`` crystal from its volume per atom (any supercell)."""
+    return float((atoms.get_volume() * ATOMS_PER_CUBIC_CELL[lattice] / len(atoms)) ** (1 / 3))
+
+
+def structure_energies(ground: Sequence[Any], others: Mapping[str, Sequence[Any]], lattice: str,
+                       isolated_atom_energy_eV: float) -> dict[str, float]:
+    """Properties of relaxed crystals with ASE results: ``a0_A`` and ``Ec_eV`` (eV/atom, against
+    the isolated atom) of the ``ground``-state cells (energies per atom averaged, a0 of the
+    first), and ``E_<kind>_eV`` (eV/atom above the ground state) of every other kind.
+
+    The one implementation of these properties: the in-fit crystal target and the
+    workflow's solid stage both call it."""
+    e0 = float(np.mean([atoms.get_potential_energy() / len(atoms) for atoms in ground]))
+    out = {"a0_A": cubic_lattice_constant(ground[0], lattice), "Ec_eV": isolated_atom_energy_eV - e0}
+    for kind, cells in others.items():
+        out[f"E_{kind}_eV"] = float(np.mean([a.get_potential_energy() / len(a) for a in cells])) - e0
+    return out
 
 
 def crystal_properties(model: Any, setup: CrystalSetup, wanted: Iterable[str] = PROPERTIES) -> dict[str, float]:
@@ -103,7 +128,7 @@ def crystal_properties(model: Any, setup: CrystalSetup, wanted: Iterable[str] = 
     relaxed = relax_structures(cells, model, relax_cell=True, **common)
     ground = relaxed.structures[0]
     e0 = relaxed.energies[0] / len(ground)
-    a0 = float((ground.get_volume() * (4 if setup.lattice == "fcc" else 2) / len(ground)) ** (1 / 3))
+    a0 = cubic_lattice_constant(ground, setup.lattice)
     if not relaxed.converged[0] or not 0.6 < a0 / setup.a_guess_A < 1.5:
         # a collapsed or exploded lattice would make the defect and surface cells unphysical
         # (and their neighbour lists huge): stop here with the reason
@@ -111,11 +136,9 @@ def crystal_properties(model: Any, setup: CrystalSetup, wanted: Iterable[str] = 
             f"{setup.element} {setup.lattice} collapsed or expanded: the lattice relaxed to a0 = {a0:.3f} Å from "
             f"a_guess_A = {setup.a_guess_A} Å (converged: {bool(relaxed.converged[0])}); these parameters do "
             "not describe the crystal (bound them, or start nearer)")
-    out: dict[str, float] = {"a0_A": a0}
-    if "Ec_eV" in wanted:
-        out["Ec_eV"] = _isolated_atom_energy(model, setup.element) - e0
-    for kind, energy, atoms in zip(others, relaxed.energies[1:], relaxed.structures[1:]):
-        out[f"E_{kind}_eV"] = energy / len(atoms) - e0
+    energies = structure_energies([ground], dict(zip(others, ([a] for a in relaxed.structures[1:]))),
+                                  setup.lattice, isolated_atom_energy(model, setup.element) if "Ec_eV" in wanted else 0.0)
+    out: dict[str, float] = {k: v for k, v in energies.items() if k != "Ec_eV" or "Ec_eV" in wanted}
 
     # 2. everything built on the relaxed lattice, relaxed together at fixed cells
     perfect = bulk(setup.element, setup.lattice, a=a0, cubic=True)
@@ -164,19 +187,3 @@ def crystal_properties(model: Any, setup: CrystalSetup, wanted: Iterable[str] = 
             area = np.linalg.norm(np.cross(atoms.cell[0], atoms.cell[1]))
             out[name] = (energy - len(atoms) * e0) / (2 * area) * EV_A2_TO_J_M2
     return {k: float(v) for k, v in out.items() if k in wanted or k == "a0_A"}
-
-
-def property_table(values: Mapping[str, float], references: Mapping[str, Mapping[str, Any]],
-                   fitted: Iterable[str]) -> list[dict[str, Any]]:
-    """Rows of property, unit, value, reference, error (%), whether it was fitted."""
-    fitted = set(fitted)
-    rows = []
-    for name, value in values.items():
-        ref = references.get(name, {})
-        target = ref.get("value", np.nan)
-        rows.append({
-            "property": name, "unit": UNITS.get(name, ""), "value": value, "reference": target,
-            "error_percent": 100 * (value / target - 1) if ref else np.nan,
-            "fitted_to": name in fitted, "source": ref.get("source", ""),
-        })
-    return rows

@@ -10,6 +10,7 @@ averages, so correlated MD frames are not counted as independent.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
 from chemfit_core.errors import ChemFitError
 from chemfit_core.external.lammps import LammpsQuantityComputer, read_thermo
+from chemfit_core.term_result import TermResult
 from chemfit_core.units import (
     BAR_A3_TO_KJ_PER_MOL,
     EV_PER_ATOM_TO_KJ_PER_MOL,
@@ -106,20 +108,6 @@ def properties_from_log(log_path: Path | str, temperature_K: float, n_blocks: in
     return liquid_properties(read_thermo(log_path)[-1], temperature_K, n_blocks, pressure_bar)
 
 
-def liquid_template_variables(fit: Mapping[str, Any]) -> dict[str, Any]:
-    """Fixed values of a fit's config the liquid template needs besides parameters, state point and seed."""
-    md = dict(fit["liquid"]["md"])
-    for key in ("n_blocks", "timeout_s", "dump_every"):
-        md.pop(key, None)
-    return {
-        **md,
-        "mass_g_mol": fit["mass_g_mol"],
-        "cutoff_sigma": fit["potential"]["cutoff_sigma"],
-        "tail_correction": fit["potential"]["tail_correction"],
-        "kB_eV_per_K": KB_EV_PER_K,
-    }
-
-
 def run_template_variables(temperature_K: float, pressure_bar: float, seed: int, dump_every: int = 0,
                            template_variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Variables of one NPT run of a :class:`LiquidStatePointTerm` besides the parameters (which
@@ -135,36 +123,6 @@ def run_template_variables(temperature_K: float, pressure_bar: float, seed: int,
     }
 
 
-def fit_template_contexts(fit: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, variables) of every kind of run the workflow renders a fit's liquid template
-    for, at the initial parameters: each state point's fit run (frames dumped when the fit
-    uses fluctuation gradients) and its validation run (longer, no frames). For checking a
-    template before any run; the seed is a placeholder."""
-    from chemfit_core.file_based_computer import flatten_parameters
-
-    fixed = liquid_template_variables(fit)
-    initial = flatten_parameters({name: p["initial"] for name, p in fit["parameters"].items()})
-    gradients = fit.get("optimizer", {}).get("jacobian") in ("analytic", "fluctuation")
-    dump_every = fit["liquid"]["md"].get("dump_every", 40) if gradients else 0
-    contexts = []
-    for sp in fit["liquid"]["state_points"]:
-        t, p = sp["temperature_K"], sp["pressure_bar"]
-        contexts.append((f"state point {sp['name']}, fit run",
-                         {**run_template_variables(t, p, 1, dump_every, fixed), **initial}))
-        contexts.append((f"state point {sp['name']}, validation run",
-                         {**validation_template_variables(fit, sp, 1), **initial}))
-    return contexts
-
-
-def validation_template_variables(fit: Mapping[str, Any], state_point: Mapping[str, Any], seed: int
-                                  ) -> dict[str, Any]:
-    """Variables of one validation run at ``state_point`` besides the parameters: the fit's
-    fixed values with the validation's production length, no frames dumped."""
-    return {**liquid_template_variables(fit), "production_steps": fit["liquid"]["validation"]["production_steps"],
-            "temperature_K": state_point["temperature_K"], "pressure_bar": state_point["pressure_bar"],
-            "seed": seed}
-
-
 @dataclass(frozen=True)
 class Reference:
     """A measured value the fit aims at, and the denominator that scales its residual."""
@@ -177,11 +135,12 @@ class Reference:
 class LiquidStatePointTerm(ObjectiveFunctor):
     """One NPT simulation at (T, p) with its own seed; loss = Σ ((x − x_ref)/d)².
 
-    Reports ``ctx.meta["properties"]`` and the residuals (x − x_ref)/d in
-    ``ctx.meta["residuals"]``. With ``form`` given, it also saves frames every
-    ``dump_every`` steps and reports the residuals' derivatives with respect to the
-    fit's parameters in ``ctx.meta["jacobian"]``, from the fluctuation formula
-    (:mod:`chemfit_core.science.fluctuation`): gradients from the same single run.
+    Reports a :class:`~chemfit_core.term_result.TermResult` (``ctx.result``): the
+    properties with their standard errors and the residuals (x − x_ref)/d. With ``form``
+    given, it also saves frames every ``dump_every`` steps and reports the properties'
+    derivatives with respect to the fit's parameters and the residuals' Jacobian, from
+    the fluctuation formula (:mod:`chemfit_core.science.fluctuation`): gradients from the
+    same single run.
 
     Args:
         name: label of the term (logs, errors, work directories).
@@ -209,7 +168,6 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         template_variables: Mapping[str, Any] | None = None,
         n_blocks: int = 5,
         command_timeout: float | None = 3600.0,
-        keep_workdirs: bool = False,
         form: Any | None = None,
         dump_every: int = 100,
         output_cache: Any | None = None,
@@ -224,7 +182,6 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         self.seed = seed
         self.n_blocks = n_blocks
         self.form = form
-        self.keep_workdirs = keep_workdirs
         variables = run_template_variables(temperature_K, pressure_bar, seed,
                                            dump_every if form is not None else 0, template_variables)
         if form is not None and dump_every % int(variables.get("thermo_every", 1)):
@@ -260,28 +217,27 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         if ctx is None:
             ctx = EvaluateContext()
         quantities = dict(self.computer(parameters, ctx))
-        workdir = Path(ctx.meta["workdir"])
+        workdir = Path(ctx.meta.pop("workdir"))
         try:
             thermo = quantities.pop("_thermo")
-            if self.form is not None:
-                gradients = self.property_gradients(parameters, thermo, workdir / "frames.dump")
-                quantities["gradients"] = gradients
-                ctx.meta["jacobian"] = {
-                    name: [gradients[key][name] / ref.denominator for key, ref in self.references.items()]
-                    for name in parameters
-                }
+            gradients = (self.property_gradients(parameters, thermo, workdir / "frames.dump")
+                         if self.form is not None else {})
         finally:
-            if not self.keep_workdirs:
-                import shutil
-
-                shutil.rmtree(workdir, ignore_errors=True)
-                ctx.meta.pop("workdir", None)
-        ctx.meta["properties"] = {k: v for k, v in quantities.items() if k != "gradients"}
-        for key, per_parameter in quantities.get("gradients", {}).items():
-            if not key.endswith("_sem"):  # d<property>/d<parameter>, kept in the fit's history
-                ctx.meta["properties"].update({f"d_{key}/d_{name}": v for name, v in per_parameter.items()})
-        ctx.meta["residuals"] = self.residuals(quantities)
+            shutil.rmtree(workdir, ignore_errors=True)
+        residuals = self.residuals(quantities)
+        jacobian = None
+        if self.form is not None:
+            jacobian = {name: [gradients[key][name] / ref.denominator for key, ref in self.references.items()]
+                        for name in parameters}
+        if gradients:
+            quantities["gradients"] = gradients  # with their standard errors (``<property>_sem``)
         ctx.quantities = quantities
+        ctx.result = TermResult(
+            residuals=residuals, jacobian=jacobian,
+            properties={k: v for k, v in quantities.items() if k != "gradients" and not k.endswith("_sem")},
+            standard_errors={k[: -len("_sem")]: v for k, v in quantities.items() if k.endswith("_sem")},
+            derivatives={k: v for k, v in gradients.items() if not k.endswith("_sem")},
+        )
         ctx.loss = self.loss(quantities)
         return ctx.loss
 

@@ -7,19 +7,21 @@ for an analytic EAM), evaluates structures both ways and reports the agreement.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 from ase import Atoms
 
 from chemfit_core.external.single_point import lammps_reference
+from chemfit_core.science.forms import PotentialForm
 
 
-def round_trip(model: Any, structures: list[Atoms], workdir: Path | str) -> dict[str, float]:
-    """Largest relative differences between ``model`` (torch) and LAMMPS on ``structures``.
+def round_trip(form: PotentialForm, params: Mapping[str, float], structures: list[Atoms], workdir: Path | str
+               ) -> dict[str, float]:
+    """Largest relative differences between ``form`` at ``params`` in torch and in LAMMPS on ``structures``.
 
-    The model goes to LAMMPS through ``model.lammps_commands`` or, for an analytic EAM,
-    a setfl file written into ``workdir``. Returns ``energy`` (max |ΔE|/|E|), ``forces``
+    LAMMPS gets the form's own :meth:`~chemfit_core.science.forms.PotentialForm.lammps_commands`
+    (potential files written into ``workdir``). Returns ``energy`` (max |ΔE|/|E|), ``forces``
     (max |ΔF| over max |F|) and ``stress`` (max |Δσ| over max |σ|, periodic structures).
     """
     import torch
@@ -29,13 +31,9 @@ def round_trip(model: Any, structures: list[Atoms], workdir: Path | str) -> dict
 
     workdir = Path(workdir).resolve()  # LAMMPS runs inside it: the setfl path must not be relative
     workdir.mkdir(parents=True, exist_ok=True)
+    model = form.model(params)
     species = [chemical_symbols[z] for z in model.species]
-    if hasattr(model, "write_setfl"):
-        from chemfit_core.models.eam import EAM
-
-        commands = EAM.from_setfl(model.write_setfl(workdir / "fitted.eam.alloy")).lammps_commands(species)
-    else:
-        commands = model.lammps_commands(species)
+    commands = form.lammps_commands(params, workdir)
     reference = lammps_reference(structures, commands, workdir, species)
     with torch.no_grad():
         out = model(atoms_to_state(structures, dtype=torch.float64))

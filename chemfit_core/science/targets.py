@@ -2,14 +2,13 @@
 
 Both are deterministic functions of the parameters (no MD noise), evaluated with the
 torch models of :mod:`chemfit_core.science.forms`, and report what the least-squares fitter
-needs: ``ctx.meta["residuals"]`` (and, for structures, the exact Jacobian by autograd),
-plus ``ctx.meta["properties"]`` for reports. The liquid counterpart, run by LAMMPS,
+needs in a :class:`~chemfit_core.term_result.TermResult` (``ctx.result``): residuals,
+for structures the exact Jacobian by autograd, and the computed properties for reports. The liquid counterpart, run by LAMMPS,
 is :class:`chemfit_core.science.liquid.LiquidStatePointTerm`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +20,8 @@ from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.science.crystal import PROPERTIES, CrystalSetup, crystal_properties
 from chemfit_core.science.forms import PotentialForm
 from chemfit_core.science.liquid import Reference
+from chemfit_core.term_result import TermResult
+from chemfit_core.units import to_voigt
 
 
 def label(structures: Sequence[Any], model: torch.nn.Module) -> list[Any]:
@@ -37,14 +38,14 @@ def label(structures: Sequence[Any], model: torch.nn.Module) -> list[Any]:
         s = out["stress"][0].double().numpy() if "stress" in out and atoms.pbc.all() else None
         atoms.calc = SinglePointCalculator(
             atoms, energy=out["energy"].item(), forces=out["forces"].double().numpy(),
-            stress=None if s is None else [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            stress=None if s is None else to_voigt(s))
         labelled.append(atoms)
     return labelled
 
 
-def _loss(ctx: EvaluateContext, residuals: Sequence[float]) -> float:
-    ctx.meta["residuals"] = [float(r) for r in residuals]
-    ctx.loss = math.fsum(r * r for r in residuals)
+def _loss(ctx: EvaluateContext, result: TermResult) -> float:
+    ctx.result = result
+    ctx.loss = result.loss()
     return ctx.loss
 
 
@@ -78,8 +79,8 @@ class CrystalTarget(ObjectiveFunctor):
     def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
         ctx = EvaluateContext() if ctx is None else ctx
         values = self.properties(parameters)
-        ctx.meta["properties"] = values
-        return _loss(ctx, [(values[k] - ref.value) / ref.denominator for k, ref in self.references.items()])
+        residuals = [(values[k] - ref.value) / ref.denominator for k, ref in self.references.items()]
+        return _loss(ctx, TermResult(residuals=residuals, properties=values))
 
 
 class StructureTarget(ObjectiveFunctor):
@@ -119,9 +120,7 @@ class StructureTarget(ObjectiveFunctor):
         parts = [(out["energy"] - self.ref_energy) / self.n_atoms / self.energy_denominator,
                  ((out["forces"] - self.ref_forces) / self.force_denominator).reshape(-1)]
         if self.stress_denominator is not None:
-            s = out["stress"]
-            voigt = torch.stack([s[:, 0, 0], s[:, 1, 1], s[:, 2, 2], s[:, 1, 2], s[:, 0, 2], s[:, 0, 1]], dim=1)
-            parts.append(((voigt - self.ref_stress) / self.stress_denominator).reshape(-1))
+            parts.append(((to_voigt(out["stress"]) - self.ref_stress) / self.stress_denominator).reshape(-1))
         return torch.cat(parts)
 
     def predictions(self, parameters: Parameters) -> dict[str, np.ndarray]:
@@ -150,13 +149,13 @@ class StructureTarget(ObjectiveFunctor):
         (g,) = torch.autograd.grad(residuals, x, grad_outputs=u, create_graph=True)
         jacobian = torch.stack([torch.autograd.grad(g[k], u, retain_graph=True)[0] for k in range(len(names))], 1)
         r = residuals.detach().numpy()
-        ctx.meta["jacobian"] = {n: jacobian[:, k].numpy().tolist() for k, n in enumerate(names)}
         rms_e = float(np.sqrt(np.mean(r[: len(self.structures)] ** 2)) * self.energy_denominator)
         n_f = self.ref_forces.numel()
         rms_f = float(np.sqrt(np.mean(r[len(self.structures): len(self.structures) + n_f] ** 2))
                       * self.force_denominator)
-        ctx.meta["properties"] = {"energy_rmse_eV_atom": rms_e, "force_rmse_eV_A": rms_f}
-        return _loss(ctx, r)
+        return _loss(ctx, TermResult(
+            residuals=r.tolist(), jacobian={n: jacobian[:, k].numpy().tolist() for k, n in enumerate(names)},
+            properties={"energy_rmse_eV_atom": rms_e, "force_rmse_eV_A": rms_f}))
 
 
 def rattled_cells(element: str, n_structures: int = 8, lattice_constant_A: float = 3.615, seed: int = 0,
@@ -184,46 +183,6 @@ def synthetic_structures(form: PotentialForm, parameters: Mapping[str, float], n
     noise-free data for parameter recovery."""
     cells = rattled_cells(form.element, n_structures, lattice_constant_A, seed, lattice)
     return label(cells, form.model(parameters))
-
-
-def crystal_setup(element: str, crystal: Mapping[str, Any]) -> CrystalSetup:
-    """The :class:`CrystalSetup` of a config's ``crystal`` section."""
-    return CrystalSetup(element, lattice=crystal["lattice"], a_guess_A=crystal["a_guess_A"],
-                        strain=crystal["strain"], vacancy_cells=crystal["vacancy_cells"],
-                        slab_layers=crystal["slab_layers"], fmax=crystal["fmax"])
-
-
-def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunctor, float]]:
-    """(name, term, weight) of a fit's in-process targets: ``crystal`` and ``structures``."""
-    from ase.io import read
-
-    form = potential_form_of(fit)
-    terms: list[tuple[str, ObjectiveFunctor, float]] = []
-    if "crystal" in fit:
-        crystal = fit["crystal"]
-        references = {k: Reference(r["value"], r["denominator"], r.get("source", ""))
-                      for k, r in crystal["references"].items()}
-        terms.append(("crystal", CrystalTarget(form, crystal_setup(fit["element"], crystal), references,
-                                               crystal.get("validate", [])), crystal["weight"]))
-    if "structures" in fit:
-        spec = fit["structures"]
-        if "file" in spec:
-            structures = read(spec["file"], index=":")
-        else:
-            synthetic = spec["synthetic"]
-            structures = synthetic_structures(form, synthetic["parameters"], synthetic["n_structures"],
-                                              synthetic["lattice_constant_A"], synthetic["seed"])
-        terms.append(("structures", StructureTarget(form, structures, spec["energy_denominator"],
-                                                    spec["force_denominator"], spec["stress_denominator"]),
-                      spec["weight"]))
-    return terms
-
-
-def potential_form_of(fit: Mapping[str, Any]) -> PotentialForm:
-    """The potential form of a fit's config (``potential`` section and ``element``)."""
-    from chemfit_core.science.forms import potential_form
-
-    return potential_form({**fit["potential"], "element": fit["element"]})
 
 
 def propagate(func, parameters: Mapping[str, float], covariance: np.ndarray, names: Sequence[str],

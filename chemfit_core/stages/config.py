@@ -21,6 +21,7 @@ import jsonschema
 import yaml
 
 from chemfit_core.errors import ConfigError
+from chemfit_core.science.forms import FORMS
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 """The package data: the configuration schema and the shipped LAMMPS templates."""
@@ -93,15 +94,16 @@ def validate_config(
     template_dir: Path | str = TEMPLATE_DIR,
     checked_dir: Path | str | None = None,
 ) -> dict[str, Any]:
-    """Validate ``config`` in place, fill defaults and return it.
+    """A validated copy of ``config`` with every default filled in; ``config`` itself is not changed.
 
-    ``schema_path`` and ``template_dir`` default to the workflow folder next to
-    this package (an editable install); Snakemake passes its own. ``checked_dir``,
+    ``schema_path`` and ``template_dir`` default to the schema and templates shipped as
+    package data (``chemfit_core/data``). ``checked_dir``,
     when given, remembers the structure files that passed their checks by content
     (see :func:`structure_file_problems`); Snakemake passes ``.snakemake/chemfit/checked``.
 
     Raises :class:`ConfigError` listing every problem as ``source: key: expected ...``.
     """
+    config = copy.deepcopy(config)
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = _Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
@@ -111,6 +113,9 @@ def validate_config(
         problems = _semantic_problems(config, source, Path(template_dir), checked_dir)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    for fit in config["fits"].values():  # null: the solid stage runs where it always has, for lj/cut
+        if fit["solid"]["enabled"] is None:
+            fit["solid"]["enabled"] = fit["potential"]["form"] == "lj/cut"
     return config
 
 
@@ -160,15 +165,16 @@ def _semantic_problems(config: Mapping[str, Any], source: str, template_dir: Pat
                 )
         where = f"{source}: fits.{fit_name}"
         form = fit["potential"]["form"]
-        if form == "morse" and "cutoff_A" not in fit["potential"]:
-            problems.append(f"{where}.potential.cutoff_A: expected a cutoff radius in Å for form morse, got none")
-        if fit["solid"]["enabled"] is None:
-            fit["solid"]["enabled"] = form == "lj/cut"
-        elif fit["solid"]["enabled"] and form != "lj/cut":
-            problems.append(f"{where}.solid.enabled: the solid validation supports lj/cut fits only; expected false "
-                            f"for form {form} (use crystal.validate for crystal properties)")
-        expected = {"lj/cut": {"epsilon_K", "sigma_A"}, "morse": {"D_eV", "alpha_invA", "r0_A"},
-                    "eam/analytic": {"D_eV", "alpha_invA", "r0_A", "A_eV", "B_eV", "beta"}}[form]
+        form_class = FORMS[form]
+        for option, default in form_class.option_defaults.items():
+            if default is None and option not in fit["potential"]:
+                what = form_class.option_help.get(option, "a value")
+                problems.append(f"{where}.potential.{option}: expected {what} for form {form}, got none")
+        unused = sorted(set(fit["potential"]) - {"form", *form_class.option_defaults})
+        if unused:
+            problems.append(f"{where}.potential: form {form} takes the options "
+                            f"{sorted(form_class.option_defaults)}; got {unused}, which it does not use")
+        expected = set(form_class.parameter_names)
         if set(fit["parameters"]) != expected:
             problems.append(f"{where}.parameters: expected exactly {sorted(expected)} for form {form}, "
                             f"got {sorted(fit['parameters'])}")
@@ -207,7 +213,7 @@ def _template_problems(where: str, path: Path, fit: Mapping[str, Any]) -> list[s
     way the workflow does (sandboxed Jinja, ``StrictUndefined``) for every kind of run."""
     from chemfit_core.errors import TemplateRenderError
     from chemfit_core.file_based_computer import load_template, render_template
-    from chemfit_core.science.liquid import fit_template_contexts
+    from chemfit_core.stages.objective import fit_template_contexts
 
     try:
         template = load_template(path)

@@ -27,91 +27,10 @@ from chemfit_core.cache import EvaluationCache, OutputCache, namespace_of
 from chemfit_core.combined_objective_function import CombinedObjectiveFunction
 from chemfit_core.fitter import Fitter
 from chemfit_core.results import write_csv, write_json
-from chemfit_core.science.liquid import (
-    PROPERTY_UNITS,
-    LiquidStatePointTerm,
-    Reference,
-    liquid_template_variables,
-)
-from chemfit_core.science.targets import potential_form_of, targets_from_config
 from chemfit_core.stages.config import config_hash, derived_seed
-from chemfit_core.units import KB_EV_PER_K
+from chemfit_core.stages.objective import build_objective, potential_form_of
 
 logger = logging.getLogger(__name__)
-
-
-def references_of(state_point: Mapping[str, Any]) -> dict[str, Reference]:
-    """The measured targets of a state point, keyed by property name."""
-    return {
-        key: Reference(spec["value"], spec["denominator"], spec.get("source", ""))
-        for key in PROPERTY_UNITS
-        if (spec := state_point.get(key)) is not None
-    }
-
-
-def build_objective(
-    fit_name: str,
-    fit: Mapping[str, Any],
-    master_seed: int,
-    template: Path | str | None,
-    workdir: Path | str,
-    runs: OutputCache | None = None,
-) -> tuple[CombinedObjectiveFunction, list[dict[str, Any]]]:
-    """All of a fit's terms: liquid state points (LAMMPS), then crystal and structures (in-process).
-
-    Returns the combined objective and, per term, its name and state point (``crystal``,
-    ``structures`` for in-process terms), and for liquid terms replica and seed. ``runs``:
-    the LAMMPS run cache (default :func:`run_cache` of ``workdir``).
-    """
-    cob, terms_info = (build_liquid_objective(fit_name, fit, master_seed, template, workdir, runs)
-                       if "liquid" in fit else (CombinedObjectiveFunction(), []))
-    for name, term, weight in targets_from_config(fit):
-        cob.add(term, weights=weight, names=name)
-        terms_info.append({"name": name, "state_point": name})
-    return cob, terms_info
-
-
-def build_liquid_objective(
-    fit_name: str,
-    fit: Mapping[str, Any],
-    master_seed: int,
-    template: Path | str,
-    workdir: Path | str,
-    runs: OutputCache | None = None,
-) -> tuple[CombinedObjectiveFunction, list[dict[str, Any]]]:
-    """One term per (state point, replica); a state point's weight is split over its replicas.
-
-    Returns the combined objective and, per term, its state point, replica and seed.
-    """
-    variables = liquid_template_variables(fit)
-    md = fit["liquid"]["md"]
-    analytic = fit["optimizer"].get("jacobian") in ("analytic", "fluctuation")
-    form = potential_form_of(fit) if analytic else None
-    runs = run_cache(workdir) if runs is None else runs
-    cob = CombinedObjectiveFunction()
-    terms_info = []
-    for sp in fit["liquid"]["state_points"]:
-        for replica in range(sp["replicas"]):
-            seed = derived_seed(master_seed, fit_name, sp["name"], replica, "fit")
-            name = f"{sp['name']}/r{replica}"
-            term = LiquidStatePointTerm(
-                name=name,
-                template=template,
-                workdir=Path(workdir),
-                temperature_K=sp["temperature_K"],
-                pressure_bar=sp["pressure_bar"],
-                references=references_of(sp),
-                seed=seed,
-                template_variables=variables,
-                n_blocks=md["n_blocks"],
-                command_timeout=md["timeout_s"],
-                form=form,
-                output_cache=runs,
-                dump_every=md.get("dump_every", 40),
-            )
-            cob.add(term, weights=sp["weight"] / sp["replicas"], names=name)
-            terms_info.append({"name": name, "state_point": sp["name"], "replica": replica, "seed": seed})
-    return cob, terms_info
 
 
 def _workers(requested: int) -> int:
@@ -315,7 +234,7 @@ def params_summary(fit_name: str, fit: Mapping[str, Any], fitted: Mapping[str, f
         parameters[name] = entry
     return {
         fit_name: {
-            "potential": {**fit["potential"], "element": fit["element"]},
+            "potential": potential_form_of(fit).spec(),  # only the options the form uses
             "parameters": parameters,
             "objective": result.objective,
             "n_evaluations": result.n_evaluations,
@@ -324,21 +243,6 @@ def params_summary(fit_name: str, fit: Mapping[str, Any], fitted: Mapping[str, f
             "message": result.message,
         }
     }
-
-
-def fitted_model_spec(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The torch model (``models.build_model`` spec) of a fit's ``params.json`` entry."""
-    potential = summary["potential"]
-    values = {name: entry["value"] for name, entry in summary["parameters"].items()}
-    if potential["form"] == "lj/cut":
-        return {
-            "form": "lj/cut",
-            "epsilon": values["epsilon_K"] * KB_EV_PER_K,
-            "sigma": values["sigma_A"],
-            "cutoff": potential["cutoff_sigma"] * values["sigma_A"],
-            "species": [potential.get("element", "Ar")],
-        }
-    raise ValueError(f"no torch model for potential form {potential['form']!r}")
 
 
 def _mean_properties_by_state(

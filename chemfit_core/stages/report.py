@@ -115,7 +115,7 @@ def structures_parity(fit_record: Mapping[str, Any]) -> dict[str, dict[str, np.n
     """Reference vs model energies and forces of a fit's ``structures`` target at the
     initial and the fitted parameters (:meth:`StructureTarget.predictions`); empty
     for a fit without one. The structures are read from the fit's own config."""
-    from chemfit_core.science.targets import targets_from_config
+    from chemfit_core.stages.objective import targets_from_config
 
     config = fit_record["config"]
     initial = {name: p["initial"] for name, p in config["parameters"].items()}
@@ -254,8 +254,7 @@ def write_report(
             "static lattice does not: the errors show what the model was not fitted to do.</p>",
             _table(solid.drop(columns=[c for c in ("source",) if c in solid.columns])),
         ]
-        properties = pd.concat([properties, solid.rename(columns={"value": "fitted", "reference": "target"})],
-                               ignore_index=True)
+        properties = pd.concat([properties, solid], ignore_index=True)
     for record in fit_records:
         png = base64.b64encode(convergence_figure(record)).decode()
         parity = base64.b64encode(properties_figure(record, properties)).decode()

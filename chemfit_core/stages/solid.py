@@ -64,31 +64,35 @@ def set_structures(fit_name: str, fit: Mapping[str, Any], set_name: str, nearest
 
 def prepare_set(fit_name: str, fit: Mapping[str, Any], master_seed: int, params_json: Path | str, set_name: str,
                 out_path: Path | str) -> None:
-    """Write one structure set of a fit's solid stage (extxyz), scaled to the fitted
-    σ for the built-in sets (nearest neighbours at the pair minimum 2^(1/6) σ)."""
+    """Write one structure set of a fit's solid stage (extxyz); the built-in sets start from
+    the fitted form's nearest-neighbour distance (the pair minimum 2^(1/6) σ for lj/cut)."""
     import io
 
     from ase.io import write
 
     from chemfit_core.results import atomic_write_text, read_json
-    from chemfit_core.stages.fit import fitted_model_spec
+    from chemfit_core.science.forms import fitted_form
 
-    spec = fitted_model_spec(read_json(params_json)[fit_name])
-    structures = set_structures(fit_name, fit, set_name, 2 ** (1 / 6) * spec["sigma"], master_seed)
+    form, params = fitted_form(read_json(params_json)[fit_name])
+    structures = set_structures(fit_name, fit, set_name, form.nearest_neighbour_A(params), master_seed)
     buffer = io.StringIO()
     write(buffer, structures, format="extxyz")
     atomic_write_text(out_path, buffer.getvalue())
 
 
 def analyse_sets(fit_name: str, fit: Mapping[str, Any], relaxed_paths: Sequence[Path | str],
-                 out_csv: Path | str) -> pd.DataFrame:
-    """Lattice constant, cohesive energy and energy differences of every relaxed set."""
+                 params_json: Path | str, out_csv: Path | str) -> pd.DataFrame:
+    """Lattice constant, cohesive energy (against the fitted model's isolated atom) and energy
+    differences of every relaxed set."""
     from chemfit_core.engine.state import read_structures
-    from chemfit_core.results import write_csv
+    from chemfit_core.results import read_json, write_csv
+    from chemfit_core.science.crystal import isolated_atom_energy
+    from chemfit_core.science.forms import fitted_form
 
+    form, params = fitted_form(read_json(params_json)[fit_name])
     relaxed = [atoms for path in relaxed_paths for atoms in read_structures(path)]
-    table = solid_properties(relaxed, references=fit["solid"]["references"])
-    table.insert(0, "fit", fit_name)
+    table = solid_properties(relaxed, isolated_atom_energy(form.model(params), form.element),
+                             fit["solid"]["references"], fit_name)
     write_csv(out_csv, table)
     return table
 
@@ -126,55 +130,37 @@ def prototype_structures(
     return structures
 
 
-def lattice_constant(atoms: Any) -> float:
-    """Cubic lattice constant of an fcc/bcc cell (from the volume per atom), or hcp's a, Å."""
-    kind = atoms.info.get("kind", "fcc").split("-")[0]
-    volume_per_atom = atoms.get_volume() / len(atoms)
-    if kind == "fcc":
-        return float((4 * volume_per_atom) ** (1 / 3))
-    if kind == "bcc":
-        return float((2 * volume_per_atom) ** (1 / 3))
-    if kind == "hcp":
-        return float(atoms.cell.cellpar()[0])
-    raise ValueError(f"no lattice constant for kind {kind!r}")
-
-
 def solid_properties(
     relaxed: Sequence[Any],
-    isolated_atom_energy_eV: float = 0.0,
+    isolated_atom_energy_eV: float,
     references: Mapping[str, Mapping[str, Any]] | None = None,
+    fit_name: str = "",
 ) -> pd.DataFrame:
-    """One row per property of the relaxed prototypes: value, reference, error.
+    """One row per property of the relaxed sets, in the columns of ``properties.csv``.
 
-    Properties: ``lattice_constant_A`` and ``cohesive_energy_eV`` of fcc (rattled
-    cells averaged), and ``E_<kind>-E_fcc_eV`` per atom for the other prototypes.
-    ``references`` maps a property to ``{"value", "source"}``.
+    ``a0_A`` and ``Ec_eV`` of the fcc prototype and ``E_<kind>_eV`` (eV/atom above fcc) of every
+    other kind (prototypes, rattled cells, user sets), all from
+    :func:`chemfit_core.science.crystal.structure_energies`, the in-fit crystal target's own
+    implementation. ``references`` maps a property to ``{"value", "source"}``.
     """
+    from chemfit_core.science.crystal import UNITS, structure_energies
+
     references = references or {}
     by_kind: dict[str, list[Any]] = {}
     for atoms in relaxed:
         by_kind.setdefault(atoms.info.get("kind", "fcc"), []).append(atoms)
-
-    def per_atom(kind: str) -> float:
-        return float(np.mean([a.get_potential_energy() / len(a) for a in by_kind[kind]]))
-
+    if "fcc" not in by_kind:
+        raise ValueError("the solid stage needs the fcc prototype (solid.structures) as its reference state")
+    others = {kind: cells for kind, cells in by_kind.items() if kind != "fcc"}
+    values = structure_energies(by_kind["fcc"], others, "fcc", isolated_atom_energy_eV)
     rows = []
-    if "fcc" in by_kind:
-        rows.append(("lattice_constant_A", "Å", lattice_constant(by_kind["fcc"][0]), "fcc"))
-        rows.append(("cohesive_energy_eV", "eV/atom", isolated_atom_energy_eV - per_atom("fcc"), "fcc"))
-        for kind in by_kind:
-            if kind not in ("fcc", "fcc-rattled"):
-                rows.append((f"E_{kind}-E_fcc_eV", "eV/atom", per_atom(kind) - per_atom("fcc"), kind))
-    if "fcc-rattled" in by_kind and "fcc" in by_kind:
-        rows.append(("E_rattled-E_fcc_eV", "eV/atom", per_atom("fcc-rattled") - per_atom("fcc"), "fcc-rattled"))
-    table = []
-    for name, unit, value, kind in rows:
-        ref = references.get(name, {})
-        target = ref.get("value", np.nan)
-        table.append({
-            "property": name, "unit": unit, "structure": kind, "value": value, "reference": target,
-            "error": value - target, "error_percent": 100 * (value / target - 1) if ref else np.nan,
-            "source": ref.get("source", ""),
-            "converged": all(a.info.get("relax_converged", True) for a in by_kind[kind]),
-        })
-    return pd.DataFrame(table)
+    for name, value in values.items():
+        kind = "fcc" if name in ("a0_A", "Ec_eV") else name[2:-3]
+        ref = references.get(name)
+        target = ref["value"] if ref else np.nan
+        rows.append({"fit": fit_name, "state_point": "solid", "property": name, "unit": UNITS.get(name, "eV/atom"),
+                     "structure": kind, "fitted_to": False, "target": target, "fitted": value,
+                     "error": value - target, "error_percent": 100 * (value / target - 1) if ref else np.nan,
+                     "source": ref.get("source", "") if ref else "",
+                     "converged": all(a.info.get("relax_converged", True) for a in by_kind[kind])})
+    return pd.DataFrame(rows)

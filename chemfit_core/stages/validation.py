@@ -20,13 +20,11 @@ import pandas as pd
 
 from chemfit_core.file_based_computer import render_template
 from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
-from chemfit_core.science.liquid import (
-    PROPERTY_UNITS,
-    properties_from_log,
-    validation_template_variables,
-)
-from chemfit_core.science.targets import potential_form_of, propagate, targets_from_config
+from chemfit_core.science.liquid import PROPERTY_UNITS, properties_from_log
+from chemfit_core.science.targets import propagate
+from chemfit_core.stages.objective import potential_form_of, targets_from_config, validation_template_variables
 from chemfit_core.stages.config import derived_seed
+from chemfit_core.term_result import TermResult
 
 
 def validation_seed(master_seed: int, fit_name: str, state: str, replica: int) -> int:
@@ -106,15 +104,16 @@ def _liquid_gradients(record: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         return {}
     names = record["parameter_names"]
     covariance = np.array(record["covariance"])
-    best = min((e for e in record["history"] if e.get("properties")), key=lambda e: e["objective"], default=None)
+    best = min((e for e in record["history"] if e.get("term_results")), key=lambda e: e["objective"], default=None)
     if best is None:
         return {}
     out: dict[str, dict[str, float]] = {}
-    for info, props in zip(record.get("terms", []), best["properties"]):
-        if not props or "state_point" not in info or info.get("replica") is None:
+    for info, data in zip(record.get("terms", []), best["term_results"]):
+        result = TermResult.from_dict(data)
+        if result is None or "state_point" not in info or info.get("replica") is None:
             continue
         for key in PROPERTY_UNITS:
-            g = [props.get(f"d_{key}/d_{name}") for name in names]
+            g = [result.derivatives.get(key, {}).get(name) for name in names]
             if None not in g:
                 g = np.array(g, dtype=float)
                 out.setdefault(info["state_point"], {}).setdefault(key, []).append(float(np.sqrt(g @ covariance @ g)))
@@ -174,14 +173,14 @@ def _in_process_rows(fit_name: str, fit: Mapping[str, Any], record: Mapping[str,
             term(fitted, ctx)
             for prop, unit in (("energy_rmse_eV_atom", "eV/atom"), ("force_rmse_eV_A", "eV/Å")):
                 rows.append(_row(fit_name, "structures", prop, unit, None, True,
-                                 initial.get("structures", {}).get(prop, np.nan), ctx.meta["properties"][prop]))
+                                 initial.get("structures", {}).get(prop, np.nan), ctx.result.properties[prop]))
             structures = term.structures
     if "structures" not in fit:  # round trip on rattled crystals of the fitted lattice
         from chemfit_core.science.targets import rattled_cells
 
         a0 = next((r["fitted"] for r in rows if r["property"] == "a0_A"), fit["crystal"]["a_guess_A"])
         structures = rattled_cells(fit["element"], 6, a0, seed=0)  # evaluated by torch and LAMMPS in round_trip
-    worst = round_trip(potential_form_of(fit).model(fitted), structures, workdir)
+    worst = round_trip(potential_form_of(fit), fitted, structures, workdir)
     for key, value in worst.items():
         rows.append(_row(fit_name, "lammps_round_trip", f"max_relative_difference_{key}", "1", None, False, np.nan,
                          value))

@@ -11,6 +11,7 @@ import sys
 from mpi4py import MPI
 
 from chemfit_core import CombinedObjectiveFunction, Fitter, MPIWrapperCOB
+from chemfit_core.term_result import TermResult
 
 FAIL = "fail" in sys.argv
 calls = {"n": 0}
@@ -18,7 +19,7 @@ calls = {"n": 0}
 
 def make_term(center):
     def term(params, ctx):
-        ctx.meta["properties"] = {"rank": MPI.COMM_WORLD.Get_rank(), "pid": os.getpid()}
+        ctx.result = TermResult(properties={"rank": MPI.COMM_WORLD.Get_rank(), "pid": os.getpid()})
         if FAIL and center == 3.0:
             calls["n"] += 1
             if calls["n"] > 2:

@@ -315,8 +315,8 @@ def test_sandbox_refuses_unsafe_template(tmp_path):
 
 def test_validation_renders_the_template_with_the_variables_the_pipeline_sets(tmp_path):
     """The check's fit-run variables are the ones each LiquidStatePointTerm renders with."""
-    from chemfit_core.science.liquid import fit_template_contexts
-    from chemfit_core.stages.fit import build_liquid_objective
+    from chemfit_core.stages.objective import fit_template_contexts
+    from chemfit_core.stages.objective import build_liquid_objective
 
     config = validate_config(argon(), SOURCE)
     for jacobian in ("2-point", "fluctuation"):
