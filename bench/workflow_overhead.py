@@ -82,13 +82,13 @@ def relax_ratio(work: Path, cells: int, rounds: int) -> float:
     from ase.io import read
 
     from chemfit_core.engine.relax import relax_structures
-    from chemfit_core.models import build_model
     from chemfit_core.results import read_json
     from chemfit_core.stages.config import validate_config
-    from chemfit_core.stages.fit import fitted_model_spec
+    from chemfit_core.science.forms import fitted_form
 
     structures = read(work / "results" / "argon" / "solid" / "perturbed" / "initial.extxyz", index=":")
-    model = build_model(fitted_model_spec(read_json(work / "results" / "argon" / "params.json")["argon"]))
+    form, fitted = fitted_form(read_json(work / "results" / "argon" / "params.json")["argon"])
+    model = form.model(fitted)
     with contextlib.chdir(work):  # the config's files are relative to the run directory
         solid = validate_config(copy.deepcopy(config))["fits"]["argon"]["solid"]  # defaults filled
     fmax, device = solid["fmax"], solid["device"]

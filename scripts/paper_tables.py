@@ -4,8 +4,8 @@ Copper Morse fitted to {a0, Ec, B}; copper analytic EAM fitted to {a0, Ec, C11, 
 vacancy} (first matched to energies/forces/stresses of Cu_mishin1.eam.alloy, then
 refined to experiment); parameter recovery from noise-free synthetic data; the LAMMPS
 round trip of each fitted model; argon from the workflow's own results (``make run``).
-Every number in the document comes from this run; references are from
-../shared/docs/FACTS.md. ``--quick`` skips the EAM refinement (minutes).
+Every number in the document comes from this run; the references are cited in it.
+``--quick`` skips the EAM refinement (minutes).
 """
 
 from __future__ import annotations

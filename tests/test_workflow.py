@@ -76,7 +76,7 @@ def test_run_records_seeds_history_and_config_hash(finished_run):
     record = json.loads((workdir / "results" / "argon" / "fit.json").read_text())
     assert record["seed"] == 20261123 and len(record["config_sha256"]) == 64
     assert [t["seed"] for t in record["terms"]] and len({t["seed"] for t in record["terms"]}) == 2
-    assert len(record["history"]) == 3 and record["history"][0]["properties"][0]["n_atoms"] == 108
+    assert len(record["history"]) == 3 and record["history"][0]["term_results"][0]["properties"]["n_atoms"] == 108
     history = pd.read_csv(workdir / "results" / "argon" / "fit_history.csv")
     assert list(history["evaluation"]) == [0, 1, 2]
 
@@ -104,10 +104,12 @@ def test_validation_runs_are_separate_lammps_jobs_with_logs(finished_run):
 def test_fitted_model_relaxes_crystals_in_the_batched_engine(finished_run):
     workdir, _ = finished_run
     solid = pd.read_csv(workdir / "results" / "argon" / "solid_properties.csv")
-    assert set(solid["property"]) >= {"lattice_constant_A", "cohesive_energy_eV", "E_hcp-E_fcc_eV", "E_bcc-E_fcc_eV"}
+    # the crystal target's names and implementation (chemfit_core.science.crystal.structure_energies)
+    assert set(solid["property"]) >= {"a0_A", "Ec_eV", "E_hcp_eV", "E_bcc_eV", "E_fcc-rattled_eV", "E_vacancy_eV"}
     assert solid["converged"].all()
-    lattice = solid.loc[solid["property"] == "lattice_constant_A"].iloc[0]
-    assert lattice["reference"] == 5.31 and 4.5 < lattice["value"] < 6.5
+    lattice = solid.loc[solid["property"] == "a0_A"].iloc[0]
+    assert lattice["target"] == 5.31 and 4.5 < lattice["fitted"] < 6.5
+    assert 0.05 < solid.loc[solid["property"] == "Ec_eV", "fitted"].item() < 0.12  # eV/atom, against the free atom
     # three sets, three relax jobs: the prototypes, the rattled cells and the user's vacancy cell
     kinds = {"prototypes": ["fcc", "hcp", "bcc"], "perturbed": ["fcc-rattled"] * 2, "vacancy": ["vacancy"]}
     for name, expected in kinds.items():
@@ -600,4 +602,4 @@ def test_an_edited_weight_refits_but_reads_every_lammps_run_from_the_run_cache(f
     assert re.search(r"LAMMPS runs: 6 read from \S+, 0 run", log), log[-2000:]
     before = json.loads((local_dir / "results" / "argon" / "fit.json").read_text())["history"]
     after = json.loads((tmp_path / "results" / "argon" / "fit.json").read_text())["history"]
-    assert [e["properties"] for e in after] == [e["properties"] for e in before]  # the same runs
+    assert [e["term_results"] for e in after] == [e["term_results"] for e in before]  # the same runs

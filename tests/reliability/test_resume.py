@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -73,9 +74,6 @@ def test_snakemake_fit_killed_mid_run_resumes_to_the_same_parameters(tmp_path, v
     """The workflow's fit job is SIGKILLed (with Snakemake) after two cached evaluations;
     `snakemake --unlock` and `snakemake` again replay the cached evaluations and give the
     params.json of an uninterrupted run."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_workflow import small_config
-
     def command(workdir):
         return [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile",
                 "config.yaml", "--cores", "2", "results/argon/params.json"]
@@ -83,7 +81,8 @@ def test_snakemake_fit_killed_mid_run_resumes_to_the_same_parameters(tmp_path, v
     plain, killed = tmp_path / "plain", tmp_path / "killed"
     for workdir in (plain, killed):
         workdir.mkdir()
-        small_config(workdir / "config.yaml")
+        for name in ("config.yaml", "vacancy.extxyz"):  # the shared reduced config (.test/config/)
+            shutil.copy(REPO / ".test" / "config" / name, workdir / name)
         config = yaml.safe_load((workdir / "config.yaml").read_text())
         config["fits"]["argon"]["optimizer"]["max_evaluations"] = 5
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
