@@ -8,7 +8,13 @@ import torch
 from ase.build import bulk, molecule
 from ase.io import write
 
-from chemfit_core.engine.state import SimState, atoms_to_state, concatenate_states, read_structures
+from chemfit_core.engine.state import (
+    SimState,
+    atoms_to_state,
+    concatenate_states,
+    detach_state_graph,
+    read_structures,
+)
 from chemfit_core.errors import ChemFitError
 
 
@@ -112,3 +118,43 @@ def test_reading_missing_or_corrupt_structure_files_names_the_file(tmp_path):
     bad.write_text("3\nnot a comment line with lattice\nAr 0 0\n")
     with pytest.raises(ChemFitError, match="bad.extxyz: could not be read"):
         read_structures(bad)
+
+
+def two_cells():
+    return SimState(torch.zeros(3, 3), torch.ones(3), torch.eye(3).repeat(2, 1, 1) * 4, True,
+                    torch.ones(3, dtype=torch.long), system_idx=torch.tensor([0, 0, 1]))
+
+
+def test_pbc_given_as_torch_sim_gives_it_applies_to_every_system():
+    state = two_cells()
+    assert state.pbc.tolist() == [[True] * 3] * 2
+    state.pbc = [True, False, True]  # assignment is coerced too
+    assert state.pbc.shape == (2, 3) and state.pbc.tolist() == [[True, False, True]] * 2
+    state.pbc = False
+    assert not state.pbc.any() and state.pbc.shape == (2, 3)
+    state.pbc = torch.tensor([[True, True, True], [True, True, False]])  # per system, as ours
+    assert state.split()[1].pbc.tolist() == [[True, True, False]]
+
+
+def test_from_state_overrides_fields_and_shares_nothing():
+    state = atoms_to_state(three_systems())
+    state.neighbor_lists = ["built"] * 3
+    mixed = SimState.from_state(state, pbc=[True, False, True])
+    assert mixed.pbc.tolist() == [[True, False, True]] * 3
+    assert state.pbc.tolist() == [[True] * 3, [True, True, False], [False] * 3]  # the source is untouched
+    assert mixed.neighbor_lists == [None] * 3  # lists built for the old geometry are dropped
+    copy = SimState.from_state(state)
+    assert copy is not state and copy.positions is not state.positions and copy.neighbor_lists == ["built"] * 3
+    copy.positions += 1.0
+    copy.info[0]["label"] = "changed"
+    assert state.positions.max() < copy.positions.max() and state.info[0]["label"] == "crystal"
+
+
+def test_detach_state_graph_detaches_in_place_and_keeps_values():
+    state = atoms_to_state(three_systems())
+    masses = state.masses
+    state.positions = state.positions.detach().requires_grad_() * 1.5
+    values = state.positions.detach().clone()
+    assert detach_state_graph(state) is state
+    assert not state.positions.requires_grad and state.positions.grad_fn is None
+    assert torch.equal(state.positions, values) and state.masses is masses

@@ -13,54 +13,79 @@ measured weakness of torch-sim 0.6.2:
 - every structure is checked against the budget, the first one included;
 - empty input gives an empty result, not a bare ``StopIteration``;
 - on CPU, where probing for out-of-memory cannot work, a fixed budget is used;
-  on CUDA the budget is found by probing, as torch-sim does.
+  on CUDA the budget is found by probing, as torch-sim does;
+- no call modifies or hands back what the caller passed in (loaded states,
+  ``updated_state``, the convergence tensor): every batch that changed is a new
+  state (torch-sim pops converged systems out of ``updated_state`` in place and
+  writes into the convergence tensor).
+
+The memory metrics (``n_atoms``, ``n_atoms_x_density``, ``n_edges``) live in
+:mod:`chemfit_core.engine.memory` and are re-exported here; the probe
+(:func:`measure_model_memory_forward`, :func:`determine_max_batch_size`) stays
+here, where torch-sim's users and tests patch it.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
-from chemfit_core.engine.state import SimState, concatenate_states
+from chemfit_core.engine.memory import (
+    MemoryScaling,
+    calculate_memory_scaler,
+    calculate_memory_scalers,
+    check_memory_scaling,
+    edge_counts,
+)
+from chemfit_core.engine.state import SimState, concatenate_states, detach_state_graph
+
+__all__ = [
+    "DEFAULT_OOM_ERROR_MESSAGES",
+    "BinningAutoBatcher",
+    "InFlightAutoBatcher",
+    "MemoryScaling",
+    "calculate_memory_scaler",
+    "calculate_memory_scalers",
+    "default_max_memory_scaler",
+    "detach_state_graph",
+    "determine_max_batch_size",
+    "edge_counts",
+    "estimate_max_memory_scaler",
+    "measure_model_memory_forward",
+    "to_constant_volume_bins",
+]
 
 logger = logging.getLogger(__name__)
 
-MemoryScaling = Literal["n_atoms", "n_atoms_x_density"]
+_n_edges_scalers = edge_counts  # torch-sim's name for the ``n_edges`` metric
 DEFAULT_OOM_ERROR_MESSAGES = ("CUDA out of memory", "Failed to allocate")
 CPU_MAX_ATOMS = 12_000
 """Atoms per batch on CPU: larger batches gave no more throughput here and cost memory."""
 
 
-def calculate_memory_scaler(state: SimState, memory_scales_with: MemoryScaling = "n_atoms_x_density") -> float:
-    """Memory metric of one system: its atom count, or atoms × number density (atoms/nm³).
-
-    A system without periodicity uses its bounding box (padded by 2 Å per axis).
-    """
-    n_atoms = state.n_atoms
-    if memory_scales_with == "n_atoms":
-        return float(n_atoms)
-    if memory_scales_with == "n_atoms_x_density":
-        if bool(state.pbc.all()):
-            volume = float(torch.linalg.det(state.cell[0]).abs()) / 1000.0
-        else:
-            span = state.positions.max(0).values - state.positions.min(0).values + 2.0
-            volume = float(span.prod()) / 1000.0
-        return n_atoms * n_atoms / max(volume, 1e-12)
-    raise ValueError(f"memory_scales_with must be 'n_atoms' or 'n_atoms_x_density', got {memory_scales_with!r}")
-
-
-def calculate_memory_scalers(state: SimState, memory_scales_with: MemoryScaling = "n_atoms_x_density") -> list[float]:
-    """Memory metric of every system of a batch."""
-    return [calculate_memory_scaler(s, memory_scales_with) for s in state.split()]
-
-
 def _is_cuda(model: Any) -> bool:
     device = getattr(model, "device", torch.device("cpu"))
     return torch.device(device).type == "cuda"
+
+
+def measure_model_memory_forward(state: SimState, model: Any) -> float:
+    """Run ``model(state)`` once; return the peak CUDA memory allocated meanwhile, GB.
+
+    On a model that is not on CUDA the forward pass still runs (so a stand-in
+    that raises an out-of-memory error is seen) and 0.0 is returned.
+    """
+    if not _is_cuda(model):
+        model(state)
+        return 0.0
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model(state)
+    return torch.cuda.max_memory_allocated() / 1024**3
 
 
 def determine_max_batch_size(
@@ -73,8 +98,10 @@ def determine_max_batch_size(
 ) -> int:
     """Largest number of copies of ``state`` the model runs without running out of memory.
 
-    Grows the batch geometrically until an out-of-memory error (matched by
-    message) or ``max_atoms``; returns the size two steps below the failure.
+    Grows the batch geometrically (by ``scale_factor``, at least one copy a step)
+    until an out-of-memory error, recognised by any of ``oom_error_message``, or
+    ``max_atoms``; returns the size two steps below the failure. Each try goes
+    through :func:`measure_model_memory_forward`. Other errors propagate.
     """
     messages = [oom_error_message] if isinstance(oom_error_message, str) else list(oom_error_message)
     sizes = [start_size]
@@ -83,54 +110,119 @@ def determine_max_batch_size(
     try:
         for k, size in enumerate(sizes):
             try:
-                model(concatenate_states([state] * size))
+                measure_model_memory_forward(concatenate_states([state] * size), model)
             except RuntimeError as exc:
                 if any(m in str(exc) for m in messages):
+                    logger.debug("out of memory at %d copies; %d are safe", size, sizes[max(0, k - 2)])
                     return sizes[max(0, k - 2)]
                 raise
         return sizes[-1]
     finally:
-        if torch.cuda.is_available():
+        if torch.cuda.is_available():  # hand the cached probe memory back to other allocators
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
 
 
+def estimate_max_memory_scaler(
+    states: SimState | Sequence[SimState], model: Any, metric_values: Sequence[float], **kwargs: Any
+) -> float:
+    """Budget (in metric units) that fits on the device for the smallest and the largest system.
+
+    Probes both with :func:`determine_max_batch_size` (``kwargs`` go to it) and
+    returns the smaller of copies × metric.
+    """
+    low = min(range(len(metric_values)), key=lambda k: metric_values[k])
+    high = max(range(len(metric_values)), key=lambda k: metric_values[k])
+    budgets = [determine_max_batch_size(states[k], model, **kwargs) * float(metric_values[k]) for k in {low, high}]
+    return min(budgets)
+
+
 def default_max_memory_scaler(
     model: Any,
-    sample: SimState,
+    samples: SimState | Sequence[SimState],
     memory_scales_with: MemoryScaling,
     max_atoms_to_try: int = 500_000,
     memory_scaling_factor: float = 1.6,
     max_memory_padding: float = 1.0,
     oom_error_message: str | Sequence[str] = DEFAULT_OOM_ERROR_MESSAGES,
+    cutoff: float = 6.0,
+    metrics: Sequence[float] | None = None,
 ) -> float:
-    """The batch budget in units of the metric: probed on CUDA, fixed on CPU."""
-    metric = calculate_memory_scaler(sample, memory_scales_with)
+    """The batch budget in units of the metric: probed on CUDA, fixed on CPU.
+
+    On CUDA the smallest and largest of ``samples`` are probed (× ``max_memory_padding``).
+    On CPU the budget is :data:`CPU_MAX_ATOMS` atoms of the first sample's kind,
+    raised where needed so that no sample is too large on its own.
+    """
+    samples = samples.split() if isinstance(samples, SimState) else list(samples)
+    if metrics is None:
+        metrics = [calculate_memory_scaler(s, memory_scales_with, cutoff) for s in samples]
     if _is_cuda(model):
-        n = determine_max_batch_size(sample, model, max_atoms_to_try, 1, memory_scaling_factor, oom_error_message)
-        budget = n * metric * max_memory_padding
-        logger.info("memory probe: %d copies of a %d-atom system fit; budget %.4g", n, sample.n_atoms, budget)
+        budget = max_memory_padding * estimate_max_memory_scaler(
+            samples, model, metrics, max_atoms=max_atoms_to_try, scale_factor=memory_scaling_factor,
+            oom_error_message=oom_error_message)
+        logger.info("memory probe: budget %.4g (%s)", budget, memory_scales_with)
         return budget
-    budget = CPU_MAX_ATOMS * metric / sample.n_atoms
-    logger.info("CPU: batch budget of %d atoms (%.4g in %s)", CPU_MAX_ATOMS, budget, memory_scales_with)
+    budget = max(CPU_MAX_ATOMS * metrics[0] / max(samples[0].n_atoms, 1), max(metrics))
+    logger.info("CPU: batch budget of about %d atoms (%.4g in %s)", CPU_MAX_ATOMS, budget, memory_scales_with)
     return budget
 
 
-def to_constant_volume_bins(weights: dict[int, float], max_volume: float) -> list[dict[int, float]]:
-    """Pack items into few bins of at most ``max_volume``: largest first, into the fullest bin that fits."""
-    bins: list[dict[int, float]] = []
+def to_constant_volume_bins(
+    items: dict[Any, float] | Sequence[Any],
+    max_volume: float,
+    *,
+    weight_pos: int | None = None,
+    key: Callable[[Any], float] | None = None,
+    lower_bound: float | None = None,
+    upper_bound: float | None = None,
+) -> list[Any]:
+    """Pack items into few bins of total weight at most ``max_volume`` (torch-sim's signature).
+
+    Heaviest first, each into the fullest bin it fits, a new bin when none does
+    (an item heavier than ``max_volume`` gets a bin of its own). Items may be a
+    dict ``{key: weight}`` (bins are dicts), a list of weights (bins are lists of
+    weights), or a list of records with the weight at ``weight_pos`` or given by
+    ``key`` (bins are lists of records). Weights ``<= lower_bound`` or
+    ``>= upper_bound`` are left out. Ties keep input order.
+    """
+    if lower_bound is not None and upper_bound is not None and lower_bound >= upper_bound:
+        raise ValueError("lower_bound is greater or equal to upper_bound")
+    if isinstance(items, dict):
+        entries = [(float(w), k) for k, w in items.items()]
+    elif weight_pos is not None:
+        entries = [(float(item[weight_pos]), item) for item in items]
+    elif key is not None:
+        entries = [(float(key(item)), item) for item in items]
+    elif any(isinstance(item, (tuple, list, dict)) for item in items):
+        raise ValueError("Must provide weight_pos or key for a list of records")
+    else:
+        entries = [(float(w), w) for w in items]
+    entries = [e for e in entries if (lower_bound is None or e[0] > lower_bound)
+               and (upper_bound is None or e[0] < upper_bound)]
+    entries.sort(key=lambda e: -e[0])  # stable: ties keep input order
+    bins: list[list[tuple[float, Any]]] = []
     sums: list[float] = []
-    for key, weight in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0])):
+    for weight, payload in entries:
         fits = [b for b, total in enumerate(sums) if total + weight <= max_volume]
         if fits:
             b = max(fits, key=lambda i: sums[i])
         else:
-            bins.append({})
+            bins.append([])
             sums.append(0.0)
             b = len(bins) - 1
-        bins[b][key] = weight
+        bins[b].append((weight, payload))
         sums[b] += weight
-    return bins
+    if isinstance(items, dict):
+        return [{payload: items[payload] for _, payload in b} for b in bins]
+    return [[payload for _, payload in b] for b in bins]
+
+
+def _fresh_batch(parts: Sequence[SimState]) -> SimState:
+    """A new batch of ``parts``: tensors copied (``torch.cat``), ``info`` dicts copied, nothing shared."""
+    batch = concatenate_states(parts)
+    batch.info = [dict(i) for i in batch.info]
+    return batch
 
 
 class _BatcherBase:
@@ -146,8 +238,7 @@ class _BatcherBase:
         max_memory_padding: float = 1.0,
         oom_error_message: str | Sequence[str] = DEFAULT_OOM_ERROR_MESSAGES,
     ) -> None:
-        if memory_scales_with not in ("n_atoms", "n_atoms_x_density"):
-            raise ValueError(f"memory_scales_with must be 'n_atoms' or 'n_atoms_x_density', got {memory_scales_with!r}")
+        check_memory_scaling(memory_scales_with)
         if memory_scaling_factor <= 1:
             raise ValueError("memory_scaling_factor must be > 1")
         self.model = model
@@ -159,19 +250,23 @@ class _BatcherBase:
         self.max_memory_padding = max_memory_padding
         self.oom_error_message = oom_error_message
 
-    def _budget_for(self, sample: SimState) -> float:
+    def _metric(self, state: SimState) -> float:
+        return calculate_memory_scaler(state, self.memory_scales_with, self.cutoff)
+
+    def _budget_for(self, samples: Sequence[SimState], metrics: Sequence[float]) -> float:
         if self.max_memory_scaler is None:
             self.max_memory_scaler = default_max_memory_scaler(
-                self.model, sample, self.memory_scales_with, self.max_atoms_to_try,
-                self.memory_scaling_factor, self.max_memory_padding, self.oom_error_message,
+                self.model, samples, self.memory_scales_with, self.max_atoms_to_try, self.memory_scaling_factor,
+                self.max_memory_padding, self.oom_error_message, self.cutoff, metrics,
             )
         return self.max_memory_scaler
 
     def _check(self, index: int, metric: float) -> None:
         if metric > self.max_memory_scaler:
             raise ValueError(
-                f"state {index} has a memory metric of {metric:.4g} ({self.memory_scales_with}), above "
-                f"max_memory_scaler={self.max_memory_scaler:.4g}; raise max_memory_scaler or split the structure"
+                f"state {index} has a memory metric of {metric:.4g} ({self.memory_scales_with}), which is "
+                f"greater than max_metric (max_memory_scaler) {self.max_memory_scaler:.4g}; raise "
+                "max_memory_scaler or split the structure"
             )
 
 
@@ -181,19 +276,24 @@ class BinningAutoBatcher(_BatcherBase):
     ``load_states`` packs the states into as few batches as fit the budget;
     iterate (``for batch, indices in batcher``) or call ``next_batch()``; put the
     processed batches back in input order with ``restore_original_order``.
+    Every batch is a new state: the loaded states are never modified or returned.
     """
 
     def load_states(self, states: SimState | Sequence[SimState]) -> float:
-        """Pack ``states`` (a batched state or a list) into batches; return the budget."""
+        """Pack ``states`` (a batched state or a list) into batches; return the budget.
+
+        Raises ``ValueError`` here if any state alone is over the budget.
+        """
         singles = states.split() if isinstance(states, SimState) else list(states)
         self.index_bins: list[list[int]] = []
         self.batched_states: list[list[SimState]] = []
         self.current_state_bin = 0
         if not singles:
             self.memory_scalers = []
+            self.index_to_scaler = {}
             return self.max_memory_scaler or 0.0
-        self.memory_scalers = [calculate_memory_scaler(s, self.memory_scales_with) for s in singles]
-        self._budget_for(singles[0])
+        self.memory_scalers = [self._metric(s) for s in singles]
+        self._budget_for(singles, self.memory_scalers)
         for index, metric in enumerate(self.memory_scalers):
             self._check(index, metric)
         self.index_to_scaler = dict(enumerate(self.memory_scalers))
@@ -207,8 +307,8 @@ class BinningAutoBatcher(_BatcherBase):
         """The next batch and the input indices of its states, or ``(None, [])`` when done."""
         if self.current_state_bin >= len(self.batched_states):
             return None, []
-        batch = concatenate_states(self.batched_states[self.current_state_bin])
-        indices = self.index_bins[self.current_state_bin]
+        batch = _fresh_batch(self.batched_states[self.current_state_bin])
+        indices = list(self.index_bins[self.current_state_bin])
         self.current_state_bin += 1
         return batch, indices
 
@@ -222,7 +322,7 @@ class BinningAutoBatcher(_BatcherBase):
         return batch, indices
 
     def restore_original_order(self, batched_states: Sequence[SimState]) -> list[SimState]:
-        """Split processed batches and return their states in input order."""
+        """Split processed batches (or take single states) and return them in input order."""
         singles = list(itertools.chain.from_iterable(s.split() for s in batched_states))
         order = list(itertools.chain.from_iterable(self.index_bins))
         if len(singles) != len(order):
@@ -237,14 +337,18 @@ class InFlightAutoBatcher(_BatcherBase):
     ``next_batch(updated_state, convergence_tensor)`` after each step: converged
     states leave (returned as completed), waiting states join where there is
     room, and ``restore_original_order`` puts all completed states back in input
-    order.
+    order. Neither the loaded states nor ``updated_state`` nor the convergence
+    tensor are ever modified; a batch that changed is a new state (an unchanged
+    one is handed back as it is), completed states are new states without
+    autograd graphs.
 
     Args (torch-sim's, plus):
         return_indices: also return the input indices of the batch's states.
         max_iterations: calls of ``next_batch`` after which a state is completed
             regardless of convergence.
-        lookahead: waiting states read ahead from an iterator to choose from when
-            refilling (a list or batched state is seen whole).
+        lookahead: waiting states to choose from when refilling. A list or a
+            batched state is measured and checked whole by ``load_states``; an
+            iterator is read (and checked) that far ahead.
         max_passes: refills a waiting state may be passed over before it is given
             priority (no more smaller states join until it fits).
     """
@@ -272,6 +376,8 @@ class InFlightAutoBatcher(_BatcherBase):
         )
         if max_iterations is not None and max_iterations < 1:
             raise ValueError("max_iterations must be >= 1")
+        if lookahead < 1:
+            raise ValueError("lookahead must be >= 1")
         self.return_indices = return_indices
         self.max_iterations = max_iterations
         self.lookahead = lookahead
@@ -280,20 +386,39 @@ class InFlightAutoBatcher(_BatcherBase):
 
     # -- loading ------------------------------------------------------------------------------
     def load_states(self, states: SimState | Iterable[SimState]) -> float | None:
-        """Queue ``states`` (a list, an iterator or a batched state); resets all tracking."""
+        """Queue ``states`` (a list, an iterator or a batched state); resets all tracking.
+
+        Measures the states, fixes the budget (probing on CUDA when none was
+        given) and raises ``ValueError`` for a state that alone is over it: every
+        state of a list or batched state, an iterator's as far as it is read ahead.
+        Returns the budget (``None`` for empty input without one).
+        """
         if isinstance(states, SimState):
             states = states.split()
-        self._source: Iterator[SimState] = iter(states)
         self._waiting: list[tuple[int, SimState, float]] = []  # (input index, state, metric)
         self._passes: dict[int, int] = {}
         self._next_index = 0
-        self._source_done = False
         self.memory_scalers: list[float] = []
         self.current_idx: list[int] = []
         self.current_scalers: list[float] = []
         self.completed_idx_og_order: list[int] = []
         self.iteration_count: dict[int, int] = {}
         self._first_returned = False
+        if isinstance(states, Sequence):
+            singles = list(states)
+            for k, state in enumerate(singles):
+                self._check_single(k, state)
+            metrics = [self._metric(s) for s in singles]
+            if singles:
+                self._budget_for(singles, metrics)
+            for k, metric in enumerate(metrics):
+                self._check(k, metric)
+            self.memory_scalers = metrics
+            self._source: Iterator[tuple[SimState, float | None]] = iter(zip(singles, metrics))
+        else:
+            self._source = ((s, None) for s in states)
+        self._source_done = False
+        self._read_ahead()
         return self.max_memory_scaler
 
     @property
@@ -306,27 +431,36 @@ class InFlightAutoBatcher(_BatcherBase):
         """Input indices of completed states, in completion order."""
         return self.completed_idx_og_order
 
+    @staticmethod
+    def _check_single(index: int, state: SimState) -> None:
+        if state.n_systems != 1:
+            raise ValueError(f"state {index} holds {state.n_systems} systems; load single systems "
+                             "or one batched state")
+
     def _read_ahead(self) -> None:
-        while not self._source_done and len(self._waiting) < self.lookahead:
+        """Fill the waiting list from the source; measure and check what an iterator yields."""
+        pulled: list[tuple[int, SimState, float]] = []
+        while not self._source_done and len(self._waiting) + len(pulled) < self.lookahead:
             try:
-                state = next(self._source)
+                state, metric = next(self._source)
             except StopIteration:
                 self._source_done = True
-                return
-            if state.n_systems != 1:
-                raise ValueError(f"state {self._next_index} holds {state.n_systems} systems; load single systems "
-                                 "or one batched state")
-            metric = calculate_memory_scaler(state, self.memory_scales_with)
-            self._budget_for(state)
-            self._check(self._next_index, metric)
-            self.memory_scalers.append(metric)
-            self._waiting.append((self._next_index, state, metric))
+                break
+            if metric is None:  # from an iterator: measured as read
+                self._check_single(self._next_index, state)
+                metric = self._metric(state)
+                self.memory_scalers.append(metric)
+            pulled.append((self._next_index, state, metric))
             self._next_index += 1
+        if pulled and self.max_memory_scaler is None:
+            self._budget_for([p[1] for p in pulled], [p[2] for p in pulled])
+        for index, _, metric in pulled:
+            self._check(index, metric)
+        self._waiting.extend(pulled)
 
     def _admit(self) -> list[SimState]:
         """Move waiting states into the batch: largest that fits first, the long-passed first of all."""
         admitted: list[SimState] = []
-        self._read_ahead()  # also fixes the budget from the first state when none was given
         room = (self.max_memory_scaler or 0.0) - sum(self.current_scalers)
         while True:
             self._read_ahead()
@@ -357,8 +491,7 @@ class InFlightAutoBatcher(_BatcherBase):
         if not self._first_returned:
             self._first_returned = True
             new = self._admit()
-            batch = concatenate_states(new) if new else None
-            return self._result(batch, [])
+            return self._result(_fresh_batch(new) if new else None, [])
         if updated_state is None or convergence_tensor is None:
             raise ValueError("after the first batch, pass the updated state and its convergence tensor")
         if convergence_tensor.ndim != 1 or len(convergence_tensor) != updated_state.n_systems:
@@ -372,8 +505,8 @@ class InFlightAutoBatcher(_BatcherBase):
             self.iteration_count[index] += 1
             if self.max_iterations is not None and self.iteration_count[index] >= self.max_iterations:
                 done[position] = True
-        finished = torch.nonzero(done).flatten().tolist()
-        completed = updated_state.pop(finished) if finished else []  # ascending batch order
+        finished = torch.nonzero(done).flatten().tolist()  # ascending batch order
+        completed = [detach_state_graph(updated_state[p]) for p in finished]  # new states, no graphs
         self.completed_idx_og_order.extend(self.current_idx[p] for p in finished)
         for position in reversed(finished):
             del self.current_idx[position]
@@ -382,9 +515,10 @@ class InFlightAutoBatcher(_BatcherBase):
         if not self.current_idx:
             return self._result(None, completed)
         if not finished and not new:
-            return self._result(updated_state, completed)  # nothing changed: same batch
-        parts = ([updated_state] if updated_state.n_systems else []) + new
-        return self._result(concatenate_states(parts) if len(parts) > 1 else parts[0], completed)
+            return self._result(updated_state, completed)  # nothing changed: the same batch
+        kept = updated_state if not finished else updated_state[[p for p in range(len(done)) if not done[p]]]
+        parts = ([kept] if kept.n_systems else []) + new
+        return self._result(_fresh_batch(parts) if new else kept, completed)
 
     def _result(self, batch: SimState | None, completed: list[SimState]):
         if self.return_indices:

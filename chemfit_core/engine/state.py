@@ -63,12 +63,7 @@ class SimState:
         if self.cell.ndim == 2:
             self.cell = self.cell.unsqueeze(0)
         n_systems = self.cell.shape[0]
-        pbc = torch.as_tensor(self.pbc, dtype=torch.bool, device=device)
-        if pbc.ndim == 0:
-            pbc = pbc.expand(3)
-        if pbc.ndim == 1:
-            pbc = pbc.expand(n_systems, 3)
-        self.pbc = pbc.clone()
+        self.pbc = self.pbc  # coerced to [n_systems, 3] by __setattr__ now that the cell is 3-D
         if self.info is None:
             self.info = [{} for _ in range(n_systems)]
         if self.neighbor_lists is None or len(self.neighbor_lists) != n_systems:
@@ -80,6 +75,13 @@ class SimState:
             raise ValueError(f"pbc must be [n_systems, 3] and info one dict per system ({n_systems})")
         if n_atoms and (int(self.system_idx.max()) != n_systems - 1 or bool((self.system_idx.diff() < 0).any())):
             raise ValueError("system_idx must run from 0 to n_systems - 1 without decreasing")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Coerce ``pbc`` on every assignment: a bool or a ``[3]`` vector (torch-sim's forms) applies to every system."""
+        if name == "pbc" and "cell" in self.__dict__ and "positions" in self.__dict__:
+            cell = self.__dict__["cell"]
+            value = _as_pbc(value, cell.shape[0] if cell.ndim == 3 else 1, self.__dict__["positions"].device)
+        super().__setattr__(name, value)
 
     # -- sizes ------------------------------------------------------------------------------
     @property
@@ -202,14 +204,21 @@ class SimState:
 
     @classmethod
     def from_state(cls: type[T], state: SimState, **extra: Any) -> T:
-        """A ``cls`` with the fields of ``state``; fields ``cls`` adds take their defaults.
+        """A new ``cls`` holding copies of the fields ``state`` shares with it, ``extra`` overriding.
 
+        Fields only ``cls`` has take their defaults unless given in ``extra``; any
+        field may be overridden (``pbc=[True, True, False]``, ``positions=...``).
         Used when a plain state joins a batch of a subclass (a structure entering
-        a running relaxation gets a fresh optimiser state this way).
+        a running relaxation gets a fresh optimiser state this way). ``state`` is
+        never modified or shared: tensors are cloned, ``info`` dicts copied.
         """
-        if isinstance(state, cls) and not extra:
-            return state
-        base = {f.name: getattr(state, f.name) for f in dataclasses.fields(SimState)}
+        own = {f.name for f in dataclasses.fields(cls)}
+        base = {f.name: _copy_value(getattr(state, f.name)) for f in dataclasses.fields(state)
+                if f.name in own and f.name not in extra}
+        if "info" in base:
+            base["info"] = [dict(i) for i in state.info]
+        if "neighbor_lists" in base and {"positions", "cell", "pbc"} & set(extra):
+            base["neighbor_lists"] = None  # built for the geometry being replaced
         return cls._with_defaults(base, extra)
 
     @classmethod
@@ -235,6 +244,38 @@ class SimState:
             atoms.info.update(self.info[s])
             out.append(atoms)
         return out
+
+
+def _as_pbc(value: Any, n_systems: int, device: torch.device) -> torch.Tensor:
+    """``[n_systems, 3]`` bool from a bool, a ``[3]`` vector (torch-sim's forms) or ``[n_systems, 3]``."""
+    pbc = torch.as_tensor(value, dtype=torch.bool, device=device)
+    if pbc.ndim == 0:
+        pbc = pbc.expand(3)
+    if pbc.ndim == 1:
+        pbc = pbc.expand(n_systems, 3)
+    return pbc.clone()
+
+
+def _copy_value(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+def detach_state_graph(state: T) -> T:
+    """Detach, in place, every tensor of ``state`` that carries an autograd graph; return ``state``.
+
+    A completed state that keeps a graph-carrying tensor (a model's ``energy``
+    with ``requires_grad``) pins that step's whole forward graph in memory.
+    Tensors without a graph are left as they are (same objects, same values).
+    """
+    for field in dataclasses.fields(state):
+        value = getattr(state, field.name)
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            setattr(state, field.name, value.detach())
+    return state
 
 
 def _system_index_list(systems: int | slice | Sequence[int] | torch.Tensor, n_systems: int) -> list[int]:
