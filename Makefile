@@ -27,9 +27,15 @@ test: install
 	pytest
 	$(MAKE) --no-print-directory lint
 
+# ruff (rules and line length in pyproject.toml), the Snakemake formatter and linter, and the
+# import-layer contracts (pyproject.toml [tool.importlinter]): science and engine never import
+# the config or the stages.
 lint: install
+	ruff check .
+	ruff format --check .
 	snakefmt --check .
 	snakemake --lint
+	lint-imports
 
 bench: install
 	python bench/async_overhead.py

@@ -31,8 +31,13 @@ def run_directory(quick: bool, prefix: str) -> Path:
 def snakemake(workdir: Path, *args: str) -> float:
     """Run the workflow in ``workdir`` on 2 cores; return its wall time, s (exit on failure)."""
     start = time.perf_counter()
-    done = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
-                           "--cores", "2", *args], cwd=workdir, env=ENV, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml", "--cores", "2", *args],
+        cwd=workdir,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"snakemake failed:\n{done.stderr[-3000:]}")

@@ -35,8 +35,7 @@ CHEMFIT_DIR = HERE / ".chemfit-3.1.1"
 def import_chemfit():
     if not (CHEMFIT_DIR / "chemfit").exists():
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-             str(CHEMFIT_DIR), "chemfit==3.1.1"],
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(CHEMFIT_DIR), "chemfit==3.1.1"],
             check=True,
         )
     sys.path.insert(0, str(CHEMFIT_DIR))
@@ -126,10 +125,7 @@ def main() -> None:
                 func({"x": 1.0})
                 walls[name].append((time.perf_counter() - start) * 1e3)
         o, t = statistics.median(walls["ours"]), statistics.median(walls["theirs"])
-        print(
-            f"{workers:>8} {ideal_ms:>9.1f} | {o:>8.1f} {ideal_ms / o:>6.1%} | "
-            f"{t:>10.1f} {ideal_ms / t:>6.1%}"
-        )
+        print(f"{workers:>8} {ideal_ms:>9.1f} | {o:>8.1f} {ideal_ms / o:>6.1%} | {t:>10.1f} {ideal_ms / t:>6.1%}")
         pool.shutdown()
     shared_pool.shutdown()
 

@@ -44,9 +44,11 @@ def main() -> None:
         warm = run(work, "--forcerun", "fit")
         record = json.loads((work / "results" / "argon" / "fit.json").read_text())
         hits, total = record["evaluations_replayed_from_cache"], record["n_evaluations"]
-        print(f"{'test-sized' if args.quick else 'default'} config: fit job {cold:.1f} s cold, {warm:.1f} s from the "
-              f"cache; hit rate {hits}/{total} = {100 * hits / total:.0f} %; time saved {cold - warm:.1f} s "
-              f"({100 * (1 - warm / cold):.0f} %)")
+        print(
+            f"{'test-sized' if args.quick else 'default'} config: fit job {cold:.1f} s cold, {warm:.1f} s from the "
+            f"cache; hit rate {hits}/{total} = {100 * hits / total:.0f} %; time saved {cold - warm:.1f} s "
+            f"({100 * (1 - warm / cold):.0f} %)"
+        )
 
         config = yaml.safe_load((work / "config.yaml").read_text())
         config["fits"]["argon"]["liquid"]["state_points"][0]["hvap_kJ_mol"]["denominator"] *= 2
@@ -55,9 +57,12 @@ def main() -> None:
         log = (work / "logs" / "argon" / "fit.log").read_text()
         read, ran = map(int, re.search(r"LAMMPS runs: (\d+) read from \S+, (\d+) run", log).groups())
         record = json.loads((work / "results" / "argon" / "fit.json").read_text())
-        print(f"ΔHvap denominator doubled (objective changed, evaluation cache {record['evaluations_replayed_from_cache']}"
-              f"/{record['n_evaluations']}): LAMMPS runs read from the run cache {read}/{read + ran} = "
-              f"{100 * read / (read + ran):.0f} %; fit job {edited:.1f} s vs {cold:.1f} s cold")
+        print(
+            "ΔHvap denominator doubled (objective changed, evaluation cache "
+            f"{record['evaluations_replayed_from_cache']}"
+            f"/{record['n_evaluations']}): LAMMPS runs read from the run cache {read}/{read + ran} = "
+            f"{100 * read / (read + ran):.0f} %; fit job {edited:.1f} s vs {cold:.1f} s cold"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

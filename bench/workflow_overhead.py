@@ -83,8 +83,8 @@ def relax_ratio(work: Path, cells: int, rounds: int) -> float:
 
     from chemfit_core.engine.relax import relax_structures
     from chemfit_core.results import read_json
-    from chemfit_core.stages.config import validate_config
     from chemfit_core.science.forms import fitted_form
+    from chemfit_core.stages.config import validate_config
 
     structures = read(work / "results" / "argon" / "solid" / "perturbed" / "initial.extxyz", index=":")
     form, fitted = fitted_form(read_json(work / "results" / "argon" / "params.json")["argon"])
@@ -92,9 +92,23 @@ def relax_ratio(work: Path, cells: int, rounds: int) -> float:
     with contextlib.chdir(work):  # the config's files are relative to the run directory
         solid = validate_config(copy.deepcopy(config))["fits"]["argon"]["solid"]  # defaults filled
     fmax, device = solid["fmax"], solid["device"]
-    command = [sys.executable, "-m", "chemfit_core", "relax", target.replace("relaxed", "initial"),
-               "cli-relaxed.extxyz", "--fit-params", "results/argon/params.json", "--fit", "argon", "--relax-cell",
-               "--fmax", str(fmax), "--device", device]  # the rule's command line (rules/relax.smk)
+    command = [
+        sys.executable,
+        "-m",
+        "chemfit_core",
+        "relax",
+        target.replace("relaxed", "initial"),
+        "cli-relaxed.extxyz",
+        "--fit-params",
+        "results/argon/params.json",
+        "--fit",
+        "argon",
+        "--relax-cell",
+        "--fmax",
+        str(fmax),
+        "--device",
+        device,
+    ]  # the rule's command line (rules/relax.smk)
     rates: dict[str, list[float]] = {"rule": [], "cli": [], "direct": []}
     for _ in range(rounds):
         wall = snakemake(work, target, "--forcerun", "relax")
@@ -109,16 +123,24 @@ def relax_ratio(work: Path, cells: int, rounds: int) -> float:
     # the medians are printed too
     best = {k: max(v) for k, v in rates.items()}
     median = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"relax of {len(structures)} structures (cells relaxed), {rounds} interleaved rounds, structures/s, "
-          f"best of each (medians): rule {best['rule']:.1f} ({median['rule']:.1f}), the rule's command without "
-          f"Snakemake {best['cli']:.1f} ({median['cli']:.1f}), relax_structures in this process "
-          f"{best['direct']:.1f} ({median['direct']:.1f})", flush=True)
-    for slower, faster, what in (("rule", "direct", "rule/direct (goal >= 0.9)"),
-                                 ("rule", "cli", "rule/command (Snakemake's own cost)"),
-                                 ("cli", "direct", "command/direct (process, imports, extxyz I/O)")):
+    print(
+        f"relax of {len(structures)} structures (cells relaxed), {rounds} interleaved rounds, structures/s, "
+        f"best of each (medians): rule {best['rule']:.1f} ({median['rule']:.1f}), the rule's command without "
+        f"Snakemake {best['cli']:.1f} ({median['cli']:.1f}), relax_structures in this process "
+        f"{best['direct']:.1f} ({median['direct']:.1f})",
+        flush=True,
+    )
+    for slower, faster, what in (
+        ("rule", "direct", "rule/direct (goal >= 0.9)"),
+        ("rule", "cli", "rule/command (Snakemake's own cost)"),
+        ("cli", "direct", "command/direct (process, imports, extxyz I/O)"),
+    ):
         extra = len(structures) / best[slower] - len(structures) / best[faster]
-        print(f"  {what}: {best[slower] / best[faster]:.2f} (medians {median[slower] / median[faster]:.2f}), "
-              f"{extra:.1f} s more", flush=True)
+        print(
+            f"  {what}: {best[slower] / best[faster]:.2f} (medians {median[slower] / median[faster]:.2f}), "
+            f"{extra:.1f} s more",
+            flush=True,
+        )
     return best["rule"] / best["direct"]
 
 
@@ -129,16 +151,24 @@ def slurm_probe() -> None:
         return
     start = time.perf_counter()
     done = subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=30)
-    print(f"SLURM client tools installed: `scontrol show config` took {time.perf_counter() - start:.1f} s "
-          f"({'controller reachable' if done.returncode == 0 else 'no controller'}); every Snakemake start "
-          "below pays it", flush=True)
+    print(
+        f"SLURM client tools installed: `scontrol show config` took {time.perf_counter() - start:.1f} s "
+        f"({'controller reachable' if done.returncode == 0 else 'no controller'}); every Snakemake start "
+        "below pays it",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the test-sized config instead of the default")
-    parser.add_argument("--cells", type=int, nargs="+", default=[1024, 4096],
-                        help="perturbed cells for the relax comparison (one comparison each)")
+    parser.add_argument(
+        "--cells",
+        type=int,
+        nargs="+",
+        default=[1024, 4096],
+        help="perturbed cells for the relax comparison (one comparison each)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = run_directory(args.quick, "chemfit-overhead-")
@@ -146,9 +176,11 @@ def main() -> None:
     try:
         wall = snakemake(work)
         busy, jobs = busy_time(work)
-        print(f"workflow ({'test-sized' if args.quick else 'default'} config), 2 cores: wall {wall:.1f} s, "
-              f"{jobs} jobs' commands busy {busy:.1f} s -> Snakemake's share {100 * (1 - busy / wall):.1f} % "
-              "(goal < 10 %; job timestamps have 1 s resolution)")
+        print(
+            f"workflow ({'test-sized' if args.quick else 'default'} config), 2 cores: wall {wall:.1f} s, "
+            f"{jobs} jobs' commands busy {busy:.1f} s -> Snakemake's share {100 * (1 - busy / wall):.1f} % "
+            "(goal < 10 %; job timestamps have 1 s resolution)"
+        )
 
         for cells in args.cells:
             relax_ratio(work, cells, args.rounds)

@@ -71,19 +71,14 @@ class EvaluateContext:
         """Child contexts of the last :meth:`spawn_children` call."""
         return self._children
 
-    def spawn_children(
-        self, n_children: int, configurator: Callable[..., None] | None = None
-    ) -> list[EvaluateContext]:
+    def spawn_children(self, n_children: int, configurator: Callable[..., None] | None = None) -> list[EvaluateContext]:
         """Make ``n_children`` child contexts sharing ``shared`` and ``executor``."""
         children = [
-            EvaluateContext(SimpleNamespace(**vars(self.config)), self.shared, self.executor)
-            for _ in range(n_children)
+            EvaluateContext(SimpleNamespace(**vars(self.config)), self.shared, self.executor) for _ in range(n_children)
         ]
         if configurator is not None:
             for idx, child in enumerate(children):
-                configurator(
-                    idx_child_ctx=idx, child_ctx=child, num_children=n_children, parent_ctx=self
-                )
+                configurator(idx_child_ctx=idx, child_ctx=child, num_children=n_children, parent_ctx=self)
         self._children = children
         return children
 
@@ -160,11 +155,7 @@ def takes_second_argument(func: Callable[..., Any], names: tuple[str, ...]) -> b
     if len(positional) < 2:
         return False
     second = positional[1]
-    return (
-        second.kind is second.VAR_POSITIONAL
-        or second.default is second.empty
-        or second.name in names
-    )
+    return second.kind is second.VAR_POSITIONAL or second.default is second.empty or second.name in names
 
 
 def accepts_context(func: Callable[..., Any]) -> bool:
@@ -208,9 +199,7 @@ class QuantityComputer:
     def __init__(self) -> None:
         self.static_meta_data: dict[str, Any] = {}
 
-    def __call__(
-        self, parameters: Parameters, ctx: EvaluateContext | None = None
-    ) -> dict[str, Any]:
+    def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> dict[str, Any]:
         if ctx is None:
             ctx = EvaluateContext()
         ctx.parameters = parameters
@@ -221,9 +210,7 @@ class QuantityComputer:
     def _compute(self, parameters: Parameters, ctx: EvaluateContext) -> dict[str, Any]:
         raise NotImplementedError
 
-    def with_loss(
-        self, loss_function: Callable[..., float], /, **kwargs: Any
-    ) -> QuantityComputerObjectiveFunction:
+    def with_loss(self, loss_function: Callable[..., float], /, **kwargs: Any) -> QuantityComputerObjectiveFunction:
         """Return an objective applying ``loss_function`` (with ``kwargs`` bound)."""
         loss = functools.partial(loss_function, **kwargs) if kwargs else loss_function
         return QuantityComputerObjectiveFunction(loss, self)
@@ -243,9 +230,7 @@ class QuantityComputerObjectiveFunction(ObjectiveFunctor):
         self.loss_function = loss_function
         self.quantity_computer = quantity_computer
         self.static_meta_data: dict[str, Any] = {}
-        self._loss_takes_parameters = takes_second_argument(
-            loss_function, ("parameters", "params")
-        )
+        self._loss_takes_parameters = takes_second_argument(loss_function, ("parameters", "params"))
         self._computer_takes_ctx = accepts_context(quantity_computer)
         self.name = getattr(quantity_computer, "name", None)
 

@@ -157,9 +157,7 @@ class AsyncWrapperCOB(ObjectiveFunctor):
         max_workers: int | None = None,
     ) -> None:
         if not isinstance(cob, CombinedObjectiveFunction):
-            raise TypeError(
-                f"AsyncWrapperCOB wraps a CombinedObjectiveFunction, got {type(cob).__name__}"
-            )
+            raise TypeError(f"AsyncWrapperCOB wraps a CombinedObjectiveFunction, got {type(cob).__name__}")
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self.cob = cob
@@ -229,19 +227,13 @@ class AsyncWrapperCOB(ObjectiveFunctor):
             # Nested inside a wrapper that shares our pool: waiting for free workers
             # from one of them would deadlock, so evaluate here, in order.
             return self._evaluate_inline(parameters, ctx)
-        return self._loop().run_until_complete(
-            self._evaluate(parameters, ctx, private_loop=True)
-        )
+        return self._loop().run_until_complete(self._evaluate(parameters, ctx, private_loop=True))
 
-    async def async_call(
-        self, parameters: Parameters, ctx: EvaluateContext | None = None
-    ) -> float:
+    async def async_call(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
         """Evaluate all terms concurrently and return the reduced (weighted) objective."""
         return await self._evaluate(parameters, ctx, private_loop=False)
 
-    async def _evaluate(
-        self, parameters: Parameters, ctx: EvaluateContext | None, private_loop: bool
-    ) -> float:
+    async def _evaluate(self, parameters: Parameters, ctx: EvaluateContext | None, private_loop: bool) -> float:
         if ctx is None:
             ctx = EvaluateContext()
         ctx.parameters = parameters
@@ -268,9 +260,7 @@ class AsyncWrapperCOB(ObjectiveFunctor):
                 raise value
         return self.cob.reduce(values, ctx)
 
-    async def get_contrib(
-        self, parameters: Parameters, idx: int, ctx: EvaluateContext | None = None
-    ) -> float | None:
+    async def get_contrib(self, parameters: Parameters, idx: int, ctx: EvaluateContext | None = None) -> float | None:
         """Weighted value of term ``idx`` alone, computed in the thread pool."""
         if ctx is None:
             ctx = EvaluateContext()

@@ -79,8 +79,16 @@ class OutputCache:
 
     def key(self, workdir: Path, command: list[str], output_files: list[Path]) -> str:
         """SHA-256 of the work directory's files, the command and the outputs' names."""
-        digest = hashlib.sha256(json.dumps([self.salt, [part.replace(str(workdir), "<workdir>") for part in command],
-                                            [str(p) for p in output_files]], default=str).encode())
+        digest = hashlib.sha256(
+            json.dumps(
+                [
+                    self.salt,
+                    [part.replace(str(workdir), "<workdir>") for part in command],
+                    [str(p) for p in output_files],
+                ],
+                default=str,
+            ).encode()
+        )
         for path in sorted(p for p in workdir.rglob("*") if p.is_file()):
             digest.update(str(path.relative_to(workdir)).encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())

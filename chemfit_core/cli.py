@@ -63,8 +63,9 @@ def _fitted_model(args: argparse.Namespace):
     from chemfit_core.science.forms import fitted_form
 
     if args.param or args.cutoff is not None or args.potential is not None or args.species:
-        raise ChemFitError("--fit-params takes the whole model from the fit; drop --param, --cutoff, "
-                           "--potential and --species")
+        raise ChemFitError(
+            "--fit-params takes the whole model from the fit; drop --param, --cutoff, --potential and --species"
+        )
     summaries = read_json(args.fit_params)
     name = args.fit or (next(iter(summaries)) if len(summaries) == 1 else None)
     if name not in summaries:
@@ -111,20 +112,30 @@ def _cmd_relax(args: argparse.Namespace) -> None:
         raise ChemFitError("give --model (with --param ...) or --fit-params")
     structures = read_structures(args.input)
     result = relax_structures(
-        structures, model, fmax=args.fmax, max_steps=args.max_steps, relax_cell=args.relax_cell,
-        device=None if args.device in (None, "auto") else args.device, dtype=getattr(torch, args.dtype),
-        progress_every_s=5.0, engine=args.engine,
+        structures,
+        model,
+        fmax=args.fmax,
+        max_steps=args.max_steps,
+        relax_cell=args.relax_cell,
+        device=None if args.device in (None, "auto") else args.device,
+        dtype=getattr(torch, args.dtype),
+        progress_every_s=5.0,
+        engine=args.engine,
     )
     import io
 
     buffer = io.StringIO()
     write(buffer, result.structures, format="extxyz")
     atomic_write_text(args.output, buffer.getvalue())
-    print(f"relaxed {result.n_structures} structures ({int(result.converged.sum())} converged) "
-          f"in {result.wall_time_s:.2f} s on {result.device} ({result.engine} engine) -> {args.output}")
+    print(
+        f"relaxed {result.n_structures} structures ({int(result.converged.sum())} converged) "
+        f"in {result.wall_time_s:.2f} s on {result.device} ({result.engine} engine) -> {args.output}"
+    )
     if not result.converged.all():
-        raise ChemFitError(f"{int((~result.converged).sum())} structures did not converge within "
-                           f"{args.max_steps} steps (flagged relax_converged=False in {args.output})")
+        raise ChemFitError(
+            f"{int((~result.converged).sum())} structures did not converge within "
+            f"{args.max_steps} steps (flagged relax_converged=False in {args.output})"
+        )
 
 
 def _cmd_fit(args: argparse.Namespace) -> None:
@@ -135,8 +146,9 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     if args.mpi:
         from mpi4py import MPI
 
-        logging.getLogger("chemfit_core").info("MPI rank %d of %d on %s", MPI.COMM_WORLD.Get_rank(),
-                                               MPI.COMM_WORLD.Get_size(), MPI.Get_processor_name())
+        logging.getLogger("chemfit_core").info(
+            "MPI rank %d of %d on %s", MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size(), MPI.Get_processor_name()
+        )
     run_fit(**read_json(args.arguments), mpi=args.mpi)
 
 
@@ -149,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="seconds before LAMMPS is killed")
     p.set_defaults(func=_cmd_lammps)
     p = sub.add_parser("fit", help="run one fit from a JSON file of run_fit's arguments (what the fit rule writes)")
-    p.add_argument("arguments", help="JSON: fit_name, fit, master_seed, template, workdir, fit_json, params_json, "
-                                     "history_csv, workers")
+    p.add_argument(
+        "arguments",
+        help="JSON: fit_name, fit, master_seed, template, workdir, fit_json, params_json, history_csv, workers",
+    )
     p.add_argument("--mpi", action="store_true", help="started by mpiexec: rank 0 fits, the others evaluate terms")
     p.set_defaults(func=_cmd_fit)
     p = sub.add_parser("check-config", help="validate a configuration and print it with defaults")
@@ -162,8 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="lj/cut, morse, eam/alloy, eam or eam/analytic")
     p.add_argument("--fit-params", help="take the model of a fit's params.json instead of --model")
     p.add_argument("--fit", help="which fit of --fit-params (when it holds several)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="model parameter, e.g. epsilon=0.0104 (eV), sigma=3.4 (Å); repeat")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="model parameter, e.g. epsilon=0.0104 (eV), sigma=3.4 (Å); repeat",
+    )
     p.add_argument("--cutoff", type=float, help="cutoff radius, Å")
     p.add_argument("--potential", help="EAM file (path, or a file shipped with LAMMPS)")
     p.add_argument("--species", nargs="+", help="elements in the order of the parameter tables")
@@ -171,8 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=10_000, help="FIRE steps per structure at most")
     p.add_argument("--relax-cell", action="store_true", help="relax the cell too (zero stress)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--engine", choices=["auto", "torch", "lammps"], default="auto",
-                   help="auto: LAMMPS workers on CPU where possible, batched torch otherwise")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "torch", "lammps"],
+        default="auto",
+        help="auto: LAMMPS workers on CPU where possible, batched torch otherwise",
+    )
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     p.set_defaults(func=_cmd_relax)
     return parser

@@ -110,8 +110,7 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
         funcs = list(objective_functions)
         if weights is not None and len(weights) != len(funcs):
             raise ValueError(
-                f"got {len(weights)} weights for {len(funcs)} objective functions; "
-                "give one weight per term"
+                f"got {len(weights)} weights for {len(funcs)} objective functions; give one weight per term"
             )
         if names is not None and len(names) != len(funcs):
             raise ValueError(f"got {len(names)} names for {len(funcs)} objective functions")
@@ -125,15 +124,11 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
     # -- building ---------------------------------------------------------------------
     def _append(self, func: Callable[..., float], weight: float, name: str | None) -> None:
         if not isinstance(weight, Real) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(
-                f"weight of term {len(self.weights)} must be a finite number >= 0, got {weight!r}"
-            )
+            raise ValueError(f"weight of term {len(self.weights)} must be a finite number >= 0, got {weight!r}")
         functor = as_objective_functor(func)
         self.objective_functions.append(functor)
         self.weights.append(float(weight))
-        self.names.append(
-            name or getattr(functor, "name", None) or f"term{len(self.names)}"
-        )
+        self.names.append(name or getattr(functor, "name", None) or f"term{len(self.names)}")
 
     def add(
         self,
@@ -184,9 +179,7 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
         return len(self.objective_functions)
 
     # -- evaluating -------------------------------------------------------------------
-    def evaluate_term(
-        self, parameters: Parameters, idx: int, ctx: EvaluateContext | None = None
-    ) -> float | None:
+    def evaluate_term(self, parameters: Parameters, idx: int, ctx: EvaluateContext | None = None) -> float | None:
         """Weighted value of term ``idx``; None when the policy skips a failed term."""
         if ctx is None:
             ctx = EvaluateContext()
@@ -237,9 +230,7 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
         ctx.parameters = parameters
         children = self.spawn_term_contexts(ctx)
         try:
-            values = [
-                self.evaluate_term(parameters, idx, child) for idx, child in enumerate(children)
-            ]
+            values = [self.evaluate_term(parameters, idx, child) for idx, child in enumerate(children)]
         finally:
             ctx.collect_child_meta_data()
         return self.reduce(values, ctx)

@@ -29,9 +29,7 @@ class TermEvaluationError(ChemFitError):
         self.index = index
         self.name = name
         self.cause = cause
-        super().__init__(
-            f"objective term {index} ({name!r}) failed: {type(cause).__name__}: {cause}"
-        )
+        super().__init__(f"objective term {index} ({name!r}) failed: {type(cause).__name__}: {cause}")
 
 
 class ExternalCommandError(ChemFitError):

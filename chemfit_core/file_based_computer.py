@@ -42,8 +42,15 @@ from chemfit_core.errors import (
 )
 from chemfit_core.external.process import OUTPUT_LOG, run_command, tail_of_file
 
-__all__ = ["CommandCancelled", "FileBasedQuantityComputer", "OUTPUT_LOG", "load_template", "render_template",
-           "run_command", "tail_of_file"]
+__all__ = [
+    "CommandCancelled",
+    "FileBasedQuantityComputer",
+    "OUTPUT_LOG",
+    "load_template",
+    "render_template",
+    "run_command",
+    "tail_of_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +91,7 @@ def load_template(source: str | Path) -> jinja2.Template:
     try:
         template = _ENV.from_string(text)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateRenderError(
-            f"template {name}, line {exc.lineno}: syntax error: {exc.message}"
-        ) from exc
+        raise TemplateRenderError(f"template {name}, line {exc.lineno}: syntax error: {exc.message}") from exc
     template.name = name
     return template
 
@@ -177,8 +182,7 @@ class FileBasedQuantityComputer(QuantityComputer):
         for path in self.output_files:
             if path.is_absolute() or ".." in path.parts:
                 raise ValueError(
-                    f"output file {path} must be a path inside the work directory "
-                    "(relative, without '..')"
+                    f"output file {path} must be a path inside the work directory (relative, without '..')"
                 )
         parsers = [output_parsers] if callable(output_parsers) else list(output_parsers)
         for parser in parsers:
@@ -195,9 +199,7 @@ class FileBasedQuantityComputer(QuantityComputer):
         self.write_dump_file_after_crash = write_dump_file_after_crash
         self.keep_temp_workdir_after_crash = keep_temp_workdir_after_crash
         self.try_parsing_after_exception = try_parsing_after_exception
-        self.templates = {
-            name_: load_template(source) for name_, source in (templates or {}).items()
-        }
+        self.templates = {name_: load_template(source) for name_, source in (templates or {}).items()}
         for input_name in self.templates:
             if Path(input_name).is_absolute() or ".." in Path(input_name).parts:
                 raise ValueError(f"template target {input_name} must stay inside the work directory")
@@ -237,9 +239,7 @@ class FileBasedQuantityComputer(QuantityComputer):
     def build_cmd(self, parameters: Parameters, workdir: Path) -> list[str]:
         """The command line for this evaluation."""
         if self.executable_cmd is None:
-            raise ValueError(
-                f"{self.name}: no command given; pass executable_cmd or use with_cmd()"
-            )
+            raise ValueError(f"{self.name}: no command given; pass executable_cmd or use with_cmd()")
         if callable(self.executable_cmd):
             return [str(part) for part in self.executable_cmd(parameters, workdir)]
         return [str(part) for part in self.executable_cmd]
@@ -283,8 +283,12 @@ class FileBasedQuantityComputer(QuantityComputer):
         """Run the command; False when it failed but its outputs are to be parsed anyway."""
         try:
             ctx.meta["command_wall_s"] = run_command(
-                command, workdir, timeout=self.command_timeout, env=self.command_env(),
-                cancel=getattr(ctx.shared, "cancel", None), poll_interval=self.poll_interval,
+                command,
+                workdir,
+                timeout=self.command_timeout,
+                env=self.command_env(),
+                cancel=getattr(ctx.shared, "cancel", None),
+                poll_interval=self.poll_interval,
             )
         except ExternalCommandError as exc:
             if not self.try_parsing_after_exception or isinstance(exc, CommandTimeoutError):

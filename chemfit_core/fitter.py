@@ -73,8 +73,9 @@ class Evaluation:
 
     def __post_init__(self) -> None:
         if self.term_results is not None:  # replayed from JSON
-            self.term_results = [r if r is None or isinstance(r, TermResult) else TermResult.from_dict(r)
-                                 for r in self.term_results]
+            self.term_results = [
+                r if r is None or isinstance(r, TermResult) else TermResult.from_dict(r) for r in self.term_results
+            ]
 
     @property
     def properties(self) -> list[dict[str, float] | None] | None:
@@ -303,7 +304,9 @@ class Fitter:
                 self._evaluate_internal(z)
                 record = self.history[-1]
                 if record.residuals is None:
-                    raise ValueError("least-squares fitting needs terms that report residuals (ctx.result, a TermResult)")
+                    raise ValueError(
+                        "least-squares fitting needs terms that report residuals (ctx.result, a TermResult)"
+                    )
                 cache.clear()
                 cache[key] = (np.asarray(record.residuals, dtype=float), self._last_jacobian)
             return cache[key]
@@ -318,8 +321,12 @@ class Fitter:
         start = time.monotonic()
         self._announce(f"least squares ({method}, jac={jac})")
         raw = scipy.optimize.least_squares(
-            lambda z: evaluate(z)[0], self._to_internal(self._x0()),
-            jac=jacobian if jac == "analytic" else jac, bounds=(lower, upper), method=method, **kwargs,
+            lambda z: evaluate(z)[0],
+            self._to_internal(self._x0()),
+            jac=jacobian if jac == "analytic" else jac,
+            bounds=(lower, upper),
+            method=method,
+            **kwargs,
         )
         params = self._finish(method, raw, bool(raw.success), str(raw.message), start)
         j_internal = jacobian(raw.x) if jac == "analytic" else np.asarray(raw.jac)
@@ -348,7 +355,9 @@ class Fitter:
         ``dual_annealing`` or ``direct``. Every parameter needs finite bounds.
         """
         if not (np.isfinite(self._lower).all() and np.isfinite(self._upper).all()):
-            missing = [n for i, n in enumerate(self.names) if not (np.isfinite(self._lower[i]) and np.isfinite(self._upper[i]))]
+            missing = [
+                n for i, n in enumerate(self.names) if not (np.isfinite(self._lower[i]) and np.isfinite(self._upper[i]))
+            ]
             raise ValueError(f"{method} needs finite bounds for every parameter; missing: {missing}")
         optimisers = {
             "differential_evolution": scipy.optimize.differential_evolution,
@@ -423,20 +432,25 @@ class Fitter:
         self._record(flat, value, ctx, wall, error)
         if self.cache is not None and error is None:
             last = self.history[-1]
-            self.cache.put(flat, {**asdict(last), "jacobian": None if self._last_jacobian is None
-                                  else self._last_jacobian.tolist()})
+            self.cache.put(
+                flat,
+                {**asdict(last), "jacobian": None if self._last_jacobian is None else self._last_jacobian.tolist()},
+            )
         return value
 
     def _replay(self, flat: dict[str, float], cached: Mapping[str, Any]) -> float:
         """Record a cached evaluation as if it had just run (its original wall time kept)."""
         self.n_replayed += 1
         jacobian = cached.get("jacobian")
-        evaluation = Evaluation(**{**{k: v for k, v in cached.items() if k != "jacobian"},
-                                   "index": len(self.history), "parameters": flat})
+        evaluation = Evaluation(
+            **{**{k: v for k, v in cached.items() if k != "jacobian"}, "index": len(self.history), "parameters": flat}
+        )
         self._append(evaluation, None if jacobian is None else np.asarray(jacobian, dtype=float), replayed=True)
         return float(evaluation.objective)
 
-    def _record(self, flat: dict[str, float], value: float, ctx: EvaluateContext, wall: float, error: str | None) -> None:
+    def _record(
+        self, flat: dict[str, float], value: float, ctx: EvaluateContext, wall: float, error: str | None
+    ) -> None:
         terms = ctx.meta.get("terms")
         results = _term_results(ctx)
         residuals, jacobian = _residuals_and_jacobian(results, ctx.meta.get("weights"), self.names)
@@ -466,8 +480,15 @@ class Fitter:
                 terms_txt = " terms=[" + ", ".join("skip" if t is None else f"{t:.3g}" for t in evaluation.terms) + "]"
             best = " *" if evaluation is self._best else ""
             timing = "replayed from the cache" if replayed else f"{evaluation.wall_time_s:.2f} s"
-            logger.info("eval %4d  f=%.6e%s  %s%s  (%s)", evaluation.index, evaluation.objective, best, params,
-                        terms_txt, timing)
+            logger.info(
+                "eval %4d  f=%.6e%s  %s%s  (%s)",
+                evaluation.index,
+                evaluation.objective,
+                best,
+                params,
+                terms_txt,
+                timing,
+            )
         for func, n_steps in self.callbacks:
             if len(self.history) % n_steps == 0:
                 func(len(self.history), self.history)
@@ -500,7 +521,10 @@ class Fitter:
         if self.progress:
             logger.info(
                 "fit done: f=%.6e after %d evaluations (%.1f s): %s",
-                best.objective, len(self.history), self.result.wall_time_s, message,
+                best.objective,
+                len(self.history),
+                self.result.wall_time_s,
+                message,
             )
         return self.result.parameters
 
@@ -522,8 +546,9 @@ def _term_results(ctx: EvaluateContext) -> list[TermResult | None] | None:
     return None if ctx.result is None else [ctx.result]
 
 
-def _residuals_and_jacobian(results: list[TermResult | None] | None, weights: list[float] | None,
-                            names: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _residuals_and_jacobian(
+    results: list[TermResult | None] | None, weights: list[float] | None, names: list[str]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Weighted residual vector (and Jacobian over ``names``) of an evaluation, when every
     weighted term gives residuals (and Jacobians)."""
     if not results:

@@ -38,8 +38,9 @@ class TermResult:
         if self.jacobian is not None and self.residuals is not None:
             for name, column in self.jacobian.items():
                 if len(column) != len(self.residuals):
-                    raise ValueError(f"jacobian column {name!r} has {len(column)} entries for "
-                                     f"{len(self.residuals)} residuals")
+                    raise ValueError(
+                        f"jacobian column {name!r} has {len(column)} entries for {len(self.residuals)} residuals"
+                    )
 
     def loss(self) -> float:
         """Σ r² of the residuals (0 without residuals)."""
@@ -54,8 +55,11 @@ class TermResult:
         if self.jacobian is None or self.residuals is None:
             raise ValueError("this term reported no Jacobian")
         n = len(self.residuals)
-        return np.column_stack([np.asarray(self.jacobian.get(name, np.zeros(n)), dtype=float) for name in names]) \
-            if names else np.zeros((n, 0))
+        return (
+            np.column_stack([np.asarray(self.jacobian.get(name, np.zeros(n)), dtype=float) for name in names])
+            if names
+            else np.zeros((n, 0))
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what fit.json and the evaluation cache keep)."""

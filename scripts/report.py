@@ -13,11 +13,14 @@ sm = snakemake  # noqa: F821 (injected by Snakemake)
 
 def _summary(record):
     """The report's provenance table: versions, revision, hashes (the full record is provenance.json)."""
-    return {**{f"version {k}": v for k, v in record["versions"].items()},
-            "chemfit-workflow commit": record["chemfit_workflow"]["commit"],
-            "uncommitted changes": record["chemfit_workflow"]["dirty"],
-            "config sha256": record["config_sha256"], "master seed": record["seeds"]["master"],
-            **{f"sha256 {k}": v for k, v in record["inputs_sha256"].items()}}
+    return {
+        **{f"version {k}": v for k, v in record["versions"].items()},
+        "chemfit-workflow commit": record["chemfit_workflow"]["commit"],
+        "uncommitted changes": record["chemfit_workflow"]["dirty"],
+        "config sha256": record["config_sha256"],
+        "master seed": record["seeds"]["master"],
+        **{f"sha256 {k}": v for k, v in record["inputs_sha256"].items()},
+    }
 
 
 log_to(sm.log[0])

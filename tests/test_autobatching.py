@@ -60,9 +60,7 @@ def test_seed_example_runs_with_the_import_renamed():
     from chemfit_core.engine.autobatching import InFlightAutoBatcher
 
     # Create a hot-swapping batcher
-    batcher = InFlightAutoBatcher(
-        model=lj_model, memory_scales_with="n_atoms", max_memory_scaler=1000.0
-    )
+    batcher = InFlightAutoBatcher(model=lj_model, memory_scales_with="n_atoms", max_memory_scaler=1000.0)
 
     # Load states and process them with convergence checking
     batcher.load_states(states)
@@ -118,8 +116,7 @@ def test_a_state_over_the_limit_is_rejected_at_load_even_when_it_is_the_first():
     with pytest.raises(ValueError, match="state 2 has a memory metric of 16"):  # so is a batched state
         batcher.load_states(concatenate_states(make_states([1, 1, 4])))
     with pytest.raises(ValueError, match="state 0 has a memory metric of 16"):
-        BinningAutoBatcher(lj_model, memory_scales_with="n_atoms", max_memory_scaler=10).load_states(
-            make_states([4]))
+        BinningAutoBatcher(lj_model, memory_scales_with="n_atoms", max_memory_scaler=10).load_states(make_states([4]))
 
 
 def test_an_iterator_is_checked_as_far_as_it_is_read_ahead():
@@ -212,7 +209,8 @@ def test_thousand_structures_come_back_in_input_order():
     processor = CountdownProcessor()
     # vary convergence times: state k converges after (k % 7) + 1 steps
     processor.check_convergence = lambda batch: torch.tensor(
-        [processor.steps[i["index"]] >= i["index"] % 7 + 1 for i in batch.info])
+        [processor.steps[i["index"]] >= i["index"] % 7 + 1 for i in batch.info]
+    )
     completed, _ = run_to_completion(batcher, processor)
     ordered = batcher.restore_original_order(completed)
     assert [s.info[0]["index"] for s in ordered] == list(range(1000))
@@ -320,8 +318,9 @@ def test_in_flight_never_modifies_or_returns_a_loaded_state(form):
     ordered, returned = relaxation_like_loop(batcher, source)
     assert_untouched(inputs, saved, returned)
     assert [s.info[0]["index"] for s in ordered] == list(range(6))
-    expected = [s.positions + 0.01 * (1 + k % 3) for k, s in enumerate(saved[0].split() if form == "batched"
-                                                                          else saved)]
+    expected = [
+        s.positions + 0.01 * (1 + k % 3) for k, s in enumerate(saved[0].split() if form == "batched" else saved)
+    ]
     assert all(torch.allclose(s.positions, e) for s, e in zip(ordered, expected))
 
 
@@ -379,7 +378,8 @@ def test_bins_take_weights_records_keys_and_bounds():
     bins = to_constant_volume_bins(rows, 4, key=lambda r: r["cost"])
     assert [[r["name"] for r in b] for b in bins] == [["c"], ["a", "b"]]  # equal weights keep input order
     assert to_constant_volume_bins(records, 7, weight_pos=1, lower_bound=1.0, upper_bound=6.0) == [
-        [("y", 4.0), ("x", 3.0)]]  # bounds are exclusive: 1.0 and 6.0 are left out
+        [("y", 4.0), ("x", 3.0)]
+    ]  # bounds are exclusive: 1.0 and 6.0 are left out
     assert to_constant_volume_bins({"p": 2.0, "q": 5.0}, 6) == [{"q": 5.0}, {"p": 2.0}]
     assert to_constant_volume_bins([], 1.0) == [] and to_constant_volume_bins({}, 1.0) == []
     with pytest.raises(ValueError, match="weight_pos or key"):
@@ -447,8 +447,9 @@ def test_the_probe_goes_through_measure_model_memory_forward(monkeypatch):
     monkeypatch.setattr("chemfit_core.autobatching.measure_model_memory_forward", measure)  # the alias
     assert determine_max_batch_size(argon((1, 1, 1), 0), lj_model, max_atoms=1000) == 2
     assert calls == [1, 2, 3, 5]  # 1, 2, 3 (1.6 rounds up), 5 fails -> two sizes below
-    monkeypatch.setattr(autobatching, "measure_model_memory_forward",
-                        lambda *_: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    monkeypatch.setattr(
+        autobatching, "measure_model_memory_forward", lambda *_: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+    )
     with pytest.raises(RuntimeError, match="shape mismatch"):
         determine_max_batch_size(argon((1, 1, 1), 0), lj_model)
 

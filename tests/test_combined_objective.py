@@ -159,7 +159,9 @@ def test_quantity_computer_objective_function_applies_the_loss():
 
 
 def test_loss_may_take_parameters_but_a_defaulted_second_argument_is_not_them():
-    with_params = QuantityComputerObjectiveFunction(lambda q, parameters: q["square"] + parameters["x"], SquareComputer())
+    with_params = QuantityComputerObjectiveFunction(
+        lambda q, parameters: q["square"] + parameters["x"], SquareComputer()
+    )
     assert with_params({"x": 2.0}) == 6.0
 
     def scaled(q, scale=10.0):

@@ -46,10 +46,25 @@ SP0 = [*ARGON, "liquid", "state_points", 0]
 @pytest.mark.parametrize(
     ("path", "value", "key", "expected"),
     [
-        ([*ARGON, "parameters", "sigma_A", "initial"], "3.4", "fits.argon.parameters.sigma_A.initial", "expected number"),
-        ([*ARGON, "potential", "form"], "buckingham", "fits.argon.potential.form", "expected one of ['lj/cut', 'morse', 'eam/analytic']"),
+        (
+            [*ARGON, "parameters", "sigma_A", "initial"],
+            "3.4",
+            "fits.argon.parameters.sigma_A.initial",
+            "expected number",
+        ),
+        (
+            [*ARGON, "potential", "form"],
+            "buckingham",
+            "fits.argon.potential.form",
+            "expected one of ['lj/cut', 'morse', 'eam/analytic']",
+        ),
         ([*ARGON, "colour"], "blue", "fits.argon", "unknown key(s) 'colour'"),
-        ([*SP0, "density_kg_m3", "denominator"], -1.0, "state_points[0].density_kg_m3.denominator", "expected a number > 0"),
+        (
+            [*SP0, "density_kg_m3", "denominator"],
+            -1.0,
+            "state_points[0].density_kg_m3.denominator",
+            "expected a number > 0",
+        ),
         ([*SP0, "replicas"], 0, "state_points[0].replicas", "expected a number >= 1"),
         ([*SP0, "temperature_K"], KeyError, "state_points[0]", "missing required key(s) 'temperature_K'"),
         ([*ARGON, "parameters", "sigma_A", "lower"], 5.0, "fits.argon.parameters.sigma_A", "expected lower < upper"),
@@ -72,7 +87,9 @@ def test_broken_config_names_file_key_and_expectation(config, path, value, key, 
 def test_state_point_without_any_reference_is_rejected(config):
     sp = config["fits"]["argon"]["liquid"]["state_points"][0]
     del sp["density_kg_m3"], sp["hvap_kJ_mol"]
-    with pytest.raises(ConfigError, match=r"state_points\[0\]: expected at least one of the keys density_kg_m3, hvap_kJ_mol"):
+    with pytest.raises(
+        ConfigError, match=r"state_points\[0\]: expected at least one of the keys density_kg_m3, hvap_kJ_mol"
+    ):
         validate_config(config, "c.yaml")
 
 
@@ -116,7 +133,10 @@ def test_snakemake_stops_on_a_schema_violation_before_any_job(tmp_path, config, 
     bad.write_text(yaml.safe_dump(config))
     done = subprocess.run(
         [str(Path(sys.executable).parent / "snakemake"), "-n", "--configfile", str(bad)],
-        cwd=repo, env=venv_env, capture_output=True, text=True,
+        cwd=repo,
+        env=venv_env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode != 0
     output = done.stdout + done.stderr
@@ -125,8 +145,9 @@ def test_snakemake_stops_on_a_schema_violation_before_any_job(tmp_path, config, 
 
 
 def test_cli_check_config_prints_defaults(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "chemfit_core", "check-config", str(DEFAULT)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "chemfit_core", "check-config", str(DEFAULT)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "n_blocks: 5" in done.stdout
 
@@ -150,14 +171,30 @@ MORSE = ["fits", "copper_morse"]
     ("path", "value", "key", "expected"),
     [
         ([*MORSE, "potential", "cutoff_A"], KeyError, "fits.copper_morse.potential.cutoff_A", "expected a cutoff"),
-        ([*MORSE, "parameters", "sigma_A"], {"initial": 3.4, "lower": 3, "upper": 4}, "fits.copper_morse.parameters",
-         "expected exactly ['D_eV', 'alpha_invA', 'r0_A'] for form morse"),
-        ([*MORSE, "potential", "cutoff_sigma"], 3.0, "fits.copper_morse.potential",
-         "got ['cutoff_sigma'], which it does not use"),
-        ([*MORSE, "optimizer", "jacobian"], "analytic", "fits.copper_morse.optimizer.jacobian",
-         "crystal targets have no analytic Jacobian"),
-        ([*MORSE, "crystal", "references", "a0"], {"value": 3.6, "denominator": 0.01},
-         "fits.copper_morse.crystal.references", "a0"),
+        (
+            [*MORSE, "parameters", "sigma_A"],
+            {"initial": 3.4, "lower": 3, "upper": 4},
+            "fits.copper_morse.parameters",
+            "expected exactly ['D_eV', 'alpha_invA', 'r0_A'] for form morse",
+        ),
+        (
+            [*MORSE, "potential", "cutoff_sigma"],
+            3.0,
+            "fits.copper_morse.potential",
+            "got ['cutoff_sigma'], which it does not use",
+        ),
+        (
+            [*MORSE, "optimizer", "jacobian"],
+            "analytic",
+            "fits.copper_morse.optimizer.jacobian",
+            "crystal targets have no analytic Jacobian",
+        ),
+        (
+            [*MORSE, "crystal", "references", "a0"],
+            {"value": 3.6, "denominator": 0.01},
+            "fits.copper_morse.crystal.references",
+            "a0",
+        ),
         ([*MORSE, "crystal"], KeyError, "fits.copper_morse", "liquid"),
     ],
 )

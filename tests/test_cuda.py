@@ -20,8 +20,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 SPECS = {
     "lj": ({"form": "lj/cut", "epsilon": 0.0104, "sigma": 3.40, "cutoff": 8.5, "species": ["Ar"]}, "Ar", 5.26),
-    "morse": ({"form": "morse", "D": 0.3429, "alpha": 1.3588, "r0": 2.866, "cutoff": 9.0, "species": ["Cu"]},
-              "Cu", 3.615),
+    "morse": (
+        {"form": "morse", "D": 0.3429, "alpha": 1.3588, "r0": 2.866, "cutoff": 9.0, "species": ["Cu"]},
+        "Cu",
+        3.615,
+    ),
     "eam": ({"form": "eam/alloy", "file": "Cu_mishin1.eam.alloy"}, "Cu", 3.615),
 }
 

@@ -188,6 +188,7 @@ def test_round_trip_of_fitted_forms_through_lammps(tmp_path, cu_structures):
     assert (tmp_path / "eam" / "fitted.eam.alloy").is_file()
     assert max(eam.values()) < 1e-6, eam
     morse_form = potential_form({"form": "morse", "element": "Cu", "cutoff_A": 9.0})
-    morse = round_trip(morse_form, {"D_eV": 0.3429, "alpha_invA": 1.3588, "r0_A": 2.866}, cu_structures[:8],
-                       tmp_path / "morse")
+    morse = round_trip(
+        morse_form, {"D_eV": 0.3429, "alpha_invA": 1.3588, "r0_A": 2.866}, cu_structures[:8], tmp_path / "morse"
+    )
     assert max(morse.values()) < 1e-9, morse

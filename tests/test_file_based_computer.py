@@ -76,8 +76,11 @@ def test_command_past_its_timeout_is_killed_and_reported(tmp_path):
 def test_failing_command_quotes_command_exit_code_output_and_workdir(tmp_path):
     code = "import sys; print('reading input'); print('fatal: bad parameter', file=sys.stderr); sys.exit(3)"
     computer = FileBasedQuantityComputer(
-        output_files=["out.txt"], output_parsers=read_result, base_working_directory=tmp_path,
-        executable_cmd=[sys.executable, "-c", code], name="crasher",
+        output_files=["out.txt"],
+        output_parsers=read_result,
+        base_working_directory=tmp_path,
+        executable_cmd=[sys.executable, "-c", code],
+        name="crasher",
     )
     with pytest.raises(ExternalCommandError) as info:
         computer({"x": 1.0})
@@ -93,7 +96,9 @@ def test_failing_command_quotes_command_exit_code_output_and_workdir(tmp_path):
 
 def test_missing_output_file_is_an_error_naming_it(tmp_path):
     computer = FileBasedQuantityComputer(
-        output_files=["never_written.dat"], output_parsers=read_result, base_working_directory=tmp_path,
+        output_files=["never_written.dat"],
+        output_parsers=read_result,
+        base_working_directory=tmp_path,
         executable_cmd=[sys.executable, "-c", "pass"],
     )
     with pytest.raises(OutputMissingError, match="did not write never_written.dat"):

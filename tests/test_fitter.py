@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from chemfit_core.term_result import TermResult
 from chemfit_core import (
     CombinedObjectiveFunction,
     Fitter,
@@ -16,6 +15,7 @@ from chemfit_core import (
     flatten_dict,
     unflatten_dict,
 )
+from chemfit_core.term_result import TermResult
 
 
 def rosenbrock(p):
@@ -50,8 +50,12 @@ def test_nested_parameter_dicts_round_trip():
         seen.append(p)
         return (p["lj"]["epsilon"] - 1.0) ** 2 + (p["lj"]["sigma"] - 3.0) ** 2 + (p["mass"] - 2.0) ** 2
 
-    fitter = Fitter(objective, {"lj": {"epsilon": 0.5, "sigma": 2.0}, "mass": 1.0},
-                    bounds={"lj": {"sigma": (1.0, 4.0)}}, progress=False)
+    fitter = Fitter(
+        objective,
+        {"lj": {"epsilon": 0.5, "sigma": 2.0}, "mass": 1.0},
+        bounds={"lj": {"sigma": (1.0, 4.0)}},
+        progress=False,
+    )
     params = fitter.fit_scipy()
     assert set(seen[0]) == {"lj", "mass"} and set(seen[0]["lj"]) == {"epsilon", "sigma"}
     assert params["lj"]["sigma"] == pytest.approx(3.0, abs=1e-4)
@@ -65,7 +69,9 @@ def test_flatten_and_unflatten_are_inverse():
 
 
 def test_history_records_parameters_objective_terms_and_time():
-    cob = CombinedObjectiveFunction([lambda p: (p["x"] - 1) ** 2, lambda p: 2 * (p["x"] + 1) ** 2], names=["left", "right"])
+    cob = CombinedObjectiveFunction(
+        [lambda p: (p["x"] - 1) ** 2, lambda p: 2 * (p["x"] + 1) ** 2], names=["left", "right"]
+    )
     fitter = Fitter(cob, {"x": 0.0}, progress=False)
     fitter.fit_scipy(method="Nelder-Mead")
     result = fitter.result
@@ -81,8 +87,9 @@ def test_history_records_parameters_objective_terms_and_time():
 
 
 def test_nan_objective_stops_the_fit_with_the_culprit_term_named():
-    cob = CombinedObjectiveFunction([lambda p: p["x"] ** 2, lambda p: math.nan if p["x"] > 0.5 else 0.0],
-                                    names=["ok", "unstable"])
+    cob = CombinedObjectiveFunction(
+        [lambda p: p["x"] ** 2, lambda p: math.nan if p["x"] > 0.5 else 0.0], names=["ok", "unstable"]
+    )
     fitter = Fitter(cob, {"x": 0.0}, progress=False)
     with pytest.raises(NonFiniteObjectiveError, match=r"unstable=nan"):
         fitter.fit_scipy(method="Nelder-Mead", options={"initial_simplex": [[0.0], [1.0]]})
@@ -90,8 +97,13 @@ def test_nan_objective_stops_the_fit_with_the_culprit_term_named():
 
 
 def test_infinite_objective_can_be_a_penalty_instead():
-    fitter = Fitter(lambda p: math.inf if p["x"] > 1.2 else (p["x"] - 1) ** 2, {"x": 0.5},
-                    on_nonfinite="penalty", value_bad_params=1e3, progress=False)
+    fitter = Fitter(
+        lambda p: math.inf if p["x"] > 1.2 else (p["x"] - 1) ** 2,
+        {"x": 0.5},
+        on_nonfinite="penalty",
+        value_bad_params=1e3,
+        progress=False,
+    )
     params = fitter.fit_scipy(method="Nelder-Mead", options={"initial_simplex": [[0.5], [1.5]]})
     assert params["x"] == pytest.approx(1.0, abs=1e-3)
     assert fitter.history[1].objective == 1e3 and fitter.history[1].error == "non-finite objective"
@@ -124,8 +136,10 @@ def test_global_differential_evolution_is_seeded_and_needs_bounds():
 
     with pytest.raises(ValueError, match="finite bounds"):
         Fitter(wavy, {"x": 0.0}, progress=False).fit_global()
-    results = [Fitter(wavy, {"x": -4.0}, bounds={"x": (-5, 5)}, progress=False).fit_global(seed=7, maxiter=30)
-               for _ in range(2)]
+    results = [
+        Fitter(wavy, {"x": -4.0}, bounds={"x": (-5, 5)}, progress=False).fit_global(seed=7, maxiter=30)
+        for _ in range(2)
+    ]
     assert results[0] == results[1]
     assert results[0]["x"] == pytest.approx(1.9, abs=0.3)
 
@@ -137,8 +151,13 @@ def test_normalize_makes_optimiser_steps_relative_to_the_bounds():
         seen.append(p["big"])
         return (p["big"] - 7000.0) ** 2 / 1e6 + (p["small"] - 0.003) ** 2 * 1e6
 
-    fitter = Fitter(objective, {"big": 5000.0, "small": 0.001}, bounds={"big": (0, 10000), "small": (0, 0.01)},
-                    normalize=True, progress=False)
+    fitter = Fitter(
+        objective,
+        {"big": 5000.0, "small": 0.001},
+        bounds={"big": (0, 10000), "small": (0, 0.01)},
+        normalize=True,
+        progress=False,
+    )
     params = fitter.fit_scipy(method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-12})
     assert params["big"] == pytest.approx(7000.0, rel=1e-4) and params["small"] == pytest.approx(0.003, rel=1e-3)
     assert abs(seen[1] - seen[0]) == pytest.approx(0.05 * 5000 * 10000 / 10000, rel=1e-6)
@@ -183,8 +202,9 @@ class LinearDataTerm:
     def __call__(self, p, ctx=None):
         residuals = [(p["a"] * x + p["b"] - y) / self.s for x, y in zip(self.x, self.y)]
         if ctx is not None:
-            ctx.result = TermResult(residuals=residuals,
-                                    jacobian={"a": [x / self.s for x in self.x], "b": [1 / self.s] * len(self.x)})
+            ctx.result = TermResult(
+                residuals=residuals, jacobian={"a": [x / self.s for x in self.x], "b": [1 / self.s] * len(self.x)}
+            )
         return math.fsum(r * r for r in residuals)
 
 

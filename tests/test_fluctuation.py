@@ -15,12 +15,21 @@ from chemfit_core.science.liquid import LiquidStatePointTerm, Reference, liquid_
 from chemfit_core.stages.config import TEMPLATE_DIR
 
 FORMS = [
-    (potential_form({"form": "lj/cut", "element": "Ar", "cutoff_sigma": 2.5, "tail_correction": True}),
-     {"epsilon_K": 116.8, "sigma_A": 3.395}, ("Ar", 5.3)),
-    (potential_form({"form": "morse", "element": "Cu", "cutoff_A": 6.0}),
-     {"D_eV": 0.3429, "alpha_invA": 1.3588, "r0_A": 2.866}, ("Cu", 3.615)),
-    (potential_form({"form": "eam/analytic", "element": "Cu", "cutoff_A": 5.5}),
-     {"D_eV": 0.05, "alpha_invA": 1.5, "r0_A": 2.8, "A_eV": 1.2, "B_eV": 0.002, "beta": 5.0}, ("Cu", 3.615)),
+    (
+        potential_form({"form": "lj/cut", "element": "Ar", "cutoff_sigma": 2.5, "tail_correction": True}),
+        {"epsilon_K": 116.8, "sigma_A": 3.395},
+        ("Ar", 5.3),
+    ),
+    (
+        potential_form({"form": "morse", "element": "Cu", "cutoff_A": 6.0}),
+        {"D_eV": 0.3429, "alpha_invA": 1.3588, "r0_A": 2.866},
+        ("Cu", 3.615),
+    ),
+    (
+        potential_form({"form": "eam/analytic", "element": "Cu", "cutoff_A": 5.5}),
+        {"D_eV": 0.05, "alpha_invA": 1.5, "r0_A": 2.8, "A_eV": 1.2, "B_eV": 0.002, "beta": 5.0},
+        ("Cu", 3.615),
+    ),
 ]
 
 
@@ -75,8 +84,14 @@ def test_fluctuation_formula_on_an_exactly_solvable_ensemble():
 
 def test_enthalpy_uses_the_set_pressure_when_given():
     rng = np.random.default_rng(3)
-    thermo = {"Atoms": np.full(50, 100), "PotEng": np.full(50, -6.0), "Density": np.full(50, 1.4),
-              "Volume": np.full(50, 4700.0), "Press": rng.normal(1.0, 300.0, 50), "Temp": np.full(50, 87.3)}
+    thermo = {
+        "Atoms": np.full(50, 100),
+        "PotEng": np.full(50, -6.0),
+        "Density": np.full(50, 1.4),
+        "Volume": np.full(50, 4700.0),
+        "Press": rng.normal(1.0, 300.0, 50),
+        "Temp": np.full(50, 87.3),
+    }
     steady = liquid_properties(thermo, 87.3, pressure_bar=1.0)
     noisy = liquid_properties(thermo, 87.3)
     assert steady.hvap_kJ_mol_sem == pytest.approx(0.0, abs=1e-12)
@@ -90,15 +105,28 @@ def test_liquid_gradients_follow_corresponding_states(tmp_path, repo):
     gradients must show both, within their noise."""
     form = potential_form({"form": "lj/cut", "element": "Ar", "cutoff_sigma": 3.0, "tail_correction": True})
     term = LiquidStatePointTerm(
-        name="nbp", template=TEMPLATE_DIR / "lj_liquid_npt.lammps.j2", workdir=tmp_path,
-        temperature_K=87.302, pressure_bar=1.01325,
-        references={"density_kg_m3": Reference(1395.4, 10.0), "hvap_kJ_mol": Reference(6.437, 0.1)}, seed=7,
+        name="nbp",
+        template=TEMPLATE_DIR / "lj_liquid_npt.lammps.j2",
+        workdir=tmp_path,
+        temperature_K=87.302,
+        pressure_bar=1.01325,
+        references={"density_kg_m3": Reference(1395.4, 10.0), "hvap_kJ_mol": Reference(6.437, 0.1)},
+        seed=7,
         template_variables={
-            "n_cells": 4, "mass_g_mol": 39.948, "cutoff_sigma": 3.0, "tail_correction": True,
-            "start_reduced_density": 0.8, "timestep_fs": 5.0, "thermo_every": 20, "melt_temperature_K": 300.0,
-            "melt_steps": 500, "equilibration_steps": 1000, "production_steps": 4000,
+            "n_cells": 4,
+            "mass_g_mol": 39.948,
+            "cutoff_sigma": 3.0,
+            "tail_correction": True,
+            "start_reduced_density": 0.8,
+            "timestep_fs": 5.0,
+            "thermo_every": 20,
+            "melt_temperature_K": 300.0,
+            "melt_steps": 500,
+            "equilibration_steps": 1000,
+            "production_steps": 4000,
         },
-        form=form, dump_every=40,
+        form=form,
+        dump_every=40,
     )
     theta = {"epsilon_K": 116.79, "sigma_A": 3.3952}
     ctx = EvaluateContext()
@@ -123,17 +151,32 @@ def test_liquid_gradients_agree_with_finite_differences_of_independent_runs(tmp_
     common random numbers), within four combined standard errors."""
     form = potential_form({"form": "lj/cut", "element": "Ar", "cutoff_sigma": 3.0, "tail_correction": True})
     variables = {
-        "n_cells": 4, "mass_g_mol": 39.948, "cutoff_sigma": 3.0, "tail_correction": True,
-        "start_reduced_density": 0.8, "timestep_fs": 5.0, "thermo_every": 20, "melt_temperature_K": 300.0,
-        "melt_steps": 500, "equilibration_steps": 1000, "production_steps": 4000,
+        "n_cells": 4,
+        "mass_g_mol": 39.948,
+        "cutoff_sigma": 3.0,
+        "tail_correction": True,
+        "start_reduced_density": 0.8,
+        "timestep_fs": 5.0,
+        "thermo_every": 20,
+        "melt_temperature_K": 300.0,
+        "melt_steps": 500,
+        "equilibration_steps": 1000,
+        "production_steps": 4000,
     }
     refs = {"density_kg_m3": Reference(1395.4, 10.0), "hvap_kJ_mol": Reference(6.437, 0.1)}
 
     def run(theta, with_gradients):
         term = LiquidStatePointTerm(
-            name="nbp", template=TEMPLATE_DIR / "lj_liquid_npt.lammps.j2", workdir=tmp_path,
-            temperature_K=87.302, pressure_bar=1.01325, references=refs, seed=11, template_variables=variables,
-            form=form if with_gradients else None, dump_every=40,
+            name="nbp",
+            template=TEMPLATE_DIR / "lj_liquid_npt.lammps.j2",
+            workdir=tmp_path,
+            temperature_K=87.302,
+            pressure_bar=1.01325,
+            references=refs,
+            seed=11,
+            template_variables=variables,
+            form=form if with_gradients else None,
+            dump_every=40,
         )
         ctx = EvaluateContext()
         term(theta, ctx)

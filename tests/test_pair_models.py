@@ -75,13 +75,19 @@ def far_from_cutoff(structures: list[Atoms], cutoff: float, margin: float = 2e-4
 
 
 def lj_lines(shift: bool) -> list[str]:
-    return [f"pair_style lj/cut {LJ['cutoff']}", f"pair_coeff 1 1 {LJ['epsilon']} {LJ['sigma']}",
-            f"pair_modify shift {'yes' if shift else 'no'}"]
+    return [
+        f"pair_style lj/cut {LJ['cutoff']}",
+        f"pair_coeff 1 1 {LJ['epsilon']} {LJ['sigma']}",
+        f"pair_modify shift {'yes' if shift else 'no'}",
+    ]
 
 
 def morse_lines(shift: bool) -> list[str]:
-    return [f"pair_style morse {MORSE['cutoff']}", f"pair_coeff 1 1 {MORSE['D']} {MORSE['alpha']} {MORSE['r0']}",
-            f"pair_modify shift {'yes' if shift else 'no'}"]
+    return [
+        f"pair_style morse {MORSE['cutoff']}",
+        f"pair_coeff 1 1 {MORSE['D']} {MORSE['alpha']} {MORSE['r0']}",
+        f"pair_modify shift {'yes' if shift else 'no'}",
+    ]
 
 
 CASES = {
@@ -95,20 +101,27 @@ def evaluate(model, structures: list[Atoms], dtype=torch.float64) -> list[dict]:
     state = atoms_to_state(structures, dtype=dtype)
     out = model(state)
     bounds = np.cumsum([0] + [len(s) for s in structures])
-    return [{"energy": out["energy"][k].item(),
-             "forces": out["forces"][bounds[k]:bounds[k + 1]].detach().double().numpy(),
-             "stress": out["stress"][k].detach().double().numpy()} for k in range(len(structures))]
+    return [
+        {
+            "energy": out["energy"][k].item(),
+            "forces": out["forces"][bounds[k] : bounds[k + 1]].detach().double().numpy(),
+            "stress": out["stress"][k].detach().double().numpy(),
+        }
+        for k in range(len(structures))
+    ]
 
 
 def assert_matches(got: list[dict], ref: list[dict], rtol: float = 1e-6, atol_forces: float = 1e-8) -> None:
     for k, (g, r) in enumerate(zip(got, ref)):
         assert g["energy"] == pytest.approx(r["energy"], rel=rtol), f"energy of structure {k}"
-        np.testing.assert_allclose(g["forces"], r["forces"], rtol=rtol, atol=atol_forces,
-                                   err_msg=f"forces of structure {k}")
+        np.testing.assert_allclose(
+            g["forces"], r["forces"], rtol=rtol, atol=atol_forces, err_msg=f"forces of structure {k}"
+        )
         if r["stress"] is not None:
             scale = np.abs(r["stress"]).max()
-            np.testing.assert_allclose(g["stress"], r["stress"], rtol=rtol, atol=rtol * scale,
-                                       err_msg=f"stress of structure {k}")
+            np.testing.assert_allclose(
+                g["stress"], r["stress"], rtol=rtol, atol=rtol * scale, err_msg=f"stress of structure {k}"
+            )
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +147,10 @@ def test_shift_changes_lammps_energy_as_the_model_does(tmp_path, crystal_sets):
     structures = crystal_sets["morse"][:3]
     plain = lammps_reference(structures, morse_lines(False), tmp_path / "plain", ["Cu"])
     shifted = lammps_reference(structures, morse_lines(True), tmp_path / "shifted", ["Cu"])
-    model_gap = [a["energy"] - b["energy"] for a, b in zip(evaluate(Morse(**MORSE), structures),
-                                                             evaluate(Morse(**MORSE, shift=True), structures))]
+    model_gap = [
+        a["energy"] - b["energy"]
+        for a, b in zip(evaluate(Morse(**MORSE), structures), evaluate(Morse(**MORSE, shift=True), structures))
+    ]
     lammps_gap = [a["energy"] - b["energy"] for a, b in zip(plain, shifted)]
     assert min(abs(g) for g in lammps_gap) > 1e-3
     np.testing.assert_allclose(model_gap, lammps_gap, rtol=1e-9)

@@ -66,8 +66,14 @@ def test_results_come_back_in_input_order_with_forces_and_flags():
     structures = workload()
     for k, atoms in enumerate(structures):
         atoms.info["tag"] = f"s{k}"
-    result = relax_structures(structures, shifted_lj(), max_memory_scaler=120, memory_scales_with="n_atoms",
-                              progress_every_s=None, engine="torch")
+    result = relax_structures(
+        structures,
+        shifted_lj(),
+        max_memory_scaler=120,
+        memory_scales_with="n_atoms",
+        progress_every_s=None,
+        engine="torch",
+    )
     assert [a.info["tag"] for a in result.structures] == [f"s{k}" for k in range(len(structures))]
     assert [len(a) for a in result.structures] == [len(a) for a in structures]
     for atoms in result.structures:
@@ -82,8 +88,14 @@ def test_a_late_entrant_takes_the_same_steps_as_alone():
     big = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((3, 3, 3))
     big.rattle(0.07, seed=4)
     # the budget admits the big structure first; the small one joins mid-run
-    late = relax_structures([big, big.copy(), small], shifted_lj(), max_memory_scaler=216 + 32,
-                            memory_scales_with="n_atoms", progress_every_s=None, engine="torch")
+    late = relax_structures(
+        [big, big.copy(), small],
+        shifted_lj(),
+        max_memory_scaler=216 + 32,
+        memory_scales_with="n_atoms",
+        progress_every_s=None,
+        engine="torch",
+    )
     assert late.n_steps[2] == alone.n_steps[0]
     assert late.energies[2] == pytest.approx(alone.energies[0], abs=1e-9)
 
@@ -167,10 +179,28 @@ def test_cli_relaxes_an_extxyz_file(tmp_path):
         atoms.info["name"] = f"cell{k}"
     write(tmp_path / "in.extxyz", structures, format="extxyz")
     done = subprocess.run(
-        [sys.executable, "-m", "chemfit_core", "relax", str(tmp_path / "in.extxyz"), str(tmp_path / "out.extxyz"),
-         "--model", "lj/cut", "--param", f"epsilon={EPS}", "--param", f"sigma={SIG}", "--cutoff", str(RC),
-         "--fmax", "0.01", "--device", "cpu"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "chemfit_core",
+            "relax",
+            str(tmp_path / "in.extxyz"),
+            str(tmp_path / "out.extxyz"),
+            "--model",
+            "lj/cut",
+            "--param",
+            f"epsilon={EPS}",
+            "--param",
+            f"sigma={SIG}",
+            "--cutoff",
+            str(RC),
+            "--fmax",
+            "0.01",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     relaxed = read(tmp_path / "out.extxyz", ":")
@@ -183,9 +213,22 @@ def test_cli_relaxes_an_extxyz_file(tmp_path):
 def test_cli_reports_bad_model_arguments(tmp_path):
     write(tmp_path / "in.extxyz", workload()[:1], format="extxyz")
     done = subprocess.run(
-        [sys.executable, "-m", "chemfit_core", "relax", str(tmp_path / "in.extxyz"), str(tmp_path / "o.extxyz"),
-         "--model", "lj/cut", "--param", "epsilon=0.01", "--cutoff", "8.5"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "chemfit_core",
+            "relax",
+            str(tmp_path / "in.extxyz"),
+            str(tmp_path / "o.extxyz"),
+            "--model",
+            "lj/cut",
+            "--param",
+            "epsilon=0.01",
+            "--cutoff",
+            "8.5",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 1
     assert "model 'lj/cut' needs the parameter 'sigma'" in done.stderr

@@ -20,16 +20,22 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "async_examples.md"
 CODE_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 # the names each example leaves to the reader, which the harness supplies
 SUPPLIED_BASIC = ("terms",)
-SUPPLIED_LAMMPS = ("energy_setup", "density_setup", "rdf_setup",
-                   "energy_loss_fn", "density_loss_fn", "rdf_loss_fn", "initial_params")
+SUPPLIED_LAMMPS = (
+    "energy_setup",
+    "density_setup",
+    "rdf_setup",
+    "energy_loss_fn",
+    "density_loss_fn",
+    "rdf_loss_fn",
+    "initial_params",
+)
 
 
 def documented_examples() -> tuple[str, str]:
     """The python code blocks of docs/async_examples.md: the basic example, the LAMMPS one."""
     blocks = CODE_BLOCK.findall(DOCS.read_text(encoding="utf-8"))
     if len(blocks) != 2:
-        raise AssertionError(f"{DOCS} should hold two python blocks (basic, LAMMPS), "
-                             f"not {len(blocks)}")
+        raise AssertionError(f"{DOCS} should hold two python blocks (basic, LAMMPS), not {len(blocks)}")
     return blocks[0], blocks[1]
 
 
@@ -104,7 +110,9 @@ def test_lammps_example_recovers_known_parameters(tmp_path):
     setups = {name: lammps_setup(tmp_path / name, a) for name, a in (("energy", 5.3), ("density", 5.6), ("rdf", 6.2))}
     from chemfit_core import FileBasedQuantityComputer
 
-    targets = {name: FileBasedQuantityComputer(**setup)(truth)["thermo"][0]["PotEng"][0] for name, setup in setups.items()}
+    targets = {
+        name: FileBasedQuantityComputer(**setup)(truth)["thermo"][0]["PotEng"][0] for name, setup in setups.items()
+    }
 
     def loss_for(name):
         return lambda quantities: ((quantities["thermo"][0]["PotEng"][0] - targets[name]) / 1e-3) ** 2

@@ -95,8 +95,14 @@ def test_inconsistent_shapes_are_rejected():
     with pytest.raises(ValueError, match="masses has 2 entries for 3 atoms"):
         SimState(torch.zeros(3, 3), torch.ones(2), torch.eye(3), True, torch.ones(3, dtype=torch.long))
     with pytest.raises(ValueError, match="system_idx"):
-        SimState(torch.zeros(2, 3), torch.ones(2), torch.eye(3).repeat(2, 1, 1), True,
-                 torch.ones(2, dtype=torch.long), system_idx=torch.tensor([1, 0]))
+        SimState(
+            torch.zeros(2, 3),
+            torch.ones(2),
+            torch.eye(3).repeat(2, 1, 1),
+            True,
+            torch.ones(2, dtype=torch.long),
+            system_idx=torch.tensor([1, 0]),
+        )
 
 
 def test_extxyz_round_trip_keeps_info(tmp_path):
@@ -121,8 +127,14 @@ def test_reading_missing_or_corrupt_structure_files_names_the_file(tmp_path):
 
 
 def two_cells():
-    return SimState(torch.zeros(3, 3), torch.ones(3), torch.eye(3).repeat(2, 1, 1) * 4, True,
-                    torch.ones(3, dtype=torch.long), system_idx=torch.tensor([0, 0, 1]))
+    return SimState(
+        torch.zeros(3, 3),
+        torch.ones(3),
+        torch.eye(3).repeat(2, 1, 1) * 4,
+        True,
+        torch.ones(3, dtype=torch.long),
+        system_idx=torch.tensor([0, 0, 1]),
+    )
 
 
 def test_pbc_given_as_torch_sim_gives_it_applies_to_every_system():

@@ -41,15 +41,18 @@ def test_structure_target_jacobian_equals_finite_differences():
         target({**theta, name: theta[name] + h}, c_up)
         target({**theta, name: theta[name] - h}, c_down)
         fd = (np.array(c_up.result.residuals) - np.array(c_down.result.residuals)) / (2 * h)
-        np.testing.assert_allclose(ctx.result.jacobian[name], fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max(),
-                                   err_msg=name)
+        np.testing.assert_allclose(ctx.result.jacobian[name], fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max(), err_msg=name)
     assert len(r0) == 3 + 3 * sum(len(a) for a in target.structures) + 3 * 6
 
 
-@pytest.mark.parametrize("spec,truth", [
-    ({"form": "morse", "element": "Cu", "cutoff_A": 7.0}, MORSE_GW),
-    ({"form": "eam/analytic", "element": "Cu", "cutoff_A": 5.5}, EAM_TRUE),
-], ids=["morse", "eam-analytic"])
+@pytest.mark.parametrize(
+    "spec,truth",
+    [
+        ({"form": "morse", "element": "Cu", "cutoff_A": 7.0}, MORSE_GW),
+        ({"form": "eam/analytic", "element": "Cu", "cutoff_A": 5.5}, EAM_TRUE),
+    ],
+    ids=["morse", "eam-analytic"],
+)
 def test_known_parameters_are_recovered_from_noise_free_data(spec, truth):
     form = potential_form(spec)
     target = StructureTarget(form, synthetic(form, truth), stress_denominator=1e-3)
@@ -71,8 +74,9 @@ def test_structure_target_needs_labelled_structures():
 
 def test_a_collapsing_lattice_stops_with_the_reason():
     form = potential_form({"form": "morse", "element": "Cu", "cutoff_A": 7.0})
-    target = CrystalTarget(form, CrystalSetup("Cu", a_guess_A=3.6), {"a0_A": Reference(3.615, 0.01)},
-                           validate=["vacancy_eV"])
+    target = CrystalTarget(
+        form, CrystalSetup("Cu", a_guess_A=3.6), {"a0_A": Reference(3.615, 0.01)}, validate=["vacancy_eV"]
+    )
     with pytest.raises(ChemFitError, match="collapsed"):
         target({"D_eV": 0.3429, "alpha_invA": 1.3588, "r0_A": 1.0})
 
@@ -86,8 +90,12 @@ def test_copper_morse_fitted_to_experiment_recovers_girifalco_weizer():
     refs = {"a0_A": Reference(3.615, 0.003615), "Ec_eV": Reference(3.54, 0.0354), "B_GPa": Reference(138.3, 1.383)}
     target = CrystalTarget(form, CrystalSetup("Cu", a_guess_A=3.6, fmax=1e-6), refs, validate=["C44_GPa", "vacancy_eV"])
     start = {"D_eV": 0.32, "alpha_invA": 1.30, "r0_A": 2.90}
-    fitter = Fitter(CombinedObjectiveFunction([target]), start,
-                    bounds={"D_eV": (0.2, 0.5), "alpha_invA": (1.0, 1.8), "r0_A": (2.6, 3.1)}, progress=False)
+    fitter = Fitter(
+        CombinedObjectiveFunction([target]),
+        start,
+        bounds={"D_eV": (0.2, 0.5), "alpha_invA": (1.0, 1.8), "r0_A": (2.6, 3.1)},
+        progress=False,
+    )
     params = fitter.fit_least_squares(jac="2-point", diff_step=1e-5)
     ctx = EvaluateContext()
     target(params, ctx)
@@ -109,9 +117,17 @@ def test_structures_from_an_extxyz_file_keep_their_labels(tmp_path):
 
     form = potential_form({"form": "morse", "element": "Cu", "cutoff_A": 7.0})
     write(tmp_path / "ref.extxyz", synthetic(form, MORSE_GW, n=3))
-    fit = {"element": "Cu", "potential": {"form": "morse", "cutoff_A": 7.0},
-           "structures": {"file": str(tmp_path / "ref.extxyz"), "energy_denominator": 1e-3,
-                          "force_denominator": 0.05, "stress_denominator": 1e-3, "weight": 2.0}}
+    fit = {
+        "element": "Cu",
+        "potential": {"form": "morse", "cutoff_A": 7.0},
+        "structures": {
+            "file": str(tmp_path / "ref.extxyz"),
+            "energy_denominator": 1e-3,
+            "force_denominator": 0.05,
+            "stress_denominator": 1e-3,
+            "weight": 2.0,
+        },
+    }
     [(name, term, weight)] = targets_from_config(fit)
     assert (name, weight, len(term.structures)) == ("structures", 2.0, 3)
     assert term(MORSE_GW) == pytest.approx(0.0, abs=1e-8)  # extxyz keeps ~8 significant digits

@@ -117,7 +117,7 @@ def test_fitted_model_relaxes_crystals_in_the_batched_engine(finished_run):
         assert [a.info["kind"] for a in relaxed] == expected
         log = (workdir / "logs" / "argon" / "solid" / name / "relax.log").read_text()
         assert f"relaxed {len(expected)} structures ({len(expected)} converged)" in log
-    vacancy = solid.loc[solid["property"] == "E_vacancy-E_fcc_eV", "value"].iloc[0]
+    vacancy = solid.loc[solid["property"] == "E_vacancy_eV", "fitted"].iloc[0]
     assert 0 < vacancy < 0.08 / 31 * 12  # fewer bonds than fcc, less than 12 of the 31 atoms' bonds broken
     assert "Solid-state validation" in (workdir / "results" / "report.html").read_text()
     # the user's file passed its checks once and is remembered by content for later Snakemake starts
@@ -146,7 +146,9 @@ def test_same_seed_gives_the_same_fit_in_a_fresh_directory(finished_run, tmp_pat
 
 
 def test_dry_run_of_the_default_config_plans_every_stage(venv_env):
-    done = subprocess.run([SNAKEMAKE, "-n", "--forceall"], cwd=REPO, env=venv_env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [SNAKEMAKE, "-n", "--forceall"], cwd=REPO, env=venv_env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     output = done.stdout + done.stderr
     for rule in ("fit", "render_validation_input", "simulate", "validate", "collect", "report"):
@@ -154,8 +156,14 @@ def test_dry_run_of_the_default_config_plans_every_stage(venv_env):
 
 
 def test_workflow_entry_point_in_workflow_folder_has_the_default_target(venv_env):
-    done = subprocess.run([SNAKEMAKE, "-n", "-s", "workflow/Snakefile"], cwd=REPO, env=venv_env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [SNAKEMAKE, "-n", "-s", "workflow/Snakefile"],
+        cwd=REPO,
+        env=venv_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "results/report.html" in done.stdout + done.stderr
 
@@ -163,12 +171,21 @@ def test_workflow_entry_point_in_workflow_folder_has_the_default_target(venv_env
 @pytest.mark.parametrize("example", sorted((REPO / "config" / "examples").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_example_plans_alone_with_configfile(example, venv_env):
     """`snakemake --configfile config/examples/X.yaml` runs X's fits only (not merged with the default)."""
-    done = subprocess.run([SNAKEMAKE, "-n", "--forceall", "--configfile", str(example)], cwd=REPO, env=venv_env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [SNAKEMAKE, "-n", "--forceall", "--configfile", str(example)],
+        cwd=REPO,
+        env=venv_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     fits = set(yaml.safe_load(example.read_text())["fits"])
-    planned = {line.split("fit=")[1].split(",")[0].strip() for line in (done.stdout + done.stderr).splitlines()
-               if "wildcards: fit=" in line}
+    planned = {
+        line.split("fit=")[1].split(",")[0].strip()
+        for line in (done.stdout + done.stderr).splitlines()
+        if "wildcards: fit=" in line
+    }
     assert planned == fits
 
 
@@ -177,8 +194,9 @@ def test_least_squares_fit_with_fluctuation_gradients_runs_in_the_workflow(tmp_p
     """The reduced argon_fluctuation example: least squares steps on gradients from each MD run."""
     config = yaml.safe_load((REPO / "config" / "examples" / "argon_fluctuation.yaml").read_text())
     fit = config["fits"]["argon_fluctuation"]
-    fit["liquid"]["md"].update(n_cells=4, melt_steps=200, equilibration_steps=400, production_steps=2000,
-                               thermo_every=10, dump_every=20)
+    fit["liquid"]["md"].update(
+        n_cells=4, melt_steps=200, equilibration_steps=400, production_steps=2000, thermo_every=10, dump_every=20
+    )
     fit["liquid"]["validation"].update(replicas=2, production_steps=500)
     fit["solid"]["perturbed_cells"] = 1
     fit["optimizer"]["max_evaluations"] = 3
@@ -288,7 +306,7 @@ configfile: "config.yaml"
 
 module chemfit:
     snakefile:
-        "{REPO / 'workflow' / 'Snakefile'}"
+        "{REPO / "workflow" / "Snakefile"}"
     config:
         config
 
@@ -305,8 +323,14 @@ rule paper:
     shell:
         "mkdir -p paper && cp {{input[0]}} {{output}}"
 """)
-    done = subprocess.run([SNAKEMAKE, "--cores", "2", "paper/fitted_parameters.json"], cwd=tmp_path, env=venv_env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [SNAKEMAKE, "--cores", "2", "paper/fitted_parameters.json"],
+        cwd=tmp_path,
+        env=venv_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     params = json.loads((tmp_path / "paper" / "fitted_parameters.json").read_text())
     assert params["argon"]["parameters"]["epsilon_K"]["unit"] == "K"
@@ -328,8 +352,9 @@ def _can_run_slurm() -> str | None:
 
 def start_slurm_cluster() -> None:
     """The one-node cluster of tests/slurm/start_cluster.sh, up and taking jobs."""
-    started = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "start_cluster.sh")], capture_output=True,
-                             text=True, timeout=600)
+    started = subprocess.run(
+        ["bash", str(REPO / "tests" / "slurm" / "start_cluster.sh")], capture_output=True, text=True, timeout=600
+    )
     assert started.returncode == 0 and "ready" in started.stdout, started.stderr[-2000:]
 
 
@@ -342,10 +367,27 @@ def slurm_snakemake(profile: str, *targets_and_options: str, jobs: int) -> list[
     """The command running the workflow through ``profiles/<profile>`` on that cluster: the
     profile's default resources give way to the cluster's (partition debug, no account, 1 GB,
     30 min); its per-rule resources stay; job status from squeue."""
-    return [SNAKEMAKE, *targets_and_options, "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml",
-            "--profile", str(REPO / "profiles" / profile), "--jobs", str(jobs), "--slurm-no-account",
-            "--default-resources", "slurm_partition=debug", "mem_mb=1000", "runtime=30",
-            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
+    return [
+        SNAKEMAKE,
+        *targets_and_options,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        "config.yaml",
+        "--profile",
+        str(REPO / "profiles" / profile),
+        "--jobs",
+        str(jobs),
+        "--slurm-no-account",
+        "--default-resources",
+        "slurm_partition=debug",
+        "mem_mb=1000",
+        "runtime=30",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+    ]
 
 
 @pytest.mark.slow
@@ -364,8 +406,10 @@ def test_slurm_profile_on_a_real_cluster_gives_the_local_results(finished_run, t
     assert "Job " in output and "has been submitted with SLURM jobid" in output
     params = (tmp_path / "results" / "params.json").read_text()
     assert params == (local_dir / "results" / "params.json").read_text()
-    history = [pd.read_csv(d / "results" / "argon" / "fit_history.csv").drop(columns="wall_time_s")
-               for d in (tmp_path, local_dir)]
+    history = [
+        pd.read_csv(d / "results" / "argon" / "fit_history.csv").drop(columns="wall_time_s")
+        for d in (tmp_path, local_dir)
+    ]
     pd.testing.assert_frame_equal(*history)
     local_props = pd.read_csv(local_dir / "results" / "properties.csv")
     slurm_props = pd.read_csv(tmp_path / "results" / "properties.csv")
@@ -405,8 +449,10 @@ def test_gpu_profile_puts_relax_jobs_on_the_gpu_partition_holding_one_gpu(finish
         assert "Partition=debug" in shown and not re.search(r"gres[/:]gpu", shown), shown
     for name in ("prototypes", "perturbed", "vacancy"):
         assert "on cpu (torch engine)" in (run / "logs" / "argon" / "solid" / name / "relax.log").read_text()
-    pd.testing.assert_frame_equal(pd.read_csv(run / "results" / "argon" / "solid_properties.csv"),
-                                  pd.read_csv(local_dir / "results" / "argon" / "solid_properties.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(run / "results" / "argon" / "solid_properties.csv"),
+        pd.read_csv(local_dir / "results" / "argon" / "solid_properties.csv"),
+    )
 
 
 def mpi_config(path: Path, ranks: int = 2) -> Path:
@@ -428,8 +474,9 @@ def test_an_mpi_fit_gives_the_threaded_fit_exactly(finished_run, tmp_path):
     log = (tmp_path / "logs" / "argon" / "fit.log").read_text()
     assert "MPI rank 0 of 2" in log and "MPI rank 1 of 2" in log
     assert json.loads((tmp_path / "results" / "argon" / "fit.json").read_text())["evaluator"] == "mpi"
-    assert (tmp_path / "results" / "argon" / "params.json").read_text() == \
-        (local_dir / "results" / "argon" / "params.json").read_text()
+    assert (tmp_path / "results" / "argon" / "params.json").read_text() == (
+        local_dir / "results" / "argon" / "params.json"
+    ).read_text()
 
 
 @pytest.mark.slow
@@ -451,8 +498,9 @@ def test_an_mpi_fit_is_one_slurm_job_with_several_tasks(finished_run, tmp_path, 
     assert "NumTasks=2" in shown and "CPUs/Task=1" in shown, shown
     record = json.loads((tmp_path / "results" / "argon" / "fit.json").read_text())
     assert record["evaluator"] == "mpi" and record["n_workers"] == 2
-    assert (tmp_path / "results" / "argon" / "params.json").read_text() == \
-        (local_dir / "results" / "argon" / "params.json").read_text()
+    assert (tmp_path / "results" / "argon" / "params.json").read_text() == (
+        local_dir / "results" / "argon" / "params.json"
+    ).read_text()
 
 
 @pytest.mark.slow
@@ -471,8 +519,11 @@ def test_a_config_edit_reruns_only_the_affected_jobs(finished_run, tmp_path):
         (copy / "config.yaml").write_text(yaml.safe_dump(config))
         done = snakemake(copy, env, "-n")
         assert done.returncode == 0, done.stderr[-2000:]
-        return {line.split()[1].rstrip(":") for line in (done.stdout + done.stderr).splitlines()
-                if line.startswith(("rule ", "localrule "))}
+        return {
+            line.split()[1].rstrip(":")
+            for line in (done.stdout + done.stderr).splitlines()
+            if line.startswith(("rule ", "localrule "))
+        }
 
     assert planned(lambda fit: None) == set()
     solid = planned(lambda fit: fit["solid"].update(fmax=0.002))
@@ -515,14 +566,20 @@ def headless_chromium(width: int = 1280, height: int = 1600):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    installed = subprocess.run(["bash", str(REPO / "tests" / "browser" / "install_chromium.sh")],
-                               capture_output=True, text=True, timeout=600)
+    installed = subprocess.run(
+        ["bash", str(REPO / "tests" / "browser" / "install_chromium.sh")], capture_output=True, text=True, timeout=600
+    )
     assert installed.returncode == 0, installed.stderr[-2000:]
     paths = dict(line.split(" ", 1) for line in installed.stdout.splitlines())
     options = webdriver.ChromeOptions()
     options.binary_location = paths["chromium"]
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     f"--window-size={width},{height}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+    ):
         options.add_argument(argument)
     return webdriver.Chrome(service=Service(paths["chromedriver"]), options=options)
 
@@ -549,7 +606,8 @@ def test_reports_open_in_a_headless_browser_and_show_the_plots(finished_run, tmp
         assert browser.title == "chemfit-workflow report"
         images = browser.execute_script(
             "return Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, "
-            "width: i.naturalWidth, shown: i.getBoundingClientRect().width}))")
+            "width: i.naturalWidth, shown: i.getBoundingClientRect().width}))"
+        )
         assert {i["alt"] for i in images} == {"convergence of argon", "terms and properties of argon"}
         for image in images:  # decoded (naturalWidth) and laid out on the page (shown width)
             assert image["complete"] and image["width"] > 500 and image["shown"] > 300, image
@@ -569,11 +627,17 @@ def test_reports_open_in_a_headless_browser_and_show_the_plots(finished_run, tmp
         wait = WebDriverWait(browser, 30)
         wait.until(lambda b: b.find_elements(By.XPATH, "//span[text()='Fits']"))[0].click()
         for plot in ("convergence.png", "properties.png"):
-            row = wait.until(lambda b: b.find_elements(By.XPATH, f"//td[contains(text(), '{plot}')]/ancestor::tr"))[0]
+            row = wait.until(
+                lambda b, plot=plot: b.find_elements(By.XPATH, f"//td[contains(text(), '{plot}')]/ancestor::tr")
+            )[0]
             row.find_element(By.XPATH, ".//a[@iconname='eye']").click()  # show the result
-            shown = wait.until(lambda b: b.execute_script(
-                "return Array.from(document.images).filter(i => i.src.includes('filename=' + arguments[0]) "
-                "&& i.complete && i.naturalWidth > 500 && i.getBoundingClientRect().width > 300).length", plot))
+            shown = wait.until(
+                lambda b, plot=plot: b.execute_script(
+                    "return Array.from(document.images).filter(i => i.src.includes('filename=' + arguments[0]) "
+                    "&& i.complete && i.naturalWidth > 500 && i.getBoundingClientRect().width > 300).length",
+                    plot,
+                )
+            )
             assert shown == 1, plot
             assert browser.save_screenshot(str(tmp_path / f"snakemake_report_{plot}"))
             assert _painted_fraction(tmp_path / f"snakemake_report_{plot}") > 0.05

@@ -159,8 +159,13 @@ def default_max_memory_scaler(
         metrics = [calculate_memory_scaler(s, memory_scales_with, cutoff) for s in samples]
     if _is_cuda(model):
         budget = max_memory_padding * estimate_max_memory_scaler(
-            samples, model, metrics, max_atoms=max_atoms_to_try, scale_factor=memory_scaling_factor,
-            oom_error_message=oom_error_message)
+            samples,
+            model,
+            metrics,
+            max_atoms=max_atoms_to_try,
+            scale_factor=memory_scaling_factor,
+            oom_error_message=oom_error_message,
+        )
         logger.info("memory probe: budget %.4g (%s)", budget, memory_scales_with)
         return budget
     budget = max(CPU_MAX_ATOMS * metrics[0] / max(samples[0].n_atoms, 1), max(metrics))
@@ -198,8 +203,11 @@ def to_constant_volume_bins(
         raise ValueError("Must provide weight_pos or key for a list of records")
     else:
         entries = [(float(w), w) for w in items]
-    entries = [e for e in entries if (lower_bound is None or e[0] > lower_bound)
-               and (upper_bound is None or e[0] < upper_bound)]
+    entries = [
+        e
+        for e in entries
+        if (lower_bound is None or e[0] > lower_bound) and (upper_bound is None or e[0] < upper_bound)
+    ]
     entries.sort(key=lambda e: -e[0])  # stable: ties keep input order
     bins: list[list[tuple[float, Any]]] = []
     sums: list[float] = []
@@ -256,8 +264,15 @@ class _BatcherBase:
     def _budget_for(self, samples: Sequence[SimState], metrics: Sequence[float]) -> float:
         if self.max_memory_scaler is None:
             self.max_memory_scaler = default_max_memory_scaler(
-                self.model, samples, self.memory_scales_with, self.max_atoms_to_try, self.memory_scaling_factor,
-                self.max_memory_padding, self.oom_error_message, self.cutoff, metrics,
+                self.model,
+                samples,
+                self.memory_scales_with,
+                self.max_atoms_to_try,
+                self.memory_scaling_factor,
+                self.max_memory_padding,
+                self.oom_error_message,
+                self.cutoff,
+                metrics,
             )
         return self.max_memory_scaler
 
@@ -370,9 +385,14 @@ class InFlightAutoBatcher(_BatcherBase):
         max_passes: int = 8,
     ) -> None:
         super().__init__(
-            model, memory_scales_with=memory_scales_with, cutoff=cutoff, max_memory_scaler=max_memory_scaler,
-            max_atoms_to_try=max_atoms_to_try, memory_scaling_factor=memory_scaling_factor,
-            max_memory_padding=max_memory_padding, oom_error_message=oom_error_message,
+            model,
+            memory_scales_with=memory_scales_with,
+            cutoff=cutoff,
+            max_memory_scaler=max_memory_scaler,
+            max_atoms_to_try=max_atoms_to_try,
+            memory_scaling_factor=memory_scaling_factor,
+            max_memory_padding=max_memory_padding,
+            oom_error_message=oom_error_message,
         )
         if max_iterations is not None and max_iterations < 1:
             raise ValueError("max_iterations must be >= 1")
@@ -434,8 +454,7 @@ class InFlightAutoBatcher(_BatcherBase):
     @staticmethod
     def _check_single(index: int, state: SimState) -> None:
         if state.n_systems != 1:
-            raise ValueError(f"state {index} holds {state.n_systems} systems; load single systems "
-                             "or one batched state")
+            raise ValueError(f"state {index} holds {state.n_systems} systems; load single systems or one batched state")
 
     def _read_ahead(self) -> None:
         """Fill the waiting list from the source; measure and check what an iterator yields."""
@@ -495,11 +514,13 @@ class InFlightAutoBatcher(_BatcherBase):
         if updated_state is None or convergence_tensor is None:
             raise ValueError("after the first batch, pass the updated state and its convergence tensor")
         if convergence_tensor.ndim != 1 or len(convergence_tensor) != updated_state.n_systems:
-            raise ValueError(f"convergence_tensor must have shape [{updated_state.n_systems}], "
-                             f"got {tuple(convergence_tensor.shape)}")
+            raise ValueError(
+                f"convergence_tensor must have shape [{updated_state.n_systems}], got {tuple(convergence_tensor.shape)}"
+            )
         if updated_state.n_systems != len(self.current_idx):
-            raise ValueError(f"the batch holds {updated_state.n_systems} systems, the batcher tracks "
-                             f"{len(self.current_idx)}")
+            raise ValueError(
+                f"the batch holds {updated_state.n_systems} systems, the batcher tracks {len(self.current_idx)}"
+            )
         done = convergence_tensor.detach().to("cpu", torch.bool).clone()
         for position, index in enumerate(self.current_idx):
             self.iteration_count[index] += 1
@@ -528,7 +549,8 @@ class InFlightAutoBatcher(_BatcherBase):
     def restore_original_order(self, completed_states: Sequence[SimState]) -> list[SimState]:
         """Completed states in input order (pass all of them, in the order received)."""
         if len(completed_states) != len(self.completed_idx_og_order):
-            raise ValueError(f"got {len(completed_states)} completed states for "
-                             f"{len(self.completed_idx_og_order)} completed indices")
+            raise ValueError(
+                f"got {len(completed_states)} completed states for {len(self.completed_idx_og_order)} completed indices"
+            )
         pairs = sorted(zip(self.completed_idx_og_order, completed_states), key=lambda p: p[0])
         return [state for _, state in pairs]

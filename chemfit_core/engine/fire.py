@@ -65,8 +65,18 @@ class FireState(SimState):
 
     _atom_attributes = (*SimState._atom_attributes, "forces", "velocities")
     _system_attributes = (
-        *SimState._system_attributes, "energy", "stress", "dt", "alpha", "n_pos", "n_steps", "fresh",
-        "evaluated", "reference_cell", "cell_velocities", "cell_forces",
+        *SimState._system_attributes,
+        "energy",
+        "stress",
+        "dt",
+        "alpha",
+        "n_pos",
+        "n_steps",
+        "fresh",
+        "evaluated",
+        "reference_cell",
+        "cell_velocities",
+        "cell_forces",
     )
 
     def __post_init__(self) -> None:
@@ -102,9 +112,7 @@ class FireState(SimState):
         return self.evaluated & (max_force(self) <= fmax)
 
 
-def fire_init(
-    state: SimState, model: Any, *, relax_cell: bool = False, pressure: float = 0.0
-) -> FireState:
+def fire_init(state: SimState, model: Any, *, relax_cell: bool = False, pressure: float = 0.0) -> FireState:
     """Wrap ``state`` for FIRE and evaluate the model once (energies, forces, stress)."""
     if isinstance(state, FireState):
         fire_state = state
@@ -161,8 +169,9 @@ def _per_system_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.
     return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, index, values)
 
 
-def fire_step(state: FireState, model: Any, params: FireParameters = FireParameters(), *,
-              active: torch.Tensor | None = None) -> FireState:
+def fire_step(
+    state: FireState, model: Any, params: FireParameters = FireParameters(), *, active: torch.Tensor | None = None
+) -> FireState:
     """Move every evaluated system by one FIRE step, then evaluate the whole batch.
 
     Systems that joined without results are only evaluated. ``active`` (bool per

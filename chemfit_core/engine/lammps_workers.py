@@ -44,10 +44,16 @@ def _species_order(structures: Sequence[Any], model: Any) -> list[str]:
 def _input_block(k: int, atoms: Any, commands: list[str], fmax: float, max_steps: int) -> str:
     boundary = " ".join("p" if periodic else "s" for periodic in atoms.pbc)
     lines = [
-        "clear", "units metal", "atom_style atomic", f"boundary {boundary}", f"read_data s{k}.data",
+        "clear",
+        "units metal",
+        "atom_style atomic",
+        f"boundary {boundary}",
+        f"read_data s{k}.data",
         *commands,
-        "thermo_style custom step pe fmax", "thermo_modify format float %20.15g",
-        "min_style fire", "min_modify norm max",
+        "thermo_style custom step pe fmax",
+        "thermo_modify format float %20.15g",
+        "min_style fire",
+        "min_modify norm max",
         f"minimize 0 {fmax!r} {max_steps} {10 * max_steps + 100}",
         f"write_dump all custom f{k}.dump id x y z fx fy fz modify sort id format float %20.15g",
         f'print "RESULT {k} $(pe:%.15g) $(step)"',
@@ -62,15 +68,21 @@ def _read_dump(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data[:, 1:4], data[:, 4:7]
 
 
-def _run_chunk(chunk: list[tuple[int, Any]], species: list[str], commands: list[str], fmax: float, max_steps: int,
-               workdir: Path, timeout: float | None) -> dict[int, tuple[float, int, np.ndarray, np.ndarray]]:
+def _run_chunk(
+    chunk: list[tuple[int, Any]],
+    species: list[str],
+    commands: list[str],
+    fmax: float,
+    max_steps: int,
+    workdir: Path,
+    timeout: float | None,
+) -> dict[int, tuple[float, int, np.ndarray, np.ndarray]]:
     from ase.calculators.lammps import Prism
     from ase.io import write
 
     script = []
     for k, atoms in chunk:
-        write(workdir / f"s{k}.data", atoms, format="lammps-data", specorder=species, masses=True,
-              atom_style="atomic")
+        write(workdir / f"s{k}.data", atoms, format="lammps-data", specorder=species, masses=True, atom_style="atomic")
         script.append(_input_block(k, atoms, commands, fmax, max_steps))
     (workdir / "in.lammps").write_text("".join(script))
     log = run_lammps(workdir, "in.lammps", timeout=timeout)
@@ -123,8 +135,11 @@ def relax_with_lammps(
         for d in dirs:
             d.mkdir()
         with ThreadPoolExecutor(n_workers) as pool:
-            futures = [pool.submit(_run_chunk, chunk, species, commands, fmax, max_steps, d, timeout)
-                       for chunk, d in zip(chunks, dirs) if chunk]
+            futures = [
+                pool.submit(_run_chunk, chunk, species, commands, fmax, max_steps, d, timeout)
+                for chunk, d in zip(chunks, dirs)
+                if chunk
+            ]
             for future in futures:
                 results.update(future.result())
     wall = time.monotonic() - start

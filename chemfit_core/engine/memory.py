@@ -32,8 +32,10 @@ BOX_PADDING = 2.0
 def check_memory_scaling(memory_scales_with: str) -> None:
     """Raise ``ValueError`` unless ``memory_scales_with`` names a known metric."""
     if memory_scales_with not in MEMORY_SCALINGS:
-        raise ValueError(f"Invalid metric: {memory_scales_with!r}; memory_scales_with must be one of "
-                         f"{', '.join(repr(m) for m in MEMORY_SCALINGS)}")
+        raise ValueError(
+            f"Invalid metric: {memory_scales_with!r}; memory_scales_with must be one of "
+            f"{', '.join(repr(m) for m in MEMORY_SCALINGS)}"
+        )
 
 
 def edge_counts(state: SimState, cutoff: float) -> list[float]:
@@ -90,6 +92,7 @@ def calculate_memory_scaler(
 ) -> float:
     """The memory metric of a single-system state (see :func:`calculate_memory_scalers`)."""
     if state.n_systems != 1:
-        raise ValueError(f"calculate_memory_scaler takes one system, got {state.n_systems}; "
-                         "use calculate_memory_scalers for a batch")
+        raise ValueError(
+            f"calculate_memory_scaler takes one system, got {state.n_systems}; use calculate_memory_scalers for a batch"
+        )
     return calculate_memory_scalers(state, memory_scales_with, cutoff)[0]

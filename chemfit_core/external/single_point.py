@@ -39,7 +39,7 @@ def boxed(atoms: Atoms) -> Atoms:
     periodic = atoms.cell.array[pbc]
     # orthonormal basis of the complement of span(periodic vectors)
     u, _, _ = np.linalg.svd(periodic.T if len(periodic) else np.zeros((3, 1)))
-    complement = u[:, len(periodic):].T
+    complement = u[:, len(periodic) :].T
     cell = atoms.cell.array.copy()
     cell[~pbc] = complement
     if np.linalg.det(cell) < 0:  # keep the box right-handed
@@ -55,8 +55,9 @@ def boxed(atoms: Atoms) -> Atoms:
     return atoms
 
 
-def lammps_reference(atoms_list: list[Atoms], pair_lines: list[str], workdir: Path | str,
-                     specorder: list[str]) -> list[dict]:
+def lammps_reference(
+    atoms_list: list[Atoms], pair_lines: list[str], workdir: Path | str, specorder: list[str]
+) -> list[dict]:
     """Energy, forces and stress of each structure from one LAMMPS run.
 
     Args:
@@ -77,16 +78,31 @@ def lammps_reference(atoms_list: list[Atoms], pair_lines: list[str], workdir: Pa
         box = boxed(atoms)
         prism = Prism(box.cell.array, pbc=box.pbc)
         prisms.append(prism)
-        ase.io.write(workdir / f"data.{k}", box, format="lammps-data", specorder=specorder, masses=True,
-                     atom_style="atomic", force_skew=True, prismobj=prism)
+        ase.io.write(
+            workdir / f"data.{k}",
+            box,
+            format="lammps-data",
+            specorder=specorder,
+            masses=True,
+            atom_style="atomic",
+            force_skew=True,
+            prismobj=prism,
+        )
         boundary = " ".join("p" if p else "f" for p in box.pbc)
-        lines += ["clear", "units metal", "atom_style atomic", f"boundary {boundary}", f"read_data data.{k}",
-                  *pair_lines,
-                  "thermo_style custom step pe pxx pyy pzz pxy pxz pyz",
-                  "thermo_modify norm no format float %20.15g",
-                  f"dump d all custom 1 forces.{k} id fx fy fz",
-                  "dump_modify d sort id format float %20.15g",
-                  "run 0", "undump d"]
+        lines += [
+            "clear",
+            "units metal",
+            "atom_style atomic",
+            f"boundary {boundary}",
+            f"read_data data.{k}",
+            *pair_lines,
+            "thermo_style custom step pe pxx pyy pzz pxy pxz pyz",
+            "thermo_modify norm no format float %20.15g",
+            f"dump d all custom 1 forces.{k} id fx fy fz",
+            "dump_modify d sort id format float %20.15g",
+            "run 0",
+            "undump d",
+        ]
     (workdir / "in.lammps").write_text("\n".join(lines) + "\n")
     runs = read_thermo(run_lammps(workdir, "in.lammps"))
     if len(runs) != len(atoms_list):
@@ -98,9 +114,9 @@ def lammps_reference(atoms_list: list[Atoms], pair_lines: list[str], workdir: Pa
             raise ChemFitError(f"{workdir}/forces.{k}: atoms missing from the dump")
         forces = prism.vector_to_ase(dump[:, 1:])
         p = {key: thermo[key][0] for key in ("Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz")}
-        pressure = np.array([[p["Pxx"], p["Pxy"], p["Pxz"]],
-                             [p["Pxy"], p["Pyy"], p["Pyz"]],
-                             [p["Pxz"], p["Pyz"], p["Pzz"]]])
+        pressure = np.array(
+            [[p["Pxx"], p["Pxy"], p["Pxz"]], [p["Pxy"], p["Pyy"], p["Pyz"]], [p["Pxz"], p["Pyz"], p["Pzz"]]]
+        )
         stress = prism.tensor2_to_ase(-pressure / LAMMPS_EV_PER_A3_IN_BAR) if atoms.pbc.all() else None
         results.append({"energy": float(thermo["PotEng"][0]), "forces": forces, "stress": stress})
     return results

@@ -46,8 +46,9 @@ class Model(torch.nn.Module):
         types = self._type_of_z.to(state.device)[state.atomic_numbers]
         if bool((types < 0).any()):
             unknown = sorted(set(state.atomic_numbers[types < 0].tolist()))
-            raise ValueError(f"{type(self).__name__} has no parameters for atomic numbers {unknown}; "
-                             f"it knows {self.species}")
+            raise ValueError(
+                f"{type(self).__name__} has no parameters for atomic numbers {unknown}; it knows {self.species}"
+            )
         return types
 
     def forward(self, state: SimState) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
@@ -63,16 +64,18 @@ class PairModel(Model):
     are evaluated (the list also holds the skin).
     """
 
-    def pair_terms(self, r2: torch.Tensor, ti: torch.Tensor | None, tj: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_terms(
+        self, r2: torch.Tensor, ti: torch.Tensor | None, tj: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pair energy E and (dE/dr)/r from squared distances ``r2`` (Å²).
 
         ``ti``/``tj`` are the pair's type indices, or None when the model has one species.
         """
         raise NotImplementedError
 
-    def parameter(self, table: torch.Tensor, ti: torch.Tensor | None, tj: torch.Tensor | None,
-                  dtype: torch.dtype) -> torch.Tensor:
+    def parameter(
+        self, table: torch.Tensor, ti: torch.Tensor | None, tj: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
         """A parameter per pair (a scalar tensor when there is one species)."""
         table = table.to(dtype)
         return table[0, 0] if ti is None else table[ti, tj]

@@ -44,7 +44,7 @@ def lammps_spline(values: np.ndarray) -> np.ndarray:
     slope[1] = 0.5 * (f[2] - f[0])
     slope[n - 2] = 0.5 * (f[n - 1] - f[n - 3])
     slope[n - 1] = f[n - 1] - f[n - 2]
-    slope[2:n - 2] = ((f[0:n - 4] - f[4:n]) + 8.0 * (f[3:n - 1] - f[1:n - 3])) / 12.0
+    slope[2 : n - 2] = ((f[0 : n - 4] - f[4:n]) + 8.0 * (f[3 : n - 1] - f[1 : n - 3])) / 12.0
     c4 = np.zeros(n)
     c3 = np.zeros(n)
     c4[:-1] = 3.0 * (f[1:] - f[:-1]) - 2.0 * slope[:-1] - slope[1:]
@@ -52,8 +52,7 @@ def lammps_spline(values: np.ndarray) -> np.ndarray:
     return np.stack([c3, c4, slope, f], axis=1)
 
 
-def _evaluate(coeffs: torch.Tensor, x: torch.Tensor, delta: float, table: torch.Tensor | int = 0
-              ) -> torch.Tensor:
+def _evaluate(coeffs: torch.Tensor, x: torch.Tensor, delta: float, table: torch.Tensor | int = 0) -> torch.Tensor:
     """Spline value at ``x`` with LAMMPS's clamping (index in [0, n−2], fraction ≤ 1)."""
     n = coeffs.shape[-2]
     p = x / delta
@@ -136,9 +135,22 @@ class EAM(_EAMBase):
     tabulated potential is evaluated, not fitted (fit :class:`AnalyticEAM`).
     """
 
-    def __init__(self, species: Sequence[int], frho: np.ndarray, rhor: np.ndarray, z2r: np.ndarray,
-                 drho: float, dr: float, cutoff: float, *, style: str, file: Path | None = None,
-                 elements: Sequence[str] = (), skin: float = 0.5, compute_stress: bool = True):
+    def __init__(
+        self,
+        species: Sequence[int],
+        frho: np.ndarray,
+        rhor: np.ndarray,
+        z2r: np.ndarray,
+        drho: float,
+        dr: float,
+        cutoff: float,
+        *,
+        style: str,
+        file: Path | None = None,
+        elements: Sequence[str] = (),
+        skin: float = 0.5,
+        compute_stress: bool = True,
+    ):
         super().__init__(cutoff, species, skin, compute_stress)
         n = len(self.species)
         if frho.shape[0] != n or rhor.shape[0] != n or z2r.shape[:2] != (n, n):
@@ -160,7 +172,7 @@ class EAM(_EAMBase):
         lines = path.read_text().splitlines()
         try:
             header = lines[3].split()
-            elements = header[1:1 + int(header[0])]
+            elements = header[1 : 1 + int(header[0])]
             nrho, drho, nr, dr, cutoff = lines[4].split()[:5]
             nrho, nr, drho, dr, cutoff = int(nrho), int(nr), float(drho), float(dr), float(cutoff)
             line = 5
@@ -181,8 +193,19 @@ class EAM(_EAMBase):
             raise ValueError(f"{path}: not a readable setfl file ({exc})") from None
         if species is not None and list(species) != [atomic_numbers[e] for e in elements]:
             raise ValueError(f"{path} holds {elements}; species {list(species)} do not match")
-        return cls([atomic_numbers[e] for e in elements], np.array(frho), np.array(rhor), z2r, drho, dr,
-                   cutoff, style="eam/alloy", file=path, elements=elements, **options)
+        return cls(
+            [atomic_numbers[e] for e in elements],
+            np.array(frho),
+            np.array(rhor),
+            z2r,
+            drho,
+            dr,
+            cutoff,
+            style="eam/alloy",
+            file=path,
+            elements=elements,
+            **options,
+        )
 
     @classmethod
     def from_funcfl(cls, path: str | Path, species: Sequence[int] | None = None, **options) -> EAM:
@@ -206,16 +229,30 @@ class EAM(_EAMBase):
         # file's last value, over the same grid spacing; z2r = 27.2*0.529*Z*Z.
         frho = np.append(frho, frho[-1])
         z2r = LAMMPS_HARTREE_BOHR * zr * zr  # funcfl tabulates the effective charge Z(r)
-        return cls([z], frho[None], rhor[None], z2r[None, None], drho, dr, cutoff, style="eam", file=path,
-                   elements=[chemical_symbols[z]], **options)
+        return cls(
+            [z],
+            frho[None],
+            rhor[None],
+            z2r[None, None],
+            drho,
+            dr,
+            cutoff,
+            style="eam",
+            file=path,
+            elements=[chemical_symbols[z]],
+            **options,
+        )
 
     def embedding(self, rho, types):
         value = _evaluate(self.frho_spline, rho, self.drho, types)
         # LAMMPS continues F linearly (with the slope at the end of its table) beyond rhomax
         beyond = torch.clamp(rho - self.rhomax, min=0.0)
         n = self.frho_spline.shape[1]
-        slope = (3 * self.frho_spline[types, n - 2, 0] + 2 * self.frho_spline[types, n - 2, 1]
-                 + self.frho_spline[types, n - 2, 2]) / self.drho
+        slope = (
+            3 * self.frho_spline[types, n - 2, 0]
+            + 2 * self.frho_spline[types, n - 2, 1]
+            + self.frho_spline[types, n - 2, 2]
+        ) / self.drho
         return value + slope * beyond
 
     def density(self, r, tj):
@@ -258,9 +295,21 @@ class AnalyticEAM(_EAMBase):
 
     PARAMETERS = ("D", "alpha", "r0", "A", "B", "beta", "re")
 
-    def __init__(self, D: float = 0.05, alpha: float = 1.5, r0: float = 2.8, A: float = 1.2, B: float = 0.0,
-                 beta: float = 5.0, re: float = 2.556, cutoff: float = 5.5, width: float = 1.0,
-                 species: Sequence[int] | int = (29,), skin: float = 0.5, compute_stress: bool = True):
+    def __init__(
+        self,
+        D: float = 0.05,
+        alpha: float = 1.5,
+        r0: float = 2.8,
+        A: float = 1.2,
+        B: float = 0.0,
+        beta: float = 5.0,
+        re: float = 2.556,
+        cutoff: float = 5.5,
+        width: float = 1.0,
+        species: Sequence[int] | int = (29,),
+        skin: float = 0.5,
+        compute_stress: bool = True,
+    ):
         species = [species] if isinstance(species, int) else list(species)
         if len(species) != 1:
             raise ValueError("AnalyticEAM describes one element")
@@ -291,15 +340,20 @@ class AnalyticEAM(_EAMBase):
         return -self._p("A", rho) * root + self._p("B", rho) * rho * rho
 
     def density(self, r, tj=None):
-        return torch.exp(-self._p("beta", r) * (r / self._p("re", r) - 1)) * smooth_cutoff(r, self.cutoff,
-                                                                                              self.width)
+        return torch.exp(-self._p("beta", r) * (r / self._p("re", r) - 1)) * smooth_cutoff(r, self.cutoff, self.width)
 
     def pair(self, r, ti=None, tj=None):
         a = torch.exp(-self._p("alpha", r) * (r - self._p("r0", r)))
         return self._p("D", r) * (a * a - 2 * a) * smooth_cutoff(r, self.cutoff, self.width)
 
-    def write_setfl(self, path: str | Path, nrho: int = 10000, rhomax: float | None = None, nr: int = 10000,
-                    comment: str = "chemfit_core AnalyticEAM") -> Path:
+    def write_setfl(
+        self,
+        path: str | Path,
+        nrho: int = 10000,
+        rhomax: float | None = None,
+        nr: int = 10000,
+        comment: str = "chemfit_core AnalyticEAM",
+    ) -> Path:
         """Tabulate the model as a LAMMPS ``setfl`` file (``pair_style eam/alloy``); returns the path.
 
         ``rhomax`` defaults to 50 × ρ(re) (twelve neighbours at 0.8·re stay inside the table);
@@ -325,13 +379,22 @@ class AnalyticEAM(_EAMBase):
         structure = state.get("symmetry", "fcc")
 
         def block(values: np.ndarray) -> str:
-            return "\n".join(" ".join(f"{v:.16e}" for v in values[k:k + 5]) for k in range(0, len(values), 5))
+            return "\n".join(" ".join(f"{v:.16e}" for v in values[k : k + 5]) for k in range(0, len(values), 5))
 
         path = Path(path)
-        text = "\n".join([
-            comment, f"parameters {self.parameters_dict()}", f"cutoff {self.cutoff} width {self.width}",
-            f"1 {symbol}", f"{nrho} {drho!r} {nr} {dr!r} {self.cutoff!r}",
-            f"{z} {atomic_masses[z]:.4f} {lattice} {structure}", block(frho), block(rhor), block(z2r), "",
-        ])
+        text = "\n".join(
+            [
+                comment,
+                f"parameters {self.parameters_dict()}",
+                f"cutoff {self.cutoff} width {self.width}",
+                f"1 {symbol}",
+                f"{nrho} {drho!r} {nr} {dr!r} {self.cutoff!r}",
+                f"{z} {atomic_masses[z]:.4f} {lattice} {structure}",
+                block(frho),
+                block(rhor),
+                block(z2r),
+                "",
+            ]
+        )
         path.write_text(text)
         return path

@@ -46,8 +46,17 @@ class LennardJones(PairModel):
             cutoff (``pair_modify tail yes``; periodic systems, uniform density assumed).
     """
 
-    def __init__(self, epsilon, sigma, cutoff: float, species: Sequence[int] = (18,), shift: bool = False,
-                 skin: float = 0.5, compute_stress: bool = True, tail_correction: bool = False):
+    def __init__(
+        self,
+        epsilon,
+        sigma,
+        cutoff: float,
+        species: Sequence[int] = (18,),
+        shift: bool = False,
+        skin: float = 0.5,
+        compute_stress: bool = True,
+        tail_correction: bool = False,
+    ):
         super().__init__(cutoff, species, skin, compute_stress)
         n = len(self.species)
         self.epsilon = torch.nn.Parameter(_pair_table(epsilon, n, "epsilon"))
@@ -82,13 +91,18 @@ class LennardJones(PairModel):
         if "stress" in out:
             eye = torch.eye(3, dtype=dtype, device=state.device)
             tail_stress = -(ptail / volume**2).view(-1, 1, 1) * eye
-            out["stress"] = out["stress"] + torch.where(periodic.view(-1, 1, 1), tail_stress, torch.zeros_like(tail_stress))
+            out["stress"] = out["stress"] + torch.where(
+                periodic.view(-1, 1, 1), tail_stress, torch.zeros_like(tail_stress)
+            )
         return out
 
     def lammps_commands(self, species: Sequence[str]) -> list[str]:
         """The same potential in LAMMPS input commands (types numbered in ``self.species`` order)."""
-        return [f"pair_style lj/cut {self.cutoff!r}", *_pair_coeff_lines([self.epsilon, self.sigma]),
-                f"pair_modify shift {'yes' if self.shift else 'no'} tail {'yes' if self.tail_correction else 'no'}"]
+        return [
+            f"pair_style lj/cut {self.cutoff!r}",
+            *_pair_coeff_lines([self.epsilon, self.sigma]),
+            f"pair_modify shift {'yes' if self.shift else 'no'} tail {'yes' if self.tail_correction else 'no'}",
+        ]
 
     def pair_terms(self, r2, ti, tj):
         """LJ energy and (dE/dr)/r from r² (eV, eV/Å²); no square root needed."""
@@ -116,8 +130,17 @@ class Morse(PairModel):
         shift: subtract E(cutoff) (``pair_modify shift yes``).
     """
 
-    def __init__(self, D, alpha, r0, cutoff: float, species: Sequence[int] = (29,), shift: bool = False,
-                 skin: float = 0.5, compute_stress: bool = True):
+    def __init__(
+        self,
+        D,
+        alpha,
+        r0,
+        cutoff: float,
+        species: Sequence[int] = (29,),
+        shift: bool = False,
+        skin: float = 0.5,
+        compute_stress: bool = True,
+    ):
         super().__init__(cutoff, species, skin, compute_stress)
         n = len(self.species)
         self.D = torch.nn.Parameter(_pair_table(D, n, "D"))
@@ -127,8 +150,11 @@ class Morse(PairModel):
 
     def lammps_commands(self, species: Sequence[str]) -> list[str]:
         """The same potential in LAMMPS input commands (types numbered in ``self.species`` order)."""
-        return [f"pair_style morse {self.cutoff!r}", *_pair_coeff_lines([self.D, self.alpha, self.r0]),
-                f"pair_modify shift {'yes' if self.shift else 'no'}"]
+        return [
+            f"pair_style morse {self.cutoff!r}",
+            *_pair_coeff_lines([self.D, self.alpha, self.r0]),
+            f"pair_modify shift {'yes' if self.shift else 'no'}",
+        ]
 
     def pair_terms(self, r2, ti, tj):
         """Morse energy and (dE/dr)/r from r² (eV, eV/Å²)."""

@@ -30,12 +30,29 @@ from chemfit_core.errors import ChemFitError
 from chemfit_core.units import EV_A2_TO_J_M2, EV_A3_TO_GPA
 
 PROPERTIES = (
-    "a0_A", "Ec_eV", "B_GPa", "C11_GPa", "C12_GPa", "C44_GPa", "vacancy_eV",
-    "surface_111_J_m2", "surface_100_J_m2", "E_bcc_eV", "E_hcp_eV",
+    "a0_A",
+    "Ec_eV",
+    "B_GPa",
+    "C11_GPa",
+    "C12_GPa",
+    "C44_GPa",
+    "vacancy_eV",
+    "surface_111_J_m2",
+    "surface_100_J_m2",
+    "E_bcc_eV",
+    "E_hcp_eV",
 )
 UNITS = {
-    "a0_A": "Å", "Ec_eV": "eV/atom", "B_GPa": "GPa", "C11_GPa": "GPa", "C12_GPa": "GPa", "C44_GPa": "GPa",
-    "vacancy_eV": "eV", "surface_111_J_m2": "J/m²", "surface_100_J_m2": "J/m²", "E_bcc_eV": "eV/atom",
+    "a0_A": "Å",
+    "Ec_eV": "eV/atom",
+    "B_GPa": "GPa",
+    "C11_GPa": "GPa",
+    "C12_GPa": "GPa",
+    "C44_GPa": "GPa",
+    "vacancy_eV": "eV",
+    "surface_111_J_m2": "J/m²",
+    "surface_100_J_m2": "J/m²",
+    "E_bcc_eV": "eV/atom",
     "E_hcp_eV": "eV/atom",
 }
 
@@ -91,8 +108,9 @@ def cubic_lattice_constant(atoms: Any, lattice: str) -> float:
     return float((atoms.get_volume() * ATOMS_PER_CUBIC_CELL[lattice] / len(atoms)) ** (1 / 3))
 
 
-def structure_energies(ground: Sequence[Any], others: Mapping[str, Sequence[Any]], lattice: str,
-                       isolated_atom_energy_eV: float) -> dict[str, float]:
+def structure_energies(
+    ground: Sequence[Any], others: Mapping[str, Sequence[Any]], lattice: str, isolated_atom_energy_eV: float
+) -> dict[str, float]:
     """Properties of relaxed crystals with ASE results: ``a0_A`` and ``Ec_eV`` (eV/atom, against
     the isolated atom) of the ``ground``-state cells (energies per atom averaged, a0 of the
     first), and ``E_<kind>_eV`` (eV/atom above the ground state) of every other kind.
@@ -114,8 +132,7 @@ def crystal_properties(model: Any, setup: CrystalSetup, wanted: Iterable[str] = 
     unknown = wanted - set(PROPERTIES)
     if unknown:
         raise ValueError(f"unknown crystal properties {sorted(unknown)}; known: {', '.join(PROPERTIES)}")
-    common = dict(fmax=setup.fmax, max_steps=setup.max_steps, engine="torch", progress_every_s=None,
-                  dtype=model.dtype)
+    common = dict(fmax=setup.fmax, max_steps=setup.max_steps, engine="torch", progress_every_s=None, dtype=model.dtype)
 
     # 1. ground state and other prototypes, cells relaxed
     cells = [bulk(setup.element, setup.lattice, a=setup.a_guess_A, cubic=True)]
@@ -123,8 +140,11 @@ def crystal_properties(model: Any, setup: CrystalSetup, wanted: Iterable[str] = 
     nn = setup.a_guess_A / np.sqrt(2) if setup.lattice == "fcc" else setup.a_guess_A * np.sqrt(3) / 2
     for kind in others:
         a = nn * (2 / np.sqrt(3) if kind == "bcc" else 1.0)
-        cells.append(bulk(setup.element, kind, a=a, cubic=kind != "hcp") if kind != "hcp" else
-                     bulk(setup.element, "hcp", a=a, c=np.sqrt(8 / 3) * a))
+        cells.append(
+            bulk(setup.element, kind, a=a, cubic=kind != "hcp")
+            if kind != "hcp"
+            else bulk(setup.element, "hcp", a=a, c=np.sqrt(8 / 3) * a)
+        )
     relaxed = relax_structures(cells, model, relax_cell=True, **common)
     ground = relaxed.structures[0]
     e0 = relaxed.energies[0] / len(ground)
@@ -135,9 +155,14 @@ def crystal_properties(model: Any, setup: CrystalSetup, wanted: Iterable[str] = 
         raise ChemFitError(
             f"{setup.element} {setup.lattice} collapsed or expanded: the lattice relaxed to a0 = {a0:.3f} Å from "
             f"a_guess_A = {setup.a_guess_A} Å (converged: {bool(relaxed.converged[0])}); these parameters do "
-            "not describe the crystal (bound them, or start nearer)")
-    energies = structure_energies([ground], dict(zip(others, ([a] for a in relaxed.structures[1:]))),
-                                  setup.lattice, isolated_atom_energy(model, setup.element) if "Ec_eV" in wanted else 0.0)
+            "not describe the crystal (bound them, or start nearer)"
+        )
+    energies = structure_energies(
+        [ground],
+        dict(zip(others, ([a] for a in relaxed.structures[1:]))),
+        setup.lattice,
+        isolated_atom_energy(model, setup.element) if "Ec_eV" in wanted else 0.0,
+    )
     out: dict[str, float] = {k: v for k, v in energies.items() if k != "Ec_eV" or "Ec_eV" in wanted}
 
     # 2. everything built on the relaxed lattice, relaxed together at fixed cells
@@ -161,8 +186,9 @@ def crystal_properties(model: Any, setup: CrystalSetup, wanted: Iterable[str] = 
     slabs = {"surface_111_J_m2": fcc111, "surface_100_J_m2": fcc100}
     for name, builder in slabs.items():
         if name in wanted:
-            slab = builder(setup.element, size=(1, 1, setup.slab_layers), a=a0, vacuum=setup.slab_vacuum_A,
-                           periodic=True)
+            slab = builder(
+                setup.element, size=(1, 1, setup.slab_layers), a=a0, vacuum=setup.slab_vacuum_A, periodic=True
+            )
             slab.info["label"] = name
             batch.append(slab)
     if not batch:
@@ -170,14 +196,14 @@ def crystal_properties(model: Any, setup: CrystalSetup, wanted: Iterable[str] = 
     fixed = relax_structures(batch, model, **common)
     by_label = {a.info["label"]: (a, e) for a, e in zip(fixed.structures, fixed.energies)}
     if elastic:
+
         def voigt(label: str) -> np.ndarray:
             return by_label[label][0].get_stress(voigt=True)  # xx yy zz yz xz xy, eV/Å3
 
         d_xx = (voigt("xx+1") - voigt("xx-1")) / (2 * d)
         d_yz = (voigt("yz+1") - voigt("yz-1")) / (2 * d)
         c11, c12 = d_xx[0] * EV_A3_TO_GPA, 0.5 * (d_xx[1] + d_xx[2]) * EV_A3_TO_GPA
-        out.update({"C11_GPa": c11, "C12_GPa": c12, "C44_GPa": d_yz[3] * EV_A3_TO_GPA,
-                    "B_GPa": (c11 + 2 * c12) / 3})
+        out.update({"C11_GPa": c11, "C12_GPa": c12, "C44_GPa": d_yz[3] * EV_A3_TO_GPA, "B_GPa": (c11 + 2 * c12) / 3})
     if "vacancy_eV" in wanted:
         atoms, energy = by_label["vacancy"]
         out["vacancy_eV"] = energy - len(atoms) * e0

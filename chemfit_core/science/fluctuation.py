@@ -81,8 +81,11 @@ def fluctuation_gradient(
 
 
 def fluctuation_gradient_sem(
-    observable: np.ndarray, energy_gradient: np.ndarray, beta: float,
-    observable_gradient: np.ndarray | None = None, n_blocks: int = 5,
+    observable: np.ndarray,
+    energy_gradient: np.ndarray,
+    beta: float,
+    observable_gradient: np.ndarray | None = None,
+    n_blocks: int = 5,
 ) -> np.ndarray:
     """Standard error of :func:`fluctuation_gradient` from ``n_blocks`` contiguous blocks."""
     n = len(observable)
@@ -90,8 +93,12 @@ def fluctuation_gradient_sem(
         raise ChemFitError(f"{n} frames are too few for {n_blocks} blocks; save frames more often")
     edges = np.linspace(0, n, n_blocks + 1).astype(int)
     blocks = [
-        fluctuation_gradient(observable[a:b], energy_gradient[a:b], beta,
-                             None if observable_gradient is None else observable_gradient[a:b])
+        fluctuation_gradient(
+            observable[a:b],
+            energy_gradient[a:b],
+            beta,
+            None if observable_gradient is None else observable_gradient[a:b],
+        )
         for a, b in zip(edges[:-1], edges[1:])
     ]
     return np.std(blocks, axis=0, ddof=1) / np.sqrt(n_blocks)

@@ -63,17 +63,24 @@ class PotentialForm:
 
     def spec(self) -> dict[str, Any]:
         """``{"form", "element", <options the form uses>}``: what ``params.json`` records."""
-        return {"form": self.name, "element": self.element,
-                **{key: self.options.get(key, default) for key, default in self.option_defaults.items()
-                   if self.options.get(key, default) is not None}}
+        return {
+            "form": self.name,
+            "element": self.element,
+            **{
+                key: self.options.get(key, default)
+                for key, default in self.option_defaults.items()
+                if self.options.get(key, default) is not None
+            },
+        }
 
     def check(self, params: Mapping[str, Any]) -> None:
         """Raise naming the parameters this form needs but ``params`` lacks, or does not know."""
         missing = [n for n in self.parameter_names if n not in params]
         unknown = [n for n in params if n not in self.parameter_names]
         if missing or unknown:
-            raise ValueError(f"{self.name} needs parameters {list(self.parameter_names)}; "
-                             f"missing {missing}, unknown {unknown}")
+            raise ValueError(
+                f"{self.name} needs parameters {list(self.parameter_names)}; missing {missing}, unknown {unknown}"
+            )
 
     def model(self, params: Mapping[str, float], dtype: torch.dtype = torch.float64) -> Model:
         """The torch model at ``params`` (missing names are an error)."""
@@ -103,8 +110,12 @@ class LennardJonesForm(PotentialForm):
     def model(self, params, dtype=torch.float64):
         self.check(params)
         return LennardJones(
-            params["epsilon_K"] * KB_EV_PER_K, params["sigma_A"], cutoff=self.option("cutoff_sigma") * params["sigma_A"],
-            species=(_z(self.element),), shift=self.option("shift"), tail_correction=self.option("tail_correction"),
+            params["epsilon_K"] * KB_EV_PER_K,
+            params["sigma_A"],
+            cutoff=self.option("cutoff_sigma") * params["sigma_A"],
+            species=(_z(self.element),),
+            shift=self.option("shift"),
+            tail_correction=self.option("tail_correction"),
         ).to(dtype)
 
     def model_tensors(self, params):
@@ -124,12 +135,21 @@ class MorseForm(PotentialForm):
 
     def model(self, params, dtype=torch.float64):
         self.check(params)
-        return Morse(params["D_eV"], params["alpha_invA"], params["r0_A"], cutoff=self.option("cutoff_A"),
-                     species=(_z(self.element),), shift=self.option("shift")).to(dtype)
+        return Morse(
+            params["D_eV"],
+            params["alpha_invA"],
+            params["r0_A"],
+            cutoff=self.option("cutoff_A"),
+            species=(_z(self.element),),
+            shift=self.option("shift"),
+        ).to(dtype)
 
     def model_tensors(self, params):
-        return {"D": params["D_eV"].reshape(1, 1), "alpha": params["alpha_invA"].reshape(1, 1),
-                "r0": params["r0_A"].reshape(1, 1)}
+        return {
+            "D": params["D_eV"].reshape(1, 1),
+            "alpha": params["alpha_invA"].reshape(1, 1),
+            "r0": params["r0_A"].reshape(1, 1),
+        }
 
     def nearest_neighbour_A(self, params):
         return float(params["r0_A"])
@@ -153,8 +173,13 @@ class AnalyticEAMForm(PotentialForm):
 
         self.check(params)
         values = {m: params[n] for n, m in zip(self.parameter_names, self._model_names)}
-        return AnalyticEAM(**values, re=self.option("re_A"), cutoff=self.option("cutoff_A"),
-                           width=self.option("width_A"), species=(_z(self.element),)).to(dtype)
+        return AnalyticEAM(
+            **values,
+            re=self.option("re_A"),
+            cutoff=self.option("cutoff_A"),
+            width=self.option("width_A"),
+            species=(_z(self.element),),
+        ).to(dtype)
 
     def model_tensors(self, params):
         return {m: params[n].reshape(()) for n, m in zip(self.parameter_names, self._model_names)}

@@ -102,14 +102,20 @@ def liquid_properties(
     )
 
 
-def properties_from_log(log_path: Path | str, temperature_K: float, n_blocks: int = 5,
-                        pressure_bar: float | None = None) -> LiquidProperties:
+def properties_from_log(
+    log_path: Path | str, temperature_K: float, n_blocks: int = 5, pressure_bar: float | None = None
+) -> LiquidProperties:
     """:func:`liquid_properties` of the last ``run`` in a LAMMPS log."""
     return liquid_properties(read_thermo(log_path)[-1], temperature_K, n_blocks, pressure_bar)
 
 
-def run_template_variables(temperature_K: float, pressure_bar: float, seed: int, dump_every: int = 0,
-                           template_variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_template_variables(
+    temperature_K: float,
+    pressure_bar: float,
+    seed: int,
+    dump_every: int = 0,
+    template_variables: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Variables of one NPT run of a :class:`LiquidStatePointTerm` besides the parameters (which
     the computer adds when it renders): the state point, the seed, k_B, ``dump_every`` (0: no
     frames) and the fixed ``template_variables``."""
@@ -182,8 +188,9 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         self.seed = seed
         self.n_blocks = n_blocks
         self.form = form
-        variables = run_template_variables(temperature_K, pressure_bar, seed,
-                                           dump_every if form is not None else 0, template_variables)
+        variables = run_template_variables(
+            temperature_K, pressure_bar, seed, dump_every if form is not None else 0, template_variables
+        )
         if form is not None and dump_every % int(variables.get("thermo_every", 1)):
             raise ValueError(f"{name}: dump_every ({dump_every}) must be a multiple of thermo_every")
         self.computer = LammpsQuantityComputer(
@@ -220,20 +227,24 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         workdir = Path(ctx.meta.pop("workdir"))
         try:
             thermo = quantities.pop("_thermo")
-            gradients = (self.property_gradients(parameters, thermo, workdir / "frames.dump")
-                         if self.form is not None else {})
+            gradients = (
+                self.property_gradients(parameters, thermo, workdir / "frames.dump") if self.form is not None else {}
+            )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         residuals = self.residuals(quantities)
         jacobian = None
         if self.form is not None:
-            jacobian = {name: [gradients[key][name] / ref.denominator for key, ref in self.references.items()]
-                        for name in parameters}
+            jacobian = {
+                name: [gradients[key][name] / ref.denominator for key, ref in self.references.items()]
+                for name in parameters
+            }
         if gradients:
             quantities["gradients"] = gradients  # with their standard errors (``<property>_sem``)
         ctx.quantities = quantities
         ctx.result = TermResult(
-            residuals=residuals, jacobian=jacobian,
+            residuals=residuals,
+            jacobian=jacobian,
             properties={k: v for k, v in quantities.items() if k != "gradients" and not k.endswith("_sem")},
             standard_errors={k[: -len("_sem")]: v for k, v in quantities.items() if k.endswith("_sem")},
             derivatives={k: v for k, v in gradients.items() if not k.endswith("_sem")},
@@ -258,16 +269,20 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         row = {int(s): k for k, s in enumerate(thermo["Step"])}
         missing = [s for s in steps if s not in row]
         if missing:
-            raise ChemFitError(f"{dump}: frames at steps {missing[:3]} have no thermo row; dump_every must be a "
-                               "multiple of thermo_every")
+            raise ChemFitError(
+                f"{dump}: frames at steps {missing[:3]} have no thermo row; dump_every must be a "
+                "multiple of thermo_every"
+            )
         rows = np.array([row[s] for s in steps])
         model = self.form.model(parameters)
         energy, d_energy = energy_derivatives(frames, model, self.form.model_tensors, parameters)
         lammps_energy = thermo["PotEng"][rows]
         worst = float(np.max(np.abs(energy - lammps_energy) / np.abs(lammps_energy)))
         if worst > 1e-7:
-            raise ChemFitError(f"{self.name}: the torch model's frame energies differ from LAMMPS's by up to "
-                               f"{worst:.1e} (relative): the model and the template disagree")
+            raise ChemFitError(
+                f"{self.name}: the torch model's frame energies differ from LAMMPS's by up to "
+                f"{worst:.1e} (relative): the model and the template disagree"
+            )
         n_atoms = int(thermo["Atoms"][-1])
         beta = 1.0 / (KB_EV_PER_K * self.temperature_K)
         density = thermo["Density"][rows] * G_CM3_TO_KG_M3

@@ -6,8 +6,8 @@ for an analytic EAM), evaluates structures both ways and reports the agreement.
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
@@ -16,8 +16,9 @@ from chemfit_core.external.single_point import lammps_reference
 from chemfit_core.science.forms import PotentialForm
 
 
-def round_trip(form: PotentialForm, params: Mapping[str, float], structures: list[Atoms], workdir: Path | str
-               ) -> dict[str, float]:
+def round_trip(
+    form: PotentialForm, params: Mapping[str, float], structures: list[Atoms], workdir: Path | str
+) -> dict[str, float]:
     """Largest relative differences between ``form`` at ``params`` in torch and in LAMMPS on ``structures``.
 
     LAMMPS gets the form's own :meth:`~chemfit_core.science.forms.PotentialForm.lammps_commands`
@@ -44,7 +45,7 @@ def round_trip(form: PotentialForm, params: Mapping[str, float], structures: lis
         worst["energy"] = max(worst["energy"], abs(out["energy"][k].item() - ref["energy"]) / abs(ref["energy"]))
         f_ref = ref["forces"]
         scale = max(np.abs(f_ref).max(), 1e-12)
-        worst["forces"] = max(worst["forces"], np.abs(forces[bounds[k]:bounds[k + 1]] - f_ref).max() / scale)
+        worst["forces"] = max(worst["forces"], np.abs(forces[bounds[k] : bounds[k + 1]] - f_ref).max() / scale)
         if ref["stress"] is not None:
             s_ref = ref["stress"]
             diff = np.abs(out["stress"][k].numpy() - s_ref).max() / max(np.abs(s_ref).max(), 1e-12)

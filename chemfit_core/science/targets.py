@@ -3,8 +3,8 @@
 Both are deterministic functions of the parameters (no MD noise), evaluated with the
 torch models of :mod:`chemfit_core.science.forms`, and report what the least-squares fitter
 needs in a :class:`~chemfit_core.term_result.TermResult` (``ctx.result``): residuals,
-for structures the exact Jacobian by autograd, and the computed properties for reports. The liquid counterpart, run by LAMMPS,
-is :class:`chemfit_core.science.liquid.LiquidStatePointTerm`.
+for structures the exact Jacobian by autograd, and the computed properties for reports.
+The liquid counterpart, run by LAMMPS, is :class:`chemfit_core.science.liquid.LiquidStatePointTerm`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ def label(structures: Sequence[Any], model: torch.nn.Module) -> list[Any]:
             out = model(atoms_to_state(atoms, dtype=model.dtype))
         s = out["stress"][0].double().numpy() if "stress" in out and atoms.pbc.all() else None
         atoms.calc = SinglePointCalculator(
-            atoms, energy=out["energy"].item(), forces=out["forces"].double().numpy(),
-            stress=None if s is None else to_voigt(s))
+            atoms,
+            energy=out["energy"].item(),
+            forces=out["forces"].double().numpy(),
+            stress=None if s is None else to_voigt(s),
+        )
         labelled.append(atoms)
     return labelled
 
@@ -61,8 +64,13 @@ class CrystalTarget(ObjectiveFunctor):
         validate: further properties computed and reported, but not fitted.
     """
 
-    def __init__(self, form: PotentialForm, setup: CrystalSetup, references: Mapping[str, Reference],
-                 validate: Iterable[str] = ()):
+    def __init__(
+        self,
+        form: PotentialForm,
+        setup: CrystalSetup,
+        references: Mapping[str, Reference],
+        validate: Iterable[str] = (),
+    ):
         unknown = (set(references) | set(validate)) - set(PROPERTIES)
         if unknown:
             raise ValueError(f"unknown crystal properties {sorted(unknown)}; known: {', '.join(PROPERTIES)}")
@@ -94,9 +102,15 @@ class StructureTarget(ObjectiveFunctor):
     written with them keeps them). The Jacobian is exact (autograd through the model).
     """
 
-    def __init__(self, form: PotentialForm, structures: Sequence[Any], energy_denominator: float = 1e-3,
-                 force_denominator: float = 0.05, stress_denominator: float | None = None,
-                 dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        form: PotentialForm,
+        structures: Sequence[Any],
+        energy_denominator: float = 1e-3,
+        force_denominator: float = 0.05,
+        stress_denominator: float | None = None,
+        dtype: torch.dtype = torch.float64,
+    ):
         if not structures:
             raise ValueError("a structure target needs at least one structure")
         self.form, self.structures = form, list(structures)
@@ -108,17 +122,25 @@ class StructureTarget(ObjectiveFunctor):
         try:
             self.ref_energy = torch.tensor([a.get_potential_energy() for a in self.structures], dtype=dtype)
             self.ref_forces = torch.tensor(np.concatenate([a.get_forces() for a in self.structures]), dtype=dtype)
-            self.ref_stress = (None if stress_denominator is None else
-                               torch.tensor(np.array([a.get_stress(voigt=True) for a in self.structures]),
-                                            dtype=dtype))
+            self.ref_stress = (
+                None
+                if stress_denominator is None
+                else torch.tensor(np.array([a.get_stress(voigt=True) for a in self.structures]), dtype=dtype)
+            )
         except RuntimeError as exc:  # ase: "Atoms object has no calculator"
             raise ValueError(f"reference structures need energies and forces (and stresses if fitted): {exc}") from None
 
     def _residuals(self, model: torch.nn.Module, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        out = torch.func.functional_call(model, self.form.model_tensors(params), (self.state,),
-                                         {"compute_stress": self.stress_denominator is not None})
-        parts = [(out["energy"] - self.ref_energy) / self.n_atoms / self.energy_denominator,
-                 ((out["forces"] - self.ref_forces) / self.force_denominator).reshape(-1)]
+        out = torch.func.functional_call(
+            model,
+            self.form.model_tensors(params),
+            (self.state,),
+            {"compute_stress": self.stress_denominator is not None},
+        )
+        parts = [
+            (out["energy"] - self.ref_energy) / self.n_atoms / self.energy_denominator,
+            ((out["forces"] - self.ref_forces) / self.force_denominator).reshape(-1),
+        ]
         if self.stress_denominator is not None:
             parts.append(((to_voigt(out["stress"]) - self.ref_stress) / self.stress_denominator).reshape(-1))
         return torch.cat(parts)
@@ -151,15 +173,27 @@ class StructureTarget(ObjectiveFunctor):
         r = residuals.detach().numpy()
         rms_e = float(np.sqrt(np.mean(r[: len(self.structures)] ** 2)) * self.energy_denominator)
         n_f = self.ref_forces.numel()
-        rms_f = float(np.sqrt(np.mean(r[len(self.structures): len(self.structures) + n_f] ** 2))
-                      * self.force_denominator)
-        return _loss(ctx, TermResult(
-            residuals=r.tolist(), jacobian={n: jacobian[:, k].numpy().tolist() for k, n in enumerate(names)},
-            properties={"energy_rmse_eV_atom": rms_e, "force_rmse_eV_A": rms_f}))
+        rms_f = float(
+            np.sqrt(np.mean(r[len(self.structures) : len(self.structures) + n_f] ** 2)) * self.force_denominator
+        )
+        return _loss(
+            ctx,
+            TermResult(
+                residuals=r.tolist(),
+                jacobian={n: jacobian[:, k].numpy().tolist() for k, n in enumerate(names)},
+                properties={"energy_rmse_eV_atom": rms_e, "force_rmse_eV_A": rms_f},
+            ),
+        )
 
 
-def rattled_cells(element: str, n_structures: int = 8, lattice_constant_A: float = 3.615, seed: int = 0,
-                  lattice: str = "fcc", vacancies: bool = True) -> list[Any]:
+def rattled_cells(
+    element: str,
+    n_structures: int = 8,
+    lattice_constant_A: float = 3.615,
+    seed: int = 0,
+    lattice: str = "fcc",
+    vacancies: bool = True,
+) -> list[Any]:
     """Unlabelled cubic cells (2×2×1 or 2×2×2 conventional), each strained by up to ±4 %
     and rattled by 0.1 Å (seed ``1000·seed + k``); with ``vacancies`` every fourth one
     lacks an atom."""
@@ -177,16 +211,23 @@ def rattled_cells(element: str, n_structures: int = 8, lattice_constant_A: float
     return cells
 
 
-def synthetic_structures(form: PotentialForm, parameters: Mapping[str, float], n_structures: int = 8,
-                         lattice_constant_A: float = 3.615, seed: int = 0, lattice: str = "fcc") -> list[Any]:
+def synthetic_structures(
+    form: PotentialForm,
+    parameters: Mapping[str, float],
+    n_structures: int = 8,
+    lattice_constant_A: float = 3.615,
+    seed: int = 0,
+    lattice: str = "fcc",
+) -> list[Any]:
     """:func:`rattled_cells` (vacancies included) labelled by ``form`` at ``parameters``:
     noise-free data for parameter recovery."""
     cells = rattled_cells(form.element, n_structures, lattice_constant_A, seed, lattice)
     return label(cells, form.model(parameters))
 
 
-def propagate(func, parameters: Mapping[str, float], covariance: np.ndarray, names: Sequence[str],
-              rel_step: float = 1e-4) -> dict[str, float]:
+def propagate(
+    func, parameters: Mapping[str, float], covariance: np.ndarray, names: Sequence[str], rel_step: float = 1e-4
+) -> dict[str, float]:
     """One-sigma uncertainty of every value of ``func(parameters) -> {name: value}`` from the
     parameter covariance (linear propagation, σ² = gᵀCg, g by central differences)."""
     base = dict(parameters)

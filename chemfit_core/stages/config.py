@@ -134,27 +134,33 @@ def _non_finite_problems(node: Any, source: str, path: tuple[Any, ...] = ()) -> 
 def _name_problems(where: str, names: Sequence[Any], what: str, listed: bool = False) -> list[str]:
     """Names that become folders (``results/<fit>/...``): plain, unique even where letter case is not.
     ``listed``: the names are ``where[i].name`` (a list) rather than the keys of ``where``."""
-    problems = [f"{where}{f'[{k}].name' if listed else ''}: expected a {what} of letters, digits, _ and - only "
-                f"(it names a folder), got {n!r}"
-                for k, n in enumerate(names) if not (isinstance(n, str) and _PATH_NAME.fullmatch(n))]
+    problems = [
+        f"{where}{f'[{k}].name' if listed else ''}: expected a {what} of letters, digits, _ and - only "
+        f"(it names a folder), got {n!r}"
+        for k, n in enumerate(names)
+        if not (isinstance(n, str) and _PATH_NAME.fullmatch(n))
+    ]
     folded = [str(n).casefold() for n in names]
     duplicates = sorted({str(n) for n, f in zip(names, folded) if folded.count(f) > 1})
     if duplicates:
-        problems.append(f"{where}: expected unique {what}s (letter case ignored: they name folders), "
-                        f"got duplicates {duplicates}")
+        problems.append(
+            f"{where}: expected unique {what}s (letter case ignored: they name folders), got duplicates {duplicates}"
+        )
     return problems
 
 
-def _semantic_problems(config: Mapping[str, Any], source: str, template_dir: Path,
-                       checked_dir: Path | str | None) -> list[str]:
+def _semantic_problems(
+    config: Mapping[str, Any], source: str, template_dir: Path, checked_dir: Path | str | None
+) -> list[str]:
     """Checks a schema cannot express: bound order, names, elements, structure files, templates."""
     from ase.data import chemical_symbols
 
     problems = _name_problems(f"{source}: fits", list(config["fits"]), "fit name")
     for fit_name, fit in config["fits"].items():
         if fit["element"] not in chemical_symbols[1:]:
-            problems.append(f"{source}: fits.{fit_name}.element: expected a chemical symbol (H, He, ... Og), "
-                            f"got {fit['element']!r}")
+            problems.append(
+                f"{source}: fits.{fit_name}.element: expected a chemical symbol (H, He, ... Og), got {fit['element']!r}"
+            )
         for name, p in fit["parameters"].items():
             where = f"{source}: fits.{fit_name}.parameters.{name}"
             if not p["lower"] < p["upper"]:
@@ -172,35 +178,47 @@ def _semantic_problems(config: Mapping[str, Any], source: str, template_dir: Pat
                 problems.append(f"{where}.potential.{option}: expected {what} for form {form}, got none")
         unused = sorted(set(fit["potential"]) - {"form", *form_class.option_defaults})
         if unused:
-            problems.append(f"{where}.potential: form {form} takes the options "
-                            f"{sorted(form_class.option_defaults)}; got {unused}, which it does not use")
+            problems.append(
+                f"{where}.potential: form {form} takes the options "
+                f"{sorted(form_class.option_defaults)}; got {unused}, which it does not use"
+            )
         expected = set(form_class.parameter_names)
         if set(fit["parameters"]) != expected:
-            problems.append(f"{where}.parameters: expected exactly {sorted(expected)} for form {form}, "
-                            f"got {sorted(fit['parameters'])}")
+            problems.append(
+                f"{where}.parameters: expected exactly {sorted(expected)} for form {form}, "
+                f"got {sorted(fit['parameters'])}"
+            )
         synthetic = fit.get("structures", {}).get("synthetic")
         if synthetic and set(synthetic["parameters"]) != expected:
-            problems.append(f"{where}.structures.synthetic.parameters: expected {sorted(expected)}, "
-                            f"got {sorted(synthetic['parameters'])}")
+            problems.append(
+                f"{where}.structures.synthetic.parameters: expected {sorted(expected)}, "
+                f"got {sorted(synthetic['parameters'])}"
+            )
         if fit["optimizer"].get("jacobian") in ("analytic", "fluctuation") and "crystal" in fit:
-            problems.append(f"{where}.optimizer.jacobian: crystal targets have no analytic Jacobian; expected "
-                            f"2-point or 3-point, got {fit['optimizer']['jacobian']}")
+            problems.append(
+                f"{where}.optimizer.jacobian: crystal targets have no analytic Jacobian; expected "
+                f"2-point or 3-point, got {fit['optimizer']['jacobian']}"
+            )
         spec = fit.get("structures", {})
         if "file" in spec:
             needed = ["energy", "forces"] + ([] if spec["stress_denominator"] is None else ["stress"])
-            problems += structure_file_problems(f"{where}.structures.file", spec["file"], fit["element"], needed,
-                                                checked_dir)
+            problems += structure_file_problems(
+                f"{where}.structures.file", spec["file"], fit["element"], needed, checked_dir
+            )
         sets = fit["solid"].get("sets", {})
         problems += _name_problems(f"{where}.solid.sets", list(sets), "set name")
         for set_name, entry in sets.items():
-            problems += structure_file_problems(f"{where}.solid.sets.{set_name}.file", entry["file"],
-                                                fit["element"], [], checked_dir)
+            problems += structure_file_problems(
+                f"{where}.solid.sets.{set_name}.file", entry["file"], fit["element"], [], checked_dir
+            )
         if "liquid" not in fit:
             continue
         template = template_dir / fit["liquid"]["template"]
         if not template.is_file():
-            problems.append(f"{where}.liquid.template: expected a file in {template_dir}, "
-                            f"got {fit['liquid']['template']!r} (no such file)")
+            problems.append(
+                f"{where}.liquid.template: expected a file in {template_dir}, "
+                f"got {fit['liquid']['template']!r} (no such file)"
+            )
         elif set(fit["parameters"]) == expected:  # else the template's parameters are undefined too
             problems += _template_problems(f"{where}.liquid.template", template, fit)
         names = [sp["name"] for sp in fit["liquid"]["state_points"]]
@@ -230,9 +248,13 @@ def _template_problems(where: str, path: Path, fit: Mapping[str, Any]) -> list[s
                 line = tb.tb_lineno if tb.tb_frame.f_code.co_filename == "<template>" else line
                 tb = tb.tb_next
             what = getattr(cause, "message", None) or f"{type(cause).__name__}: {cause}"
-            problems.setdefault(what, (
-                f"{where}: expected a template that renders with the variables the workflow sets "
-                f"({', '.join(sorted(variables))}), got {path}{f', line {line}' if line else ''}: {what} ({label})"))
+            problems.setdefault(
+                what,
+                (
+                    f"{where}: expected a template that renders with the variables the workflow sets "
+                    f"({', '.join(sorted(variables))}), got {path}{f', line {line}' if line else ''}: {what} ({label})"
+                ),
+            )
     return list(problems.values())
 
 
@@ -252,8 +274,12 @@ def structure_file_problems(
     expected = f"an extxyz file of {element} structures" + (f" with {', '.join(needed)}" if needed else "")
     path = Path(file)
     if not path.is_file():
-        return [(f"{where}: expected {expected} (relative to the working directory {Path.cwd()}), "
-                 f"got {file!r} (no such file)")]
+        return [
+            (
+                f"{where}: expected {expected} (relative to the working directory {Path.cwd()}), "
+                f"got {file!r} (no such file)"
+            )
+        ]
     marker = None if checked_dir is None else Path(checked_dir) / _check_key(path, element, needed)
     if marker is not None and marker.is_file():
         return []
@@ -262,21 +288,31 @@ def structure_file_problems(
     try:
         structures = read(path, index=":") if path.stat().st_size else []
     except Exception as exc:  # noqa: BLE001 - ase raises many types for a malformed file
-        why = (f"unknown chemical symbol {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args
-               else f"{type(exc).__name__}: {exc}")
+        why = (
+            f"unknown chemical symbol {exc.args[0]!r}"
+            if isinstance(exc, KeyError) and exc.args
+            else f"{type(exc).__name__}: {exc}"
+        )
         return [f"{where}: expected {expected}, got {file!r}, which ase cannot read ({why})"]
     if not structures:
         return [f"{where}: expected at least 1 structure in {file!r}, got none (empty file)"]
-    problems = [f"{where}: {file}, structure {i}: {what}"
-                for i, atoms in enumerate(structures) for what in structure_problems(atoms, element, needed)]
+    problems = [
+        f"{where}: {file}, structure {i}: {what}"
+        for i, atoms in enumerate(structures)
+        for what in structure_problems(atoms, element, needed)
+    ]
     if len(problems) > MAX_STRUCTURE_PROBLEMS:
         more = len(problems) - MAX_STRUCTURE_PROBLEMS
         problems = [*problems[:MAX_STRUCTURE_PROBLEMS], f"{where}: {file}: ... and {more} more problems"]
     if marker is not None and not problems:
         marker.parent.mkdir(parents=True, exist_ok=True)
         staged = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-        staged.write_text(json.dumps({"file": str(path.resolve()), "element": element, "needed": list(needed),
-                                      "structures": len(structures)}) + "\n")
+        staged.write_text(
+            json.dumps(
+                {"file": str(path.resolve()), "element": element, "needed": list(needed), "structures": len(structures)}
+            )
+            + "\n"
+        )
         os.replace(staged, marker)  # atomic: Snakemake processes of parallel jobs may race here
     return problems
 
@@ -305,8 +341,10 @@ def structure_problems(atoms: Any, element: str, needed: Sequence[str] = ()) -> 
     foreign = sorted(set(symbols) - {element})
     if foreign:
         at = [k for k, s in enumerate(symbols) if s != element]
-        out.append(f"expected only {element} atoms (the fit's element), got {', '.join(foreign)} "
-                   f"(atoms {', '.join(map(str, at[:5]))}{', ...' if len(at) > 5 else ''})")
+        out.append(
+            f"expected only {element} atoms (the fit's element), got {', '.join(foreign)} "
+            f"(atoms {', '.join(map(str, at[:5]))}{', ...' if len(at) > 5 else ''})"
+        )
     results = atoms.calc.results if atoms.calc is not None else {}
     missing = [k for k in needed if k not in results]
     if missing:
@@ -314,8 +352,7 @@ def structure_problems(atoms: Any, element: str, needed: Sequence[str] = ()) -> 
     for key in (k for k in needed if k in results):
         values = np.asarray(results[key], dtype=float)
         if not np.isfinite(values).all():
-            where = (f" on atom {int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])}"
-                     if key == "forces" else "")
+            where = f" on atom {int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])}" if key == "forces" else ""
             first = values[~np.isfinite(values)][0] if values.ndim else values
             out.append(f"expected finite {key}, got {first}{where}")
     geometry = np.concatenate([atoms.positions.ravel(), atoms.cell.array.ravel()])
@@ -329,8 +366,10 @@ def structure_problems(atoms: Any, element: str, needed: Sequence[str] = ()) -> 
         k = int(np.argmin(d))
         a, b = sorted((int(i[k]), int(j[k])))
         pair = f"atom {a} and its periodic image" if a == b else f"atoms {a} and {b}"
-        out.append(f"expected atoms at least {MIN_DISTANCE_A} Å apart (periodic images included), "
-                   f"got {pair} {d[k]:.3f} Å apart")
+        out.append(
+            f"expected atoms at least {MIN_DISTANCE_A} Å apart (periodic images included), "
+            f"got {pair} {d[k]:.3f} Å apart"
+        )
     return out
 
 

@@ -41,8 +41,14 @@ def _workers(requested: int) -> int:
 
 
 GLOBAL_METHODS = ("differential_evolution", "dual_annealing", "direct")
-_BUDGET_KEYS = {"Nelder-Mead": "maxfev", "Powell": "maxfev", "COBYQA": "maxfev", "COBYLA": "maxiter",
-                "L-BFGS-B": "maxfun", "TNC": "maxfun"}
+_BUDGET_KEYS = {
+    "Nelder-Mead": "maxfev",
+    "Powell": "maxfev",
+    "COBYQA": "maxfev",
+    "COBYLA": "maxiter",
+    "L-BFGS-B": "maxfun",
+    "TNC": "maxfun",
+}
 
 
 def minimise(fitter: Fitter, optimizer: Mapping[str, Any], seed: int) -> dict[str, Any]:
@@ -55,8 +61,9 @@ def minimise(fitter: Fitter, optimizer: Mapping[str, Any], seed: int) -> dict[st
         return fitter.fit_global(method, seed=seed, **options)
     if method == "least_squares":
         jac = optimizer.get("jacobian", "2-point")
-        return fitter.fit_least_squares(jac="analytic" if jac in ("analytic", "fluctuation") else jac,
-                                        **{"max_nfev": budget, **options})
+        return fitter.fit_least_squares(
+            jac="analytic" if jac in ("analytic", "fluctuation") else jac, **{"max_nfev": budget, **options}
+        )
     if method in GLOBAL_METHODS:
         return fitter.fit_global(method, seed=seed, **{"maxfun": budget, **options})
     options.setdefault(_BUDGET_KEYS.get(method, "maxiter"), budget)
@@ -85,8 +92,20 @@ def run_fit(
     with _evaluator(cob, fit, workers, mpi) as (objective, n_workers):
         if objective is None:  # an MPI worker rank: it evaluated its share until rank 0 was done
             return None
-        record = _fit_and_write(fit_name, fit, master_seed, template, workdir, objective, n_workers, mpi,
-                                terms_info, fit_json, params_json, history_csv)
+        record = _fit_and_write(
+            fit_name,
+            fit,
+            master_seed,
+            template,
+            workdir,
+            objective,
+            n_workers,
+            mpi,
+            terms_info,
+            fit_json,
+            params_json,
+            history_csv,
+        )
     if "liquid" in fit:  # under MPI: the runs of rank 0's terms
         logger.info("fit %s: LAMMPS runs: %d read from %s, %d run", fit_name, runs.hits, runs.directory, runs.misses)
     return record
@@ -116,14 +135,19 @@ def run_fit_under_mpi(arguments: Mapping[str, Any], launcher: str, ranks: int, l
     command = [program, "-n", str(ranks), sys.executable, "-m", "chemfit_core", "fit", str(args_json), "--mpi"]
     logger.info("fit %s under MPI: %s", arguments["fit_name"], " ".join(command))
     if "SLURM_JOB_ID" in os.environ:
-        logger.info("inside SLURM job %s (CPUs per node %s, nodes %s)", os.environ["SLURM_JOB_ID"],
-                    os.environ.get("SLURM_JOB_CPUS_PER_NODE", "?"), os.environ.get("SLURM_JOB_NODELIST", "?"))
+        logger.info(
+            "inside SLURM job %s (CPUs per node %s, nodes %s)",
+            os.environ["SLURM_JOB_ID"],
+            os.environ.get("SLURM_JOB_CPUS_PER_NODE", "?"),
+            os.environ.get("SLURM_JOB_NODELIST", "?"),
+        )
     with open(log, "a") as out:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode:
         tail = "".join(Path(log).read_text().splitlines(keepends=True)[-20:])
-        raise ChemFitError(f"the MPI fit ({' '.join(command)}) exited with {done.returncode}; "
-                           f"its output ends ({log}):\n{tail}")
+        raise ChemFitError(
+            f"the MPI fit ({' '.join(command)}) exited with {done.returncode}; its output ends ({log}):\n{tail}"
+        )
 
 
 @contextlib.contextmanager
@@ -142,14 +166,29 @@ def _evaluator(cob: CombinedObjectiveFunction, fit: Mapping[str, Any], workers: 
             wrapper.worker_loop()
             yield None, wrapper.size
         else:
-            logger.info("MPI: %d ranks evaluate the %d terms (rank r: terms r, r + %d, ...)", wrapper.size,
-                        cob.n_terms(), wrapper.size)
+            logger.info(
+                "MPI: %d ranks evaluate the %d terms (rank r: terms r, r + %d, ...)",
+                wrapper.size,
+                cob.n_terms(),
+                wrapper.size,
+            )
             yield wrapper, wrapper.size
 
 
-def _fit_and_write(fit_name: str, fit: Mapping[str, Any], master_seed: int, template: Path | str | None,
-                   workdir: Path | str, objective: Any, n_workers: int, mpi: bool, terms_info: list[dict[str, Any]],
-                   fit_json: Path | str, params_json: Path | str, history_csv: Path | str) -> dict[str, Any]:
+def _fit_and_write(
+    fit_name: str,
+    fit: Mapping[str, Any],
+    master_seed: int,
+    template: Path | str | None,
+    workdir: Path | str,
+    objective: Any,
+    n_workers: int,
+    mpi: bool,
+    terms_info: list[dict[str, Any]],
+    fit_json: Path | str,
+    params_json: Path | str,
+    history_csv: Path | str,
+) -> dict[str, Any]:
     """Minimise ``objective`` (rank 0 / the only process) from the config's start, replaying the
     cache, and write the fit's three result files."""
     cob = objective.cob
@@ -159,17 +198,27 @@ def _fit_and_write(fit_name: str, fit: Mapping[str, Any], master_seed: int, temp
     optimizer = fit["optimizer"]
     logger.info(
         "fit %s: %d terms (%s) on %d workers, %s, at most %d evaluations",
-        fit_name, cob.n_terms(), ", ".join(cob.names), n_workers, optimizer["method"], optimizer["max_evaluations"],
+        fit_name,
+        cob.n_terms(),
+        ", ".join(cob.names),
+        n_workers,
+        optimizer["method"],
+        optimizer["max_evaluations"],
     )
     start = time.monotonic()
     cache = fit_cache(fit_name, fit, master_seed, template, workdir)
     if len(cache):
-        logger.info("fit %s: %d evaluations in the cache %s: a previous run is resumed", fit_name, len(cache),
-                    cache.directory)
+        logger.info(
+            "fit %s: %d evaluations in the cache %s: a previous run is resumed", fit_name, len(cache), cache.directory
+        )
     fitter = Fitter(objective, initial, bounds, near_bound_tol=0.01, normalize=True, cache=cache)
     minimise(fitter, optimizer, seed=derived_seed(master_seed, fit_name, "optimizer"))
-    logger.info("fit %s: %d evaluations replayed from the cache, %d computed", fit_name, fitter.n_replayed,
-                len(fitter.history) - fitter.n_replayed)
+    logger.info(
+        "fit %s: %d evaluations replayed from the cache, %d computed",
+        fit_name,
+        fitter.n_replayed,
+        len(fitter.history) - fitter.n_replayed,
+    )
     result = fitter.result
     assert result is not None
     fitted = result.parameters
@@ -194,8 +243,9 @@ def _fit_and_write(fit_name: str, fit: Mapping[str, Any], master_seed: int, temp
     return record
 
 
-def fit_cache(fit_name: str, fit: Mapping[str, Any], master_seed: int, template: Path | str | None,
-              workdir: Path | str) -> EvaluationCache:
+def fit_cache(
+    fit_name: str, fit: Mapping[str, Any], master_seed: int, template: Path | str | None, workdir: Path | str
+) -> EvaluationCache:
     """The evaluation cache of a fit, in ``<workdir>/cache``: keyed by the fit's configuration,
     master seed, template text, the content of its structure file and chemfit_core version,
     so any change starts afresh (a structure file edited in place included)."""
@@ -255,7 +305,10 @@ def _mean_properties_by_state(
         if props is not None:
             grouped.setdefault(info["state_point"], []).append(props)
     return {
-        state: {key: float(np.mean([p[key] for p in props])) for key, value in props[0].items()
-                if isinstance(value, (int, float))}
+        state: {
+            key: float(np.mean([p[key] for p in props]))
+            for key, value in props[0].items()
+            if isinstance(value, (int, float))
+        }
         for state, props in grouped.items()
     }

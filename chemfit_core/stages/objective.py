@@ -39,9 +39,15 @@ def potential_form_of(fit: Mapping[str, Any]) -> PotentialForm:
 
 def crystal_setup(element: str, crystal: Mapping[str, Any]) -> CrystalSetup:
     """The :class:`CrystalSetup` of a config's ``crystal`` section."""
-    return CrystalSetup(element, lattice=crystal["lattice"], a_guess_A=crystal["a_guess_A"],
-                        strain=crystal["strain"], vacancy_cells=crystal["vacancy_cells"],
-                        slab_layers=crystal["slab_layers"], fmax=crystal["fmax"])
+    return CrystalSetup(
+        element,
+        lattice=crystal["lattice"],
+        a_guess_A=crystal["a_guess_A"],
+        strain=crystal["strain"],
+        vacancy_cells=crystal["vacancy_cells"],
+        slab_layers=crystal["slab_layers"],
+        fmax=crystal["fmax"],
+    )
 
 
 def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunctor, float]]:
@@ -52,21 +58,38 @@ def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunc
     terms: list[tuple[str, ObjectiveFunctor, float]] = []
     if "crystal" in fit:
         crystal = fit["crystal"]
-        references = {k: Reference(r["value"], r["denominator"], r.get("source", ""))
-                      for k, r in crystal["references"].items()}
-        terms.append(("crystal", CrystalTarget(form, crystal_setup(fit["element"], crystal), references,
-                                               crystal.get("validate", [])), crystal["weight"]))
+        references = {
+            k: Reference(r["value"], r["denominator"], r.get("source", "")) for k, r in crystal["references"].items()
+        }
+        terms.append(
+            (
+                "crystal",
+                CrystalTarget(form, crystal_setup(fit["element"], crystal), references, crystal.get("validate", [])),
+                crystal["weight"],
+            )
+        )
     if "structures" in fit:
         spec = fit["structures"]
         if "file" in spec:
             structures = read(spec["file"], index=":")
         else:
             synthetic = spec["synthetic"]
-            structures = synthetic_structures(form, synthetic["parameters"], synthetic["n_structures"],
-                                              synthetic["lattice_constant_A"], synthetic["seed"])
-        terms.append(("structures", StructureTarget(form, structures, spec["energy_denominator"],
-                                                    spec["force_denominator"], spec["stress_denominator"]),
-                      spec["weight"]))
+            structures = synthetic_structures(
+                form,
+                synthetic["parameters"],
+                synthetic["n_structures"],
+                synthetic["lattice_constant_A"],
+                synthetic["seed"],
+            )
+        terms.append(
+            (
+                "structures",
+                StructureTarget(
+                    form, structures, spec["energy_denominator"], spec["force_denominator"], spec["stress_denominator"]
+                ),
+                spec["weight"],
+            )
+        )
     return terms
 
 
@@ -92,20 +115,25 @@ def fit_template_contexts(fit: Mapping[str, Any]) -> list[tuple[str, dict[str, A
     contexts = []
     for sp in fit["liquid"]["state_points"]:
         t, p = sp["temperature_K"], sp["pressure_bar"]
-        contexts.append((f"state point {sp['name']}, fit run",
-                         {**run_template_variables(t, p, 1, dump_every, fixed), **initial}))
-        contexts.append((f"state point {sp['name']}, validation run",
-                         {**validation_template_variables(fit, sp, 1), **initial}))
+        contexts.append(
+            (f"state point {sp['name']}, fit run", {**run_template_variables(t, p, 1, dump_every, fixed), **initial})
+        )
+        contexts.append(
+            (f"state point {sp['name']}, validation run", {**validation_template_variables(fit, sp, 1), **initial})
+        )
     return contexts
 
 
-def validation_template_variables(fit: Mapping[str, Any], state_point: Mapping[str, Any], seed: int
-                                  ) -> dict[str, Any]:
+def validation_template_variables(fit: Mapping[str, Any], state_point: Mapping[str, Any], seed: int) -> dict[str, Any]:
     """Variables of one validation run at ``state_point`` besides the parameters: the fit's
     fixed values with the validation's production length, no frames dumped."""
-    return {**liquid_template_variables(fit), "production_steps": fit["liquid"]["validation"]["production_steps"],
-            "temperature_K": state_point["temperature_K"], "pressure_bar": state_point["pressure_bar"],
-            "seed": seed}
+    return {
+        **liquid_template_variables(fit),
+        "production_steps": fit["liquid"]["validation"]["production_steps"],
+        "temperature_K": state_point["temperature_K"],
+        "pressure_bar": state_point["pressure_bar"],
+        "seed": seed,
+    }
 
 
 def references_of(state_point: Mapping[str, Any]) -> dict[str, Reference]:
@@ -131,8 +159,11 @@ def build_objective(
     ``structures`` for in-process terms), and for liquid terms replica and seed. ``runs``:
     the LAMMPS run cache (None: every run is computed).
     """
-    cob, terms_info = (build_liquid_objective(fit_name, fit, master_seed, template, workdir, runs)
-                       if "liquid" in fit else (CombinedObjectiveFunction(), []))
+    cob, terms_info = (
+        build_liquid_objective(fit_name, fit, master_seed, template, workdir, runs)
+        if "liquid" in fit
+        else (CombinedObjectiveFunction(), [])
+    )
     for name, term, weight in targets_from_config(fit):
         cob.add(term, weights=weight, names=name)
         terms_info.append({"name": name, "state_point": name})

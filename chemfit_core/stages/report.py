@@ -36,8 +36,13 @@ def convergence_figure(fit_record: Mapping[str, Any]) -> bytes:
     axes = np.atleast_1d(axes)
     ax = axes[0]
     ax.semilogy(evals, objective, "o", ms=4, color="0.55", label="evaluation")
-    ax.semilogy(evals, np.fmin.accumulate(np.where(np.isfinite(objective), objective, np.inf)), "-",
-                color="C0", label="best so far")
+    ax.semilogy(
+        evals,
+        np.fmin.accumulate(np.where(np.isfinite(objective), objective, np.inf)),
+        "-",
+        color="C0",
+        label="best so far",
+    )
     ax.set_xlabel("evaluation")
     ax.set_ylabel("objective")
     ax.set_title(f"{fit_record['fit']}: {fit_record['method']}")
@@ -74,8 +79,9 @@ def properties_figure(fit_record: Mapping[str, Any], properties: pd.DataFrame) -
     ax = axes[0]
     evals = np.array([e["index"] for e in history])
     for k, name in enumerate(names):
-        values = np.array([np.nan if not e.get("terms") or e["terms"][k] is None else e["terms"][k] for e in history],
-                          dtype=float)
+        values = np.array(
+            [np.nan if not e.get("terms") or e["terms"][k] is None else e["terms"][k] for e in history], dtype=float
+        )
         ax.semilogy(evals, values, "o-", ms=3, label=name)
     ax.set_xlabel("evaluation")
     ax.set_ylabel("term value (weighted residuals²)")
@@ -83,14 +89,18 @@ def properties_figure(fit_record: Mapping[str, Any], properties: pd.DataFrame) -
     if names:
         ax.legend(frameon=False, fontsize="small")
     ax = axes[1]
-    labels = [f"{r['property']}" + (f" @ {r['state_point']}" if r["state_point"] not in ("crystal",) else "")
-              for _, r in rows.iterrows()]
+    labels = [
+        f"{r['property']}" + (f" @ {r['state_point']}" if r["state_point"] not in ("crystal",) else "")
+        for _, r in rows.iterrows()
+    ]
     y = np.arange(len(rows))
     target = rows["target"].to_numpy(dtype=float)
     fitted = 100 * (rows["fitted"].to_numpy(dtype=float) / target - 1)
     initial = 100 * (rows["initial"].to_numpy(dtype=float) / target - 1)
-    sigma = np.hypot(np.nan_to_num(rows.get("statistical_uncertainty", pd.Series(0, index=rows.index)).to_numpy(float)),
-                     np.nan_to_num(rows.get("parameter_uncertainty", pd.Series(0, index=rows.index)).to_numpy(float)))
+    sigma = np.hypot(
+        np.nan_to_num(rows.get("statistical_uncertainty", pd.Series(0, index=rows.index)).to_numpy(float)),
+        np.nan_to_num(rows.get("parameter_uncertainty", pd.Series(0, index=rows.index)).to_numpy(float)),
+    )
     colours = np.where(rows["fitted_to"].astype(bool).to_numpy(), "C0", "C3")
     ax.axvline(0, color="k", lw=1)
     ax.scatter(initial, y, marker="x", color="0.6", label="initial", zorder=2)
@@ -160,9 +170,17 @@ def write_structures_parity(fit_record: Mapping[str, Any], out_png: Path | str, 
     rows = []
     for key, unit in (("energy_per_atom", "eV/atom"), ("forces", "eV/Å")):
         for index, reference in enumerate(parity["fitted"][f"{key}_reference"]):
-            rows.append({"fit": fit_record["fit"], "quantity": key, "unit": unit, "index": index,
-                         "reference": reference, "initial": parity["initial"][f"{key}_model"][index],
-                         "fitted": parity["fitted"][f"{key}_model"][index]})
+            rows.append(
+                {
+                    "fit": fit_record["fit"],
+                    "quantity": key,
+                    "unit": unit,
+                    "index": index,
+                    "reference": reference,
+                    "initial": parity["initial"][f"{key}_model"][index],
+                    "fitted": parity["fitted"][f"{key}_model"][index],
+                }
+            )
     table = pd.DataFrame(rows)
     write_csv(out_csv, table)
     atomic_write_bytes(out_png, structures_parity_figure(parity, fit_record["fit"]))
@@ -176,7 +194,9 @@ def _table(frame: pd.DataFrame, float_format: str = "{:.6g}") -> str:
         return html.escape(str(value))
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False))
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False)
+    )
     return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>"
 
 
@@ -185,12 +205,18 @@ def parameters_frame(params: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for fit_name, summary in params.items():
         for name, p in summary["parameters"].items():
-            rows.append({
-                "fit": fit_name, "parameter": name, "fitted": p["value"], "unit": p["unit"],
-                "initial": p["initial"], "published": p.get("reference", np.nan),
-                "deviation %": p.get("deviation_from_reference_percent", np.nan),
-                "source": p.get("reference_source", ""),
-            })
+            rows.append(
+                {
+                    "fit": fit_name,
+                    "parameter": name,
+                    "fitted": p["value"],
+                    "unit": p["unit"],
+                    "initial": p["initial"],
+                    "published": p.get("reference", np.nan),
+                    "deviation %": p.get("deviation_from_reference_percent", np.nan),
+                    "source": p.get("reference_source", ""),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -215,10 +241,15 @@ def _unfitted_warnings(properties: pd.DataFrame) -> list[str]:
     far = properties[unfitted & (properties["error_percent"].abs() > UNFITTED_WARNING_PERCENT)]
     if far.empty:
         return []
-    items = "".join(f"<li><b>{html.escape(str(r['fit']))}: {html.escape(str(r['property']))}</b> "
-                    f"{r['error_percent']:+.1f} % from its reference (not fitted)</li>" for _, r in far.iterrows())
-    return [f"<div class='warning'><p><b>Unfitted-property errors</b> (more than {UNFITTED_WARNING_PERCENT:.0f} %: "
-            f"limits of the functional form, not of the fit):</p><ul>{items}</ul></div>"]
+    items = "".join(
+        f"<li><b>{html.escape(str(r['fit']))}: {html.escape(str(r['property']))}</b> "
+        f"{r['error_percent']:+.1f} % from its reference (not fitted)</li>"
+        for _, r in far.iterrows()
+    )
+    return [
+        f"<div class='warning'><p><b>Unfitted-property errors</b> (more than {UNFITTED_WARNING_PERCENT:.0f} %: "
+        f"limits of the functional form, not of the fit):</p><ul>{items}</ul></div>"
+    ]
 
 
 def write_report(
@@ -235,7 +266,7 @@ def write_report(
     plots = plots or {}
     sections = [
         "<h1>chemfit-workflow report</h1>",
-        f"<p class='meta'>written {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}</p>",
+        f"<p class='meta'>written {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}</p>",
         "<h2>Fitted parameters</h2>",
         _table(parameters_frame(params)),
         "<h2>Properties</h2>",
@@ -266,17 +297,23 @@ def write_report(
             f"{record['wall_time_s']:.0f} s on {record['n_workers']} workers; master seed {record['seed']}; "
             f"config sha256 {record['config_sha256'][:16]}…</p>",
             f"<img alt='convergence of {html.escape(record['fit'])}' src='data:image/png;base64,{png}'>",
-            f"<img alt='terms and properties of {html.escape(record['fit'])}' "
-            f"src='data:image/png;base64,{parity}'>",
-            *(f"<img alt='{html.escape(Path(path).stem)} of {html.escape(record['fit'])}' "
-              f"src='data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()}'>"
-              for path in plots.get(record["fit"], ())),
+            f"<img alt='terms and properties of {html.escape(record['fit'])}' src='data:image/png;base64,{parity}'>",
+            *(
+                f"<img alt='{html.escape(Path(path).stem)} of {html.escape(record['fit'])}' "
+                f"src='data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()}'>"
+                for path in plots.get(record["fit"], ())
+            ),
         ]
     sources = sorted({s for s in properties.get("source", pd.Series(dtype=str)).dropna() if s})
     if sources:
-        sections.append("<h2>Reference data</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sources) + "</ul>")
+        sections.append(
+            "<h2>Reference data</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sources) + "</ul>"
+        )
     if provenance:
-        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in provenance.items())
+        rows = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in provenance.items()
+        )
         sections.append(f"<h2>Provenance</h2><table>{rows}</table>")
-    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>chemfit-workflow report</title><style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n"
+    head = f"<head><meta charset='utf-8'><title>chemfit-workflow report</title><style>{_CSS}</style></head>"
+    page = f"<!DOCTYPE html><html>{head}<body>{''.join(sections)}</body></html>\n"
     return atomic_write_text(out_html, page)

@@ -29,8 +29,9 @@ def solid_sets(fit: Mapping[str, Any]) -> list[str]:
     return sets + list(solid.get("sets", {}))
 
 
-def set_structures(fit_name: str, fit: Mapping[str, Any], set_name: str, nearest_neighbour_A: float,
-                   master_seed: int) -> list[Any]:
+def set_structures(
+    fit_name: str, fit: Mapping[str, Any], set_name: str, nearest_neighbour_A: float, master_seed: int
+) -> list[Any]:
     """The structures of one set, labelled with ``kind`` and ``label`` (a user set's
     structures take the set's name as their kind).
 
@@ -46,15 +47,25 @@ def set_structures(fit_name: str, fit: Mapping[str, Any], set_name: str, nearest
     if set_name == "prototypes":
         return prototype_structures(element, nearest_neighbour_A, solid["structures"])
     if set_name == "perturbed":
-        return prototype_structures(element, nearest_neighbour_A, (), solid["perturbed_cells"], solid["rattle_A"],
-                                    seed=derived_seed(master_seed, fit_name, "solid"))
+        return prototype_structures(
+            element,
+            nearest_neighbour_A,
+            (),
+            solid["perturbed_cells"],
+            solid["rattle_A"],
+            seed=derived_seed(master_seed, fit_name, "solid"),
+        )
     if set_name not in solid.get("sets", {}):
-        raise ChemFitError(f"fits.{fit_name}.solid.sets: no structure set {set_name!r}; "
-                           f"expected one of {solid_sets(fit)}")
+        raise ChemFitError(
+            f"fits.{fit_name}.solid.sets: no structure set {set_name!r}; expected one of {solid_sets(fit)}"
+        )
     path = solid["sets"][set_name]["file"]
     structures = read_structures(path)
-    problems = [f"{path}, structure {index}: {problem}" for index, atoms in enumerate(structures)
-                for problem in structure_problems(atoms, element)]  # the config check's own test
+    problems = [
+        f"{path}, structure {index}: {problem}"
+        for index, atoms in enumerate(structures)
+        for problem in structure_problems(atoms, element)
+    ]  # the config check's own test
     if problems:
         raise ChemFitError(f"fits.{fit_name}.solid.sets.{set_name}:\n  " + "\n  ".join(problems))
     for index, atoms in enumerate(structures):
@@ -62,8 +73,14 @@ def set_structures(fit_name: str, fit: Mapping[str, Any], set_name: str, nearest
     return structures
 
 
-def prepare_set(fit_name: str, fit: Mapping[str, Any], master_seed: int, params_json: Path | str, set_name: str,
-                out_path: Path | str) -> None:
+def prepare_set(
+    fit_name: str,
+    fit: Mapping[str, Any],
+    master_seed: int,
+    params_json: Path | str,
+    set_name: str,
+    out_path: Path | str,
+) -> None:
     """Write one structure set of a fit's solid stage (extxyz); the built-in sets start from
     the fitted form's nearest-neighbour distance (the pair minimum 2^(1/6) σ for lj/cut)."""
     import io
@@ -80,8 +97,13 @@ def prepare_set(fit_name: str, fit: Mapping[str, Any], master_seed: int, params_
     atomic_write_text(out_path, buffer.getvalue())
 
 
-def analyse_sets(fit_name: str, fit: Mapping[str, Any], relaxed_paths: Sequence[Path | str],
-                 params_json: Path | str, out_csv: Path | str) -> pd.DataFrame:
+def analyse_sets(
+    fit_name: str,
+    fit: Mapping[str, Any],
+    relaxed_paths: Sequence[Path | str],
+    params_json: Path | str,
+    out_csv: Path | str,
+) -> pd.DataFrame:
     """Lattice constant, cohesive energy (against the fitted model's isolated atom) and energy
     differences of every relaxed set."""
     from chemfit_core.engine.state import read_structures
@@ -91,8 +113,9 @@ def analyse_sets(fit_name: str, fit: Mapping[str, Any], relaxed_paths: Sequence[
 
     form, params = fitted_form(read_json(params_json)[fit_name])
     relaxed = [atoms for path in relaxed_paths for atoms in read_structures(path)]
-    table = solid_properties(relaxed, isolated_atom_energy(form.model(params), form.element),
-                             fit["solid"]["references"], fit_name)
+    table = solid_properties(
+        relaxed, isolated_atom_energy(form.model(params), form.element), fit["solid"]["references"], fit_name
+    )
     write_csv(out_csv, table)
     return table
 
@@ -118,8 +141,7 @@ def prototype_structures(
         if kind not in lattice:
             raise ValueError(f"unknown prototype {kind!r}; known: {', '.join(lattice)}")
         a = lattice[kind] * nearest_neighbour_A
-        atoms = bulk(element, kind, a=a, c=np.sqrt(8.0 / 3.0) * a if kind == "hcp" else None,
-                     cubic=kind != "hcp")
+        atoms = bulk(element, kind, a=a, c=np.sqrt(8.0 / 3.0) * a if kind == "hcp" else None, cubic=kind != "hcp")
         atoms.info.update({"kind": kind, "label": kind})
         structures.append(atoms)
     for k in range(perturbed_cells):
@@ -158,9 +180,20 @@ def solid_properties(
         kind = "fcc" if name in ("a0_A", "Ec_eV") else name[2:-3]
         ref = references.get(name)
         target = ref["value"] if ref else np.nan
-        rows.append({"fit": fit_name, "state_point": "solid", "property": name, "unit": UNITS.get(name, "eV/atom"),
-                     "structure": kind, "fitted_to": False, "target": target, "fitted": value,
-                     "error": value - target, "error_percent": 100 * (value / target - 1) if ref else np.nan,
-                     "source": ref.get("source", "") if ref else "",
-                     "converged": all(a.info.get("relax_converged", True) for a in by_kind[kind])})
+        rows.append(
+            {
+                "fit": fit_name,
+                "state_point": "solid",
+                "property": name,
+                "unit": UNITS.get(name, "eV/atom"),
+                "structure": kind,
+                "fitted_to": False,
+                "target": target,
+                "fitted": value,
+                "error": value - target,
+                "error_percent": 100 * (value / target - 1) if ref else np.nan,
+                "source": ref.get("source", "") if ref else "",
+                "converged": all(a.info.get("relax_converged", True) for a in by_kind[kind]),
+            }
+        )
     return pd.DataFrame(rows)

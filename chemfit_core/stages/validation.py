@@ -22,8 +22,8 @@ from chemfit_core.file_based_computer import render_template
 from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
 from chemfit_core.science.liquid import PROPERTY_UNITS, properties_from_log
 from chemfit_core.science.targets import propagate
-from chemfit_core.stages.objective import potential_form_of, targets_from_config, validation_template_variables
 from chemfit_core.stages.config import derived_seed
+from chemfit_core.stages.objective import potential_form_of, targets_from_config, validation_template_variables
 from chemfit_core.term_result import TermResult
 
 
@@ -53,8 +53,10 @@ def render_validation_input(
     """Write the LAMMPS input of validation replica ``replica`` at state point ``state``."""
     fitted = {name: entry["value"] for name, entry in read_json(params_json)[fit_name]["parameters"].items()}
     sp = state_point(fit, state)
-    variables = {**validation_template_variables(fit, sp, validation_seed(master_seed, fit_name, state, replica)),
-                 **fitted}
+    variables = {
+        **validation_template_variables(fit, sp, validation_seed(master_seed, fit_name, state, replica)),
+        **fitted,
+    }
     atomic_write_text(out_path, render_template(template, variables))
 
 
@@ -83,17 +85,35 @@ def analyse_validation(
     return frame
 
 
-def _row(fit_name: str, state: str, prop: str, unit: str, spec: Mapping[str, Any] | None, fitted_to: bool,
-         initial: float, value: float, **extra: Any) -> dict[str, Any]:
+def _row(
+    fit_name: str,
+    state: str,
+    prop: str,
+    unit: str,
+    spec: Mapping[str, Any] | None,
+    fitted_to: bool,
+    initial: float,
+    value: float,
+    **extra: Any,
+) -> dict[str, Any]:
     target = spec["value"] if spec else np.nan
     return {
-        "fit": fit_name, "state_point": state, "temperature_K": extra.pop("temperature_K", np.nan),
-        "pressure_bar": extra.pop("pressure_bar", np.nan), "property": prop, "unit": unit, "fitted_to": fitted_to,
-        "target": target, "initial": initial, "fitted": value, "error": value - target,
+        "fit": fit_name,
+        "state_point": state,
+        "temperature_K": extra.pop("temperature_K", np.nan),
+        "pressure_bar": extra.pop("pressure_bar", np.nan),
+        "property": prop,
+        "unit": unit,
+        "fitted_to": fitted_to,
+        "target": target,
+        "initial": initial,
+        "fitted": value,
+        "error": value - target,
         "error_percent": 100.0 * (value / target - 1.0) if spec else np.nan,
         "statistical_uncertainty": extra.pop("statistical_uncertainty", np.nan),
         "parameter_uncertainty": extra.pop("parameter_uncertainty", np.nan),
-        "replicas": extra.pop("replicas", np.nan), "source": spec.get("source", "") if spec else "",
+        "replicas": extra.pop("replicas", np.nan),
+        "source": spec.get("source", "") if spec else "",
     }
 
 
@@ -120,17 +140,19 @@ def _liquid_gradients(record: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     return {sp: {k: float(np.mean(v)) for k, v in d.items()} for sp, d in out.items()}
 
 
-def _liquid_rows(fit_name: str, fit: Mapping[str, Any], initial: Mapping[str, Any],
-                 logs: Mapping[str, Sequence[Path | str]], propagated: Mapping[str, Mapping[str, float]] | None = None
-                 ) -> list[dict[str, Any]]:
+def _liquid_rows(
+    fit_name: str,
+    fit: Mapping[str, Any],
+    initial: Mapping[str, Any],
+    logs: Mapping[str, Sequence[Path | str]],
+    propagated: Mapping[str, Mapping[str, float]] | None = None,
+) -> list[dict[str, Any]]:
     propagated = propagated or {}
     rows = []
     for state, paths in logs.items():
         sp = state_point(fit, state)
         n_blocks = fit["liquid"]["md"]["n_blocks"]
-        measured = [
-            properties_from_log(p, sp["temperature_K"], n_blocks, sp["pressure_bar"]).as_dict() for p in paths
-        ]
+        measured = [properties_from_log(p, sp["temperature_K"], n_blocks, sp["pressure_bar"]).as_dict() for p in paths]
         for key, unit in PROPERTY_UNITS.items():
             values = np.array([m[key] for m in measured])
             sems = np.array([m[f"{key}_sem"] for m in measured])
@@ -140,15 +162,29 @@ def _liquid_rows(fit_name: str, fit: Mapping[str, Any], initial: Mapping[str, An
             if len(values) > 1:
                 sem = max(sem, float(values.std(ddof=1) / np.sqrt(len(values))))
             spec = sp.get(key)
-            rows.append(_row(fit_name, state, key, unit, spec, bool(spec), initial.get(state, {}).get(key, np.nan),
-                             float(values.mean()), temperature_K=sp["temperature_K"], pressure_bar=sp["pressure_bar"],
-                             statistical_uncertainty=sem, replicas=len(values),
-                             parameter_uncertainty=propagated.get(state, {}).get(key, np.nan)))
+            rows.append(
+                _row(
+                    fit_name,
+                    state,
+                    key,
+                    unit,
+                    spec,
+                    bool(spec),
+                    initial.get(state, {}).get(key, np.nan),
+                    float(values.mean()),
+                    temperature_K=sp["temperature_K"],
+                    pressure_bar=sp["pressure_bar"],
+                    statistical_uncertainty=sem,
+                    replicas=len(values),
+                    parameter_uncertainty=propagated.get(state, {}).get(key, np.nan),
+                )
+            )
     return rows
 
 
-def _in_process_rows(fit_name: str, fit: Mapping[str, Any], record: Mapping[str, Any], workdir: Path
-                     ) -> list[dict[str, Any]]:
+def _in_process_rows(
+    fit_name: str, fit: Mapping[str, Any], record: Mapping[str, Any], workdir: Path
+) -> list[dict[str, Any]]:
     from chemfit_core.science.crystal import UNITS
     from chemfit_core.science.roundtrip import round_trip
 
@@ -163,17 +199,37 @@ def _in_process_rows(fit_name: str, fit: Mapping[str, Any], record: Mapping[str,
             errors = propagate(term.properties, fitted, covariance, names) if covariance is not None else {}
             refs = {**fit["crystal"].get("validation_references", {}), **fit["crystal"]["references"]}
             for prop, value in values.items():
-                rows.append(_row(fit_name, "crystal", prop, UNITS[prop], refs.get(prop), prop in term.references,
-                                 initial.get("crystal", {}).get(prop, np.nan), value,
-                                 parameter_uncertainty=errors.get(prop, np.nan)))
+                rows.append(
+                    _row(
+                        fit_name,
+                        "crystal",
+                        prop,
+                        UNITS[prop],
+                        refs.get(prop),
+                        prop in term.references,
+                        initial.get("crystal", {}).get(prop, np.nan),
+                        value,
+                        parameter_uncertainty=errors.get(prop, np.nan),
+                    )
+                )
         else:
             from chemfit_core.abstract_objective_function import EvaluateContext
 
             ctx = EvaluateContext()
             term(fitted, ctx)
             for prop, unit in (("energy_rmse_eV_atom", "eV/atom"), ("force_rmse_eV_A", "eV/Å")):
-                rows.append(_row(fit_name, "structures", prop, unit, None, True,
-                                 initial.get("structures", {}).get(prop, np.nan), ctx.result.properties[prop]))
+                rows.append(
+                    _row(
+                        fit_name,
+                        "structures",
+                        prop,
+                        unit,
+                        None,
+                        True,
+                        initial.get("structures", {}).get(prop, np.nan),
+                        ctx.result.properties[prop],
+                    )
+                )
             structures = term.structures
     if "structures" not in fit:  # round trip on rattled crystals of the fitted lattice
         from chemfit_core.science.targets import rattled_cells
@@ -182,8 +238,9 @@ def _in_process_rows(fit_name: str, fit: Mapping[str, Any], record: Mapping[str,
         structures = rattled_cells(fit["element"], 6, a0, seed=0)  # evaluated by torch and LAMMPS in round_trip
     worst = round_trip(potential_form_of(fit), fitted, structures, workdir)
     for key, value in worst.items():
-        rows.append(_row(fit_name, "lammps_round_trip", f"max_relative_difference_{key}", "1", None, False, np.nan,
-                         value))
+        rows.append(
+            _row(fit_name, "lammps_round_trip", f"max_relative_difference_{key}", "1", None, False, np.nan, value)
+        )
     return rows
 
 

@@ -29,8 +29,9 @@ def make_term(center):
     return term
 
 
-cob = CombinedObjectiveFunction([make_term(c) for c in (0.0, 1.0, 2.0, 3.0)], weights=[1, 2, 3, 4],
-                                names=["t0", "t1", "t2", "t3"])
+cob = CombinedObjectiveFunction(
+    [make_term(c) for c in (0.0, 1.0, 2.0, 3.0)], weights=[1, 2, 3, 4], names=["t0", "t1", "t2", "t3"]
+)
 with MPIWrapperCOB(cob) as wrapper:
     if wrapper.rank == 0:
         fitter = Fitter(wrapper, {"x": 0.0}, progress=False)
@@ -40,7 +41,17 @@ with MPIWrapperCOB(cob) as wrapper:
             print(json.dumps({"error": str(exc)}), flush=True)
             raise SystemExit(3) from None
         ranks = sorted({p["rank"] for p in fitter.history[0].properties})
-        print(json.dumps({"x": params["x"], "serial": cob(params), "mpi": wrapper(params), "ranks": ranks,
-                          "terms": fitter.history[-1].terms}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "x": params["x"],
+                    "serial": cob(params),
+                    "mpi": wrapper(params),
+                    "ranks": ranks,
+                    "terms": fitter.history[-1].terms,
+                }
+            ),
+            flush=True,
+        )
     else:
         wrapper.worker_loop()

@@ -107,60 +107,130 @@ def two_fits_differing_in_case(config: Config) -> None:
 
 
 CASES = {
-    "wrong_type": (setting([*FIT, "parameters", "sigma_A", "initial"], "3.4"),
-                   "fits.argon.parameters.sigma_A.initial", "expected number, got str '3.4'"),
-    "wrong_type_list": (setting([*FIT, "liquid", "state_points"], {"name": "nbp"}),
-                        "fits.argon.liquid.state_points", "expected array, got dict"),
+    "wrong_type": (
+        setting([*FIT, "parameters", "sigma_A", "initial"], "3.4"),
+        "fits.argon.parameters.sigma_A.initial",
+        "expected number, got str '3.4'",
+    ),
+    "wrong_type_list": (
+        setting([*FIT, "liquid", "state_points"], {"name": "nbp"}),
+        "fits.argon.liquid.state_points",
+        "expected array, got dict",
+    ),
     "unknown_key": (setting([*FIT, "colour"], "blue"), "fits.argon", "unknown key(s) 'colour'; allowed keys:"),
-    "unknown_key_in_state_point": (setting([*SP0, "density"], 1400.0), "fits.argon.liquid.state_points[0]",
-                                   "unknown key(s) 'density'"),
-    "negative_weight": (setting([*SP0, "weight"], -1.0), "fits.argon.liquid.state_points[0].weight",
-                        "expected a number >= 0, got -1.0"),
-    "inverted_bounds": (setting([*FIT, "parameters", "sigma_A", "lower"], 5.0), "fits.argon.parameters.sigma_A",
-                        "expected lower < upper, got lower=5.0, upper=4.0"),
-    "initial_outside_bounds": (setting([*FIT, "parameters", "epsilon_K", "initial"], 500.0),
-                               "fits.argon.parameters.epsilon_K.initial",
-                               "expected a value within [80.0, 180.0], got 500.0"),
-    "missing_reference": (without_references, "fits.argon.liquid.state_points[0]",
-                          "expected at least one of the keys density_kg_m3, hvap_kJ_mol"),
-    "missing_required_key": (setting([*SP0, "temperature_K"], KeyError), "fits.argon.liquid.state_points[0]",
-                             "missing required key(s) 'temperature_K'"),
-    "missing_parameters": (setting([*FIT, "parameters"], KeyError), "fits.argon",
-                           "missing required key(s) 'parameters'"),
-    "bad_enum": (setting([*FIT, "optimizer", "jacobian"], "exact"), "fits.argon.optimizer.jacobian",
-                 "expected one of ['2-point', '3-point', 'analytic', 'fluctuation'], got 'exact'"),
-    "unknown_potential_form": (setting([*FIT, "potential", "form"], "eam/fs"), "fits.argon.potential.form",
-                               "expected one of ['lj/cut', 'morse', 'eam/analytic'], got 'eam/fs'"),
-    "zero_replicas": (setting([*SP0, "replicas"], 0), "fits.argon.liquid.state_points[0].replicas",
-                      "expected a number >= 1, got 0"),
-    "zero_denominator": (setting([*SP0, "density_kg_m3", "denominator"], 0.0),
-                         "fits.argon.liquid.state_points[0].density_kg_m3.denominator", "expected a number > 0"),
-    "nan_reference_value": (setting([*SP0, "density_kg_m3", "value"], float("nan")),
-                            "fits.argon.liquid.state_points[0].density_kg_m3.value", "expected a finite number, got nan"),
-    "inf_denominator": (setting([*SP0, "hvap_kJ_mol", "denominator"], float("inf")),
-                        "fits.argon.liquid.state_points[0].hvap_kJ_mol.denominator",
-                        "expected a finite number, got inf"),
-    "nan_weight": (setting([*SP0, "weight"], float("nan")), "fits.argon.liquid.state_points[0].weight",
-                   "expected a finite number, got nan"),
-    "minus_inf_pressure": (setting([*SP0, "pressure_bar"], float("-inf")),
-                           "fits.argon.liquid.state_points[0].pressure_bar", "expected a finite number, got -inf"),
-    "nan_bound": (setting([*FIT, "parameters", "sigma_A", "upper"], float("nan")),
-                  "fits.argon.parameters.sigma_A.upper", "expected a finite number, got nan"),
-    "duplicate_state_points": (duplicated_state_point("normal_boiling_point"), "fits.argon.liquid.state_points",
-                               ("expected unique state point names (letter case ignored: they name folders), "
-                                "got duplicates ['normal_boiling_point']")),
-    "state_points_differing_in_case": (duplicated_state_point("Normal_Boiling_Point"),
-                                       "fits.argon.liquid.state_points", "expected unique state point names"),
-    "fits_differing_in_case": (two_fits_differing_in_case, f"{SOURCE}: fits:",
-                               ("expected unique fit names (letter case ignored: they name folders), "
-                                "got duplicates ['Argon', 'argon']")),
-    "parameters_not_matching_form": (setting([*FIT, "parameters", "D_eV"], {"initial": 0.3, "lower": 0.1, "upper": 1}),
-                                     "fits.argon.parameters",
-                                     "expected exactly ['epsilon_K', 'sigma_A'] for form lj/cut, got ['D_eV',"),
-    "unknown_element": (setting([*FIT, "element"], "Xx"), "fits.argon.element",
-                        "expected a chemical symbol (H, He, ... Og), got 'Xx'"),
-    "missing_template": (setting([*FIT, "liquid", "template"], "missing.j2"), "fits.argon.liquid.template",
-                         "got 'missing.j2' (no such file)"),
+    "unknown_key_in_state_point": (
+        setting([*SP0, "density"], 1400.0),
+        "fits.argon.liquid.state_points[0]",
+        "unknown key(s) 'density'",
+    ),
+    "negative_weight": (
+        setting([*SP0, "weight"], -1.0),
+        "fits.argon.liquid.state_points[0].weight",
+        "expected a number >= 0, got -1.0",
+    ),
+    "inverted_bounds": (
+        setting([*FIT, "parameters", "sigma_A", "lower"], 5.0),
+        "fits.argon.parameters.sigma_A",
+        "expected lower < upper, got lower=5.0, upper=4.0",
+    ),
+    "initial_outside_bounds": (
+        setting([*FIT, "parameters", "epsilon_K", "initial"], 500.0),
+        "fits.argon.parameters.epsilon_K.initial",
+        "expected a value within [80.0, 180.0], got 500.0",
+    ),
+    "missing_reference": (
+        without_references,
+        "fits.argon.liquid.state_points[0]",
+        "expected at least one of the keys density_kg_m3, hvap_kJ_mol",
+    ),
+    "missing_required_key": (
+        setting([*SP0, "temperature_K"], KeyError),
+        "fits.argon.liquid.state_points[0]",
+        "missing required key(s) 'temperature_K'",
+    ),
+    "missing_parameters": (
+        setting([*FIT, "parameters"], KeyError),
+        "fits.argon",
+        "missing required key(s) 'parameters'",
+    ),
+    "bad_enum": (
+        setting([*FIT, "optimizer", "jacobian"], "exact"),
+        "fits.argon.optimizer.jacobian",
+        "expected one of ['2-point', '3-point', 'analytic', 'fluctuation'], got 'exact'",
+    ),
+    "unknown_potential_form": (
+        setting([*FIT, "potential", "form"], "eam/fs"),
+        "fits.argon.potential.form",
+        "expected one of ['lj/cut', 'morse', 'eam/analytic'], got 'eam/fs'",
+    ),
+    "zero_replicas": (
+        setting([*SP0, "replicas"], 0),
+        "fits.argon.liquid.state_points[0].replicas",
+        "expected a number >= 1, got 0",
+    ),
+    "zero_denominator": (
+        setting([*SP0, "density_kg_m3", "denominator"], 0.0),
+        "fits.argon.liquid.state_points[0].density_kg_m3.denominator",
+        "expected a number > 0",
+    ),
+    "nan_reference_value": (
+        setting([*SP0, "density_kg_m3", "value"], float("nan")),
+        "fits.argon.liquid.state_points[0].density_kg_m3.value",
+        "expected a finite number, got nan",
+    ),
+    "inf_denominator": (
+        setting([*SP0, "hvap_kJ_mol", "denominator"], float("inf")),
+        "fits.argon.liquid.state_points[0].hvap_kJ_mol.denominator",
+        "expected a finite number, got inf",
+    ),
+    "nan_weight": (
+        setting([*SP0, "weight"], float("nan")),
+        "fits.argon.liquid.state_points[0].weight",
+        "expected a finite number, got nan",
+    ),
+    "minus_inf_pressure": (
+        setting([*SP0, "pressure_bar"], float("-inf")),
+        "fits.argon.liquid.state_points[0].pressure_bar",
+        "expected a finite number, got -inf",
+    ),
+    "nan_bound": (
+        setting([*FIT, "parameters", "sigma_A", "upper"], float("nan")),
+        "fits.argon.parameters.sigma_A.upper",
+        "expected a finite number, got nan",
+    ),
+    "duplicate_state_points": (
+        duplicated_state_point("normal_boiling_point"),
+        "fits.argon.liquid.state_points",
+        (
+            "expected unique state point names (letter case ignored: they name folders), "
+            "got duplicates ['normal_boiling_point']"
+        ),
+    ),
+    "state_points_differing_in_case": (
+        duplicated_state_point("Normal_Boiling_Point"),
+        "fits.argon.liquid.state_points",
+        "expected unique state point names",
+    ),
+    "fits_differing_in_case": (
+        two_fits_differing_in_case,
+        f"{SOURCE}: fits:",
+        ("expected unique fit names (letter case ignored: they name folders), got duplicates ['Argon', 'argon']"),
+    ),
+    "parameters_not_matching_form": (
+        setting([*FIT, "parameters", "D_eV"], {"initial": 0.3, "lower": 0.1, "upper": 1}),
+        "fits.argon.parameters",
+        "expected exactly ['epsilon_K', 'sigma_A'] for form lj/cut, got ['D_eV',",
+    ),
+    "unknown_element": (
+        setting([*FIT, "element"], "Xx"),
+        "fits.argon.element",
+        "expected a chemical symbol (H, He, ... Og), got 'Xx'",
+    ),
+    "missing_template": (
+        setting([*FIT, "liquid", "template"], "missing.j2"),
+        "fits.argon.liquid.template",
+        "got 'missing.j2' (no such file)",
+    ),
     "no_fits": (setting(["fits"], {}), f"{SOURCE}: fits:", "expected at least 1 entry, got none"),
     "negative_seed": (setting(["seed"], -3), f"{SOURCE}: seed:", "expected a number >= 0, got -3"),
 }
@@ -176,8 +246,11 @@ def test_broken_setting_names_file_key_and_expectation(mutate, key, expected):
 def test_crystal_fit_with_analytic_jacobian_is_refused():
     config = copper_morse()
     config["fits"]["copper_morse"]["optimizer"]["jacobian"] = "analytic"
-    assert_names(problems_of(config), f"{SOURCE}: fits.copper_morse.optimizer.jacobian",
-                 "crystal targets have no analytic Jacobian; expected 2-point or 3-point, got analytic")
+    assert_names(
+        problems_of(config),
+        f"{SOURCE}: fits.copper_morse.optimizer.jacobian",
+        "crystal targets have no analytic Jacobian; expected 2-point or 3-point, got analytic",
+    )
 
 
 def test_all_problems_are_reported_at_once():
@@ -185,8 +258,12 @@ def test_all_problems_are_reported_at_once():
     setting([*SP0, "density_kg_m3", "value"], float("nan"))(config)
     setting([*FIT, "mass_g_mol"], "heavy")(config)
     setting([*SP0, "replicas"], 0)(config)
-    assert_names(problems_of(config), "density_kg_m3.value: expected a finite number",
-                 "mass_g_mol: expected number", "replicas: expected a number >= 1")
+    assert_names(
+        problems_of(config),
+        "density_kg_m3.value: expected a finite number",
+        "mass_g_mol: expected number",
+        "replicas: expected a number >= 1",
+    )
 
 
 # -- names that become paths (results/<fit>/..., work/<fit>/..., .../validation/<state>/...) ------
@@ -257,9 +334,11 @@ def test_yaml_nan_and_inf_are_refused_with_their_keys(tmp_path):
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert_names(str(info.value),
-                 f"{path}: fits.argon.liquid.state_points[0].density_kg_m3.value: expected a finite number, got nan",
-                 f"{path}: fits.argon.liquid.state_points[0].hvap_kJ_mol.denominator: expected a finite number, got inf")
+    assert_names(
+        str(info.value),
+        f"{path}: fits.argon.liquid.state_points[0].density_kg_m3.value: expected a finite number, got nan",
+        f"{path}: fits.argon.liquid.state_points[0].hvap_kJ_mol.denominator: expected a finite number, got inf",
+    )
 
 
 # -- the liquid template, rendered as the workflow renders it -------------------------------------
@@ -277,30 +356,45 @@ def test_template_syntax_error_names_file_and_line(tmp_path):
     broken = REAL_TEMPLATE.replace("mass            1 {{ mass_g_mol }}", "mass            1 {{ mass_g_mol }")
     line = REAL_TEMPLATE.splitlines().index("mass            1 {{ mass_g_mol }}") + 1
     folder = template_dir_with(tmp_path, broken)
-    assert_names(problems_of(argon(), folder), f"{SOURCE}: fits.argon.liquid.template: expected a valid Jinja template",
-                 f"{folder / 'lj_liquid_npt.lammps.j2'}, line {line}: syntax error")
+    assert_names(
+        problems_of(argon(), folder),
+        f"{SOURCE}: fits.argon.liquid.template: expected a valid Jinja template",
+        f"{folder / 'lj_liquid_npt.lammps.j2'}, line {line}: syntax error",
+    )
 
 
 def test_template_unclosed_block_is_a_syntax_error(tmp_path):
     folder = template_dir_with(tmp_path, "units metal\n{% if tail_correction %}\npair_modify tail yes\n")
-    assert_names(problems_of(argon(), folder), "fits.argon.liquid.template: expected a valid Jinja template",
-                 "syntax error", "endif")
+    assert_names(
+        problems_of(argon(), folder),
+        "fits.argon.liquid.template: expected a valid Jinja template",
+        "syntax error",
+        "endif",
+    )
 
 
 def test_template_undefined_variable_names_file_line_and_variable(tmp_path):
-    folder = template_dir_with(tmp_path, REAL_TEMPLATE.replace("{{ timestep_fs / 1000.0 }}", "{{ time_step_fs / 1000.0 }}"))
+    folder = template_dir_with(
+        tmp_path, REAL_TEMPLATE.replace("{{ timestep_fs / 1000.0 }}", "{{ time_step_fs / 1000.0 }}")
+    )
     line = next(k for k, text in enumerate(REAL_TEMPLATE.splitlines(), 1) if "{{ timestep_fs / 1000.0 }}" in text)
-    assert_names(problems_of(argon(), folder),
-                 "fits.argon.liquid.template: expected a template that renders with the variables the workflow sets",
-                 "timestep_fs", f"{folder / 'lj_liquid_npt.lammps.j2'}, line {line}: 'time_step_fs' is undefined",
-                 "(state point normal_boiling_point, fit run)")
+    assert_names(
+        problems_of(argon(), folder),
+        "fits.argon.liquid.template: expected a template that renders with the variables the workflow sets",
+        "timestep_fs",
+        f"{folder / 'lj_liquid_npt.lammps.j2'}, line {line}: 'time_step_fs' is undefined",
+        "(state point normal_boiling_point, fit run)",
+    )
 
 
 def test_template_variable_missing_only_in_the_validation_run_is_found(tmp_path):
     """``dump_every`` is set for fit runs only: a template that needs it fails the validation run."""
     folder = template_dir_with(tmp_path, "units metal\ndump d all custom {{ dump_every }} f.dump id x y z\n")
-    assert_names(problems_of(argon(), folder), "line 2: 'dump_every' is undefined",
-                 "(state point normal_boiling_point, validation run)")
+    assert_names(
+        problems_of(argon(), folder),
+        "line 2: 'dump_every' is undefined",
+        "(state point normal_boiling_point, validation run)",
+    )
 
 
 def test_template_runtime_error_is_reported(tmp_path):
@@ -315,15 +409,15 @@ def test_sandbox_refuses_unsafe_template(tmp_path):
 
 def test_validation_renders_the_template_with_the_variables_the_pipeline_sets(tmp_path):
     """The check's fit-run variables are the ones each LiquidStatePointTerm renders with."""
-    from chemfit_core.stages.objective import fit_template_contexts
-    from chemfit_core.stages.objective import build_liquid_objective
+    from chemfit_core.stages.objective import build_liquid_objective, fit_template_contexts
 
     config = validate_config(argon(), SOURCE)
     for jacobian in ("2-point", "fluctuation"):
         fit = copy.deepcopy(config["fits"]["argon"])
         fit["optimizer"]["jacobian"] = jacobian
-        cob, _ = build_liquid_objective("argon", fit, config["seed"], TEMPLATE_DIR / fit["liquid"]["template"],
-                                        tmp_path)
+        cob, _ = build_liquid_objective(
+            "argon", fit, config["seed"], TEMPLATE_DIR / fit["liquid"]["template"], tmp_path
+        )
         term = cob.objective_functions[0]
         rendered = {**term.computer.template_variables, **{n: p["initial"] for n, p in fit["parameters"].items()}}
         checked = dict(fit_template_contexts(fit))["state point normal_boiling_point, fit run"]
@@ -331,8 +425,12 @@ def test_validation_renders_the_template_with_the_variables_the_pipeline_sets(tm
 
 
 # -- reference structure files (fits.<f>.structures.file) ----------------------------------------
-def copper(energy: float | None = -28.0, forces: np.ndarray | None | str = "zeros",
-           stress: np.ndarray | None = None, symbols: dict[int, str] | None = None) -> Any:
+def copper(
+    energy: float | None = -28.0,
+    forces: np.ndarray | None | str = "zeros",
+    stress: np.ndarray | None = None,
+    symbols: dict[int, str] | None = None,
+) -> Any:
     """An 8-atom periodic fcc copper cell with single-point results (None: left out)."""
     atoms = bulk("Cu", "fcc", a=3.615).repeat(2)
     for index, symbol in (symbols or {}).items():
@@ -371,15 +469,23 @@ def test_good_structure_file_is_accepted(tmp_path):
 
 def test_missing_structure_file(tmp_path):
     missing = str(tmp_path / "nowhere.extxyz")
-    assert_names(structure_problems_of(missing), KEY, "expected an extxyz file of Cu structures with energy, forces",
-                 f"got {missing!r} (no such file)")
+    assert_names(
+        structure_problems_of(missing),
+        KEY,
+        "expected an extxyz file of Cu structures with energy, forces",
+        f"got {missing!r} (no such file)",
+    )
 
 
 def test_corrupt_structure_file(tmp_path):
     path = tmp_path / "garbage.extxyz"
     path.write_text("this is not\nan extxyz file\n")
-    assert_names(structure_problems_of(path), KEY, "expected an extxyz file of Cu structures",
-                 f"got {str(path)!r}, which ase cannot read (XYZError:")
+    assert_names(
+        structure_problems_of(path),
+        KEY,
+        "expected an extxyz file of Cu structures",
+        f"got {str(path)!r}, which ase cannot read (XYZError:",
+    )
 
 
 def test_truncated_structure_file(tmp_path):
@@ -397,8 +503,10 @@ def test_empty_structure_file(tmp_path):
 
 def test_structure_without_forces(tmp_path):
     path = extxyz(tmp_path, [copper(), copper(forces=None)])
-    assert_names(structure_problems_of(path), f"{KEY}: {path}, structure 1: expected energy, forces (they are fitted), "
-                 "got no forces")
+    assert_names(
+        structure_problems_of(path),
+        f"{KEY}: {path}, structure 1: expected energy, forces (they are fitted), got no forces",
+    )
 
 
 def test_structure_without_any_results(tmp_path):
@@ -408,8 +516,11 @@ def test_structure_without_any_results(tmp_path):
 
 def test_structure_without_stress_when_stresses_are_fitted(tmp_path):
     path = extxyz(tmp_path, [copper(stress=np.zeros(6)), copper()])
-    assert_names(structure_problems_of(path, stress_denominator=0.001), f"{KEY}: {path}, structure 1:",
-                 "expected energy, forces, stress (they are fitted), got no stress")
+    assert_names(
+        structure_problems_of(path, stress_denominator=0.001),
+        f"{KEY}: {path}, structure 1:",
+        "expected energy, forces, stress (they are fitted), got no stress",
+    )
 
 
 def test_nan_force_names_structure_and_atom(tmp_path):
@@ -428,8 +539,11 @@ def test_overlapping_atoms_name_structure_atoms_and_distance(tmp_path):
     crowded = copper()
     crowded.positions[5] = crowded.positions[0] + [0.2, 0.0, 0.0]
     path = extxyz(tmp_path, [copper(), crowded])
-    assert_names(structure_problems_of(path), f"{KEY}: {path}, structure 1: expected atoms at least 0.5 Å apart",
-                 "got atoms 0 and 5 0.200 Å apart")
+    assert_names(
+        structure_problems_of(path),
+        f"{KEY}: {path}, structure 1: expected atoms at least 0.5 Å apart",
+        "got atoms 0 and 5 0.200 Å apart",
+    )
 
 
 def test_a_remembered_check_never_hides_a_file_edited_in_place(tmp_path):
@@ -481,8 +595,10 @@ def test_dummy_atoms_in_structure_file(tmp_path):
 
 def test_element_mismatch_names_structure_and_atoms(tmp_path):
     path = extxyz(tmp_path, [copper(), copper(symbols={1: "Ag", 4: "Ag"})])
-    assert_names(structure_problems_of(path), f"{KEY}: {path}, structure 1: expected only Cu atoms (the fit's element), "
-                 "got Ag (atoms 1, 4)")
+    assert_names(
+        structure_problems_of(path),
+        f"{KEY}: {path}, structure 1: expected only Cu atoms (the fit's element), got Ag (atoms 1, 4)",
+    )
 
 
 def test_fit_element_other_than_the_structures(tmp_path):
@@ -503,24 +619,28 @@ def test_structure_problems_come_with_the_other_problems(tmp_path):
     path = extxyz(tmp_path, [copper(forces=None)])
     config = structures_fit(path)
     config["fits"]["recovery"]["parameters"]["beta"]["lower"] = 10.0
-    assert_names(problems_of(config), "structure 0:", "got no forces",
-                 "fits.recovery.parameters.beta: expected lower < upper")
+    assert_names(
+        problems_of(config), "structure 0:", "got no forces", "fits.recovery.parameters.beta: expected lower < upper"
+    )
 
 
 def test_atom_overlapping_its_own_periodic_image(tmp_path):
     thin = Atoms("Cu", positions=[[0, 0, 0]], cell=[0.3, 5.0, 5.0], pbc=True)
     thin.calc = SinglePointCalculator(thin, energy=0.0, forces=np.zeros((1, 3)))
     path = extxyz(tmp_path, [copper(), thin])
-    assert_names(structure_problems_of(path), f"{KEY}: {path}, structure 1:",
-                 "got atom 0 and its periodic image 0.300 Å apart")
+    assert_names(
+        structure_problems_of(path), f"{KEY}: {path}, structure 1:", "got atom 0 and its periodic image 0.300 Å apart"
+    )
 
 
 def test_periodic_structure_without_a_cell(tmp_path):
     flat = Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]], cell=[0.0, 5.0, 5.0], pbc=True)
     flat.calc = SinglePointCalculator(flat, energy=0.0, forces=np.zeros((2, 3)))
     path = extxyz(tmp_path, [flat])
-    assert_names(structure_problems_of(path), f"{KEY}: {path}, structure 0: expected a cell vector along "
-                 "periodic axis x, got length 0")
+    assert_names(
+        structure_problems_of(path),
+        f"{KEY}: {path}, structure 0: expected a cell vector along periodic axis x, got length 0",
+    )
 
 
 def test_solid_structure_set_is_checked_like_reference_structures(tmp_path):
@@ -532,11 +652,13 @@ def test_solid_structure_set_is_checked_like_reference_structures(tmp_path):
         "defects": {"file": str(extxyz(tmp_path, [bulk("Ar", "fcc", a=5.26), crowded]))},
         "gone": {"file": str(tmp_path / "gone.extxyz")},
     }
-    assert_names(problems_of(config),
-                 f"{SOURCE}: fits.argon.solid.sets.defects.file: {tmp_path / 'ref.extxyz'}, structure 1: "
-                 "expected atoms at least 0.5 Å apart (periodic images included), got atoms 0 and 1 0.300 Å apart",
-                 f"{SOURCE}: fits.argon.solid.sets.gone.file: expected an extxyz file of Ar structures (relative",
-                 "(no such file)")
+    assert_names(
+        problems_of(config),
+        f"{SOURCE}: fits.argon.solid.sets.defects.file: {tmp_path / 'ref.extxyz'}, structure 1: "
+        "expected atoms at least 0.5 Å apart (periodic images included), got atoms 0 and 1 0.300 Å apart",
+        f"{SOURCE}: fits.argon.solid.sets.gone.file: expected an extxyz file of Ar structures (relative",
+        "(no such file)",
+    )
 
 
 def test_a_solid_set_is_checked_again_where_it_is_read(tmp_path):
@@ -547,9 +669,13 @@ def test_a_solid_set_is_checked_again_where_it_is_read(tmp_path):
 
     copper = bulk("Cu", "fcc", a=3.615).repeat(2)
     config = validate_config(argon(), SOURCE)
-    config["fits"]["argon"]["solid"]["sets"] = {"foreign": {"file": str(extxyz(tmp_path, [bulk("Ar", "fcc", a=5.26),
-                                                                                            copper]))}}
+    config["fits"]["argon"]["solid"]["sets"] = {
+        "foreign": {"file": str(extxyz(tmp_path, [bulk("Ar", "fcc", a=5.26), copper]))}
+    }
     with pytest.raises(ChemFitError) as info:
         set_structures("argon", config["fits"]["argon"], "foreign", 3.76, 1)
-    assert_names(str(info.value), "fits.argon.solid.sets.foreign:", f"{tmp_path / 'ref.extxyz'}, structure 1: "
-                 "expected only Ar atoms (the fit's element), got Cu")
+    assert_names(
+        str(info.value),
+        "fits.argon.solid.sets.foreign:",
+        f"{tmp_path / 'ref.extxyz'}, structure 1: expected only Ar atoms (the fit's element), got Cu",
+    )

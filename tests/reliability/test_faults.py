@@ -61,8 +61,15 @@ def test_atoms_lost_mid_run_are_a_lammps_error_with_the_work_directory(tmp_path)
 def test_penalty_mode_turns_a_crashing_parameter_set_into_a_warned_bad_value(tmp_path, caplog):
     computer = LammpsQuantityComputer(MD_TEMPLATE, tmp_path, template_variables={"seed": 1, "sigma": 3.4})
     cob = CombinedObjectiveFunction([computer.with_loss(pe_loss)], names=["md"])
-    fitter = Fitter(cob, {"dt": 5.0}, bounds={"dt": (1.0, 500.0)}, swallow_exceptions=True, log_exceptions=True,
-                    value_bad_params=1e6, progress=False)
+    fitter = Fitter(
+        cob,
+        {"dt": 5.0},
+        bounds={"dt": (1.0, 500.0)},
+        swallow_exceptions=True,
+        log_exceptions=True,
+        value_bad_params=1e6,
+        progress=False,
+    )
     with caplog.at_level(logging.ERROR, logger="chemfit_core.fitter"):
         # the two points an optimiser could ask for, evaluated through the fitter's own path
         good = fitter._evaluate_physical(np.array([5.0]))
@@ -97,8 +104,12 @@ def test_32_concurrent_lammps_terms_each_read_their_own_output(tmp_path):
     with AsyncWrapperCOB(cob, max_workers=8) as objective:
         objective({"dt": 5.0})
         energies = list(cob.last_contributions)
-    serial = [LammpsQuantityComputer(template, tmp_path / "serial", template_variables={"seed": 1, "sigma": s})(
-        {"dt": 5.0})["thermo"][-1]["PotEng"][-1] for s in expected.values()]
+    serial = [
+        LammpsQuantityComputer(template, tmp_path / "serial", template_variables={"seed": 1, "sigma": s})({"dt": 5.0})[
+            "thermo"
+        ][-1]["PotEng"][-1]
+        for s in expected.values()
+    ]
     assert energies == pytest.approx(serial, rel=1e-12)
     assert len(set(energies)) == 32
 
@@ -132,8 +143,12 @@ def test_a_hung_run_is_killed_at_its_timeout_and_its_directory_kept(tmp_path):
     import subprocess
     import time
 
-    computer = LammpsQuantityComputer(MD_TEMPLATE.replace("run 50", "run 1000000000"), tmp_path,
-                                      template_variables={"seed": 1, "sigma": 3.4}, command_timeout=2.0)
+    computer = LammpsQuantityComputer(
+        MD_TEMPLATE.replace("run 50", "run 1000000000"),
+        tmp_path,
+        template_variables={"seed": 1, "sigma": 3.4},
+        command_timeout=2.0,
+    )
     start = time.monotonic()
     with pytest.raises(CommandTimeoutError) as info:
         computer({"dt": 5.0})
@@ -145,7 +160,8 @@ def test_a_hung_run_is_killed_at_its_timeout_and_its_directory_kept(tmp_path):
 
 
 def test_a_missing_output_file_is_an_error_naming_it_and_the_directory(tmp_path):
-    computer = LammpsQuantityComputer(MD_TEMPLATE, tmp_path, template_variables={"seed": 1, "sigma": 3.4},
-                                      output_files=["rdf.dat"])  # the input never writes it
+    computer = LammpsQuantityComputer(
+        MD_TEMPLATE, tmp_path, template_variables={"seed": 1, "sigma": 3.4}, output_files=["rdf.dat"]
+    )  # the input never writes it
     with pytest.raises(OutputMissingError, match=r"did not write rdf\.dat \(work directory kept: \S+"):
         computer({"dt": 5.0})

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -49,8 +49,10 @@ def test_killed_fits_resume_to_the_uninterrupted_optimum(tmp_path):
         assert start(cache, out).wait(timeout=300) == 0
         resumed = json.loads(out.read_text())
         recomputed = resumed["n_evaluations"] - resumed["replayed"]
-        print(f"killed after {held} cached evaluations: resumed run replayed {resumed['replayed']}, "
-              f"recomputed {recomputed} of {resumed['n_evaluations']}")
+        print(
+            f"killed after {held} cached evaluations: resumed run replayed {resumed['replayed']}, "
+            f"recomputed {recomputed} of {resumed['n_evaluations']}"
+        )
         assert resumed["replayed"] == held
         assert resumed["n_evaluations"] == expected["n_evaluations"]
         for name, value in expected["params"].items():
@@ -74,9 +76,18 @@ def test_snakemake_fit_killed_mid_run_resumes_to_the_same_parameters(tmp_path, v
     """The workflow's fit job is SIGKILLed (with Snakemake) after two cached evaluations;
     `snakemake --unlock` and `snakemake` again replay the cached evaluations and give the
     params.json of an uninterrupted run."""
+
     def command(workdir):
-        return [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile",
-                "config.yaml", "--cores", "2", "results/argon/params.json"]
+        return [
+            str(Path(sys.executable).parent / "snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "--configfile",
+            "config.yaml",
+            "--cores",
+            "2",
+            "results/argon/params.json",
+        ]
 
     plain, killed = tmp_path / "plain", tmp_path / "killed"
     for workdir in (plain, killed):
@@ -88,8 +99,14 @@ def test_snakemake_fit_killed_mid_run_resumes_to_the_same_parameters(tmp_path, v
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run(command(plain), cwd=plain, env=venv_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    process = subprocess.Popen(command(killed), cwd=killed, env=venv_env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(killed),
+        cwd=killed,
+        env=venv_env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     held = kill_after(process, killed / "work" / "argon" / "cache", 2, timeout=300)
     assert not (killed / "results" / "argon" / "params.json").exists()
     # a killed Snakemake leaves its lock behind: `snakemake --unlock` is the documented first step
@@ -98,8 +115,10 @@ def test_snakemake_fit_killed_mid_run_resumes_to_the_same_parameters(tmp_path, v
     done = subprocess.run(command(killed), cwd=killed, env=venv_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((killed / "results" / "argon" / "fit.json").read_text())
-    print(f"workflow killed with {held} cached evaluations; the rerun replayed "
-          f"{record['evaluations_replayed_from_cache']} of {record['n_evaluations']}")
+    print(
+        f"workflow killed with {held} cached evaluations; the rerun replayed "
+        f"{record['evaluations_replayed_from_cache']} of {record['n_evaluations']}"
+    )
     assert record["evaluations_replayed_from_cache"] >= held
     first = json.loads((plain / "results" / "argon" / "params.json").read_text())
     second = json.loads((killed / "results" / "argon" / "params.json").read_text())

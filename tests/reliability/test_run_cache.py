@@ -15,8 +15,9 @@ PARAMETERS = {"dt": 5.0}
 
 
 def computer(tmp_path, cache, template=TEMPLATE, seed=1):
-    return LammpsQuantityComputer(template, tmp_path / "runs", template_variables={"seed": seed, "sigma": 3.4},
-                                  output_cache=cache)
+    return LammpsQuantityComputer(
+        template, tmp_path / "runs", template_variables={"seed": seed, "sigma": 3.4}, output_cache=cache
+    )
 
 
 def evaluate(comp, parameters):
@@ -33,8 +34,7 @@ def test_a_repeated_run_is_read_from_the_cache_with_identical_results(tmp_path):
     again, status = evaluate(comp, PARAMETERS)
     assert status == "hit" and again == first  # parsed from the stored log: bit for bit
     # a new computer (a restarted fit, a rerun workflow) finds it too
-    again, status = evaluate(computer(tmp_path, OutputCache(tmp_path / "cache", salt="test")),
-                             PARAMETERS)
+    again, status = evaluate(computer(tmp_path, OutputCache(tmp_path / "cache", salt="test")), PARAMETERS)
     assert status == "hit" and again == first
     assert (cache.hits, cache.misses) == (1, 1)
 
@@ -46,8 +46,12 @@ def test_anything_that_changes_the_run_misses(tmp_path, change):
     parameters = PARAMETERS
     evaluate(computer(tmp_path, OutputCache(tmp_path / "cache", salt="v1")), parameters)
     cache = OutputCache(tmp_path / "cache", salt="v2" if change == "salt" else "v1")
-    comp = computer(tmp_path, cache, template=TEMPLATE.replace("run 50", "run 60") if change == "template"
-                    else TEMPLATE, seed=2 if change == "seed" else 1)
+    comp = computer(
+        tmp_path,
+        cache,
+        template=TEMPLATE.replace("run 50", "run 60") if change == "template" else TEMPLATE,
+        seed=2 if change == "seed" else 1,
+    )
     changed = copy.copy(parameters)
     if change == "parameter":
         changed["dt"] = 5.0 + 1e-12  # a change in the last digits is a different run
