@@ -82,8 +82,8 @@ def relax_ratio(work: Path, cells: int, rounds: int) -> float:
     from ase.io import read
 
     from chemfit_core.engine.relax import relax_structures
+    from chemfit_core.models.forms import fitted_form
     from chemfit_core.results import read_json
-    from chemfit_core.science.forms import fitted_form
     from chemfit_core.stages.config import validate_config
 
     structures = read(work / "results" / "argon" / "solid" / "perturbed" / "initial.extxyz", index=":")

@@ -59,8 +59,8 @@ def _parse_value(text: str):
 
 def _fitted_model(args: argparse.Namespace):
     """The model of a fit's params.json entry, through its potential form."""
+    from chemfit_core.models.forms import fitted_form
     from chemfit_core.results import read_json
-    from chemfit_core.science.forms import fitted_form
 
     if args.param or args.cutoff is not None or args.potential is not None or args.species:
         raise ChemFitError(

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from chemfit_core import EvaluateContext, Fitter
 from chemfit_core.models import build_model
+from chemfit_core.models.forms import potential_form
 from chemfit_core.science.crystal import UNITS, CrystalSetup
-from chemfit_core.science.forms import potential_form
 from chemfit_core.science.liquid import Reference
 from chemfit_core.science.roundtrip import round_trip
 from chemfit_core.science.targets import CrystalTarget, StructureTarget, label, rattled_cells

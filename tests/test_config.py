@@ -215,3 +215,13 @@ def test_the_solid_stage_takes_any_form_and_validation_leaves_the_input_alone():
     assert config == before  # a new config comes back; Snakemake's own stays as given
     assert "structures" in validated["fits"]["copper_morse"]["solid"]
     assert "structures" not in config["fits"]["copper_morse"]["solid"]
+
+
+def test_the_schema_names_exactly_the_registered_potential_forms():
+    """A new potential is its module in chemfit_core.models plus this enum entry: both must agree."""
+    from chemfit_core.models.forms import all_forms
+    from chemfit_core.stages.config import SCHEMA_PATH
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    enum = schema["$defs"]["fit"]["properties"]["potential"]["properties"]["form"]["enum"]
+    assert sorted(enum) == sorted(all_forms())

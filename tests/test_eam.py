@@ -18,7 +18,8 @@ from chemfit_core.engine.relax import relax_structures
 from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.external.lammps import potentials_dir
 from chemfit_core.models import build_model
-from chemfit_core.models.eam import EAM, AnalyticEAM, lammps_spline
+from chemfit_core.models.analytic_eam import AnalyticEAM
+from chemfit_core.models.eam import EAM, lammps_spline
 
 MISHIN = potentials_dir() / "Cu_mishin1.eam.alloy"
 U3 = potentials_dir() / "Cu_u3.eam"
@@ -179,7 +180,7 @@ def test_lammps_workers_and_the_torch_engine_relax_eam_to_the_same_minima():
 
 
 def test_round_trip_of_fitted_forms_through_lammps(tmp_path, cu_structures):
-    from chemfit_core.science.forms import potential_form
+    from chemfit_core.models.forms import potential_form
     from chemfit_core.science.roundtrip import round_trip
 
     eam_form = potential_form({"form": "eam/analytic", "element": "Cu", "cutoff_A": 5.5, "width_A": 1.0, "re_A": 2.556})

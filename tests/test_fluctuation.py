@@ -9,8 +9,10 @@ import pytest
 from ase.build import bulk
 
 from chemfit_core import EvaluateContext
+from chemfit_core.models.analytic_eam import AnalyticEAMForm
+from chemfit_core.models.forms import potential_form
+from chemfit_core.models.pair import LennardJonesForm, MorseForm
 from chemfit_core.science.fluctuation import energy_derivatives, fluctuation_gradient
-from chemfit_core.science.forms import AnalyticEAMForm, LennardJonesForm, MorseForm, potential_form
 from chemfit_core.science.liquid import LiquidStatePointTerm, Reference, liquid_properties
 from chemfit_core.stages.config import TEMPLATE_DIR
 

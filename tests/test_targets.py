@@ -8,8 +8,8 @@ import pytest
 from ase.build import bulk
 
 from chemfit_core import ChemFitError, CombinedObjectiveFunction, EvaluateContext, Fitter
+from chemfit_core.models.forms import potential_form
 from chemfit_core.science.crystal import CrystalSetup
-from chemfit_core.science.forms import potential_form
 from chemfit_core.science.liquid import Reference
 from chemfit_core.science.targets import CrystalTarget, StructureTarget, label
 

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 import torch
 
 from chemfit_core.models.base import PairModel
+from chemfit_core.models.forms import PotentialForm, atomic_number, register_form
+from chemfit_core.models.registry import register_model
+from chemfit_core.units import KB_EV_PER_K
 
 
 def _pair_coeff_lines(tables: Sequence[torch.Tensor]) -> list[str]:
@@ -169,3 +172,70 @@ class Morse(PairModel):
             xc = torch.exp(-a * (self.cutoff - r0))
             energy = energy - d * (xc * xc - 2 * xc)
         return energy, dedr_over_r
+
+
+@register_model("lj/cut")
+def _build_lennard_jones(spec: dict) -> LennardJones:
+    return LennardJones(spec.pop("epsilon"), spec.pop("sigma"), spec.pop("cutoff"), **spec)
+
+
+@register_model("morse")
+def _build_morse(spec: dict) -> Morse:
+    return Morse(spec.pop("D"), spec.pop("alpha"), spec.pop("r0"), spec.pop("cutoff"), **spec)
+
+
+@register_form
+class LennardJonesForm(PotentialForm):
+    """``lj/cut``: ``epsilon_K`` (ε/k_B, K) and ``sigma_A`` (σ, Å); cutoff ``cutoff_sigma``·σ."""
+
+    parameter_names = ("epsilon_K", "sigma_A")
+    option_defaults = {"cutoff_sigma": 3.0, "shift": False, "tail_correction": True}
+    name = "lj/cut"
+
+    def model(self, params, dtype=torch.float64):
+        self.check(params)
+        return LennardJones(
+            params["epsilon_K"] * KB_EV_PER_K,
+            params["sigma_A"],
+            cutoff=self.option("cutoff_sigma") * params["sigma_A"],
+            species=(atomic_number(self.element),),
+            shift=self.option("shift"),
+            tail_correction=self.option("tail_correction"),
+        ).to(dtype)
+
+    def model_tensors(self, params):
+        return {"epsilon": (params["epsilon_K"] * KB_EV_PER_K).reshape(1, 1), "sigma": params["sigma_A"].reshape(1, 1)}
+
+    def nearest_neighbour_A(self, params):
+        return 2 ** (1 / 6) * float(params["sigma_A"])  # the pair minimum
+
+
+@register_form
+class MorseForm(PotentialForm):
+    """``morse``: ``D_eV`` (eV), ``alpha_invA`` (1/Å), ``r0_A`` (Å); cutoff ``cutoff_A``."""
+
+    parameter_names = ("D_eV", "alpha_invA", "r0_A")
+    option_defaults = {"cutoff_A": None, "shift": False}
+    option_help = {"cutoff_A": "a cutoff radius in Å"}
+    name = "morse"
+
+    def model(self, params, dtype=torch.float64):
+        self.check(params)
+        return Morse(
+            params["D_eV"],
+            params["alpha_invA"],
+            params["r0_A"],
+            cutoff=self.option("cutoff_A"),
+            species=(atomic_number(self.element),),
+            shift=self.option("shift"),
+        ).to(dtype)
+
+    def model_tensors(self, params):
+        return {
+            "D": params["D_eV"].reshape(1, 1),
+            "alpha": params["alpha_invA"].reshape(1, 1),
+            "r0": params["r0_A"].reshape(1, 1),
+        }
+
+    def nearest_neighbour_A(self, params):
+        return float(params["r0_A"])

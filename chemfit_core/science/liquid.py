@@ -158,7 +158,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         template_variables: further fixed template values (cell count, run lengths...).
         n_blocks: blocks for the standard errors.
         command_timeout: seconds one run may take.
-        form: the potential form (:mod:`chemfit_core.science.forms`), for gradients.
+        form: the potential form (:mod:`chemfit_core.models.forms`), for gradients.
         dump_every: steps between frames saved for gradients (a multiple of ``thermo_every``).
     """
 

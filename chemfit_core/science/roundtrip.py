@@ -13,7 +13,7 @@ import numpy as np
 from ase import Atoms
 
 from chemfit_core.external.single_point import lammps_reference
-from chemfit_core.science.forms import PotentialForm
+from chemfit_core.models.forms import PotentialForm
 
 
 def round_trip(
@@ -21,7 +21,7 @@ def round_trip(
 ) -> dict[str, float]:
     """Largest relative differences between ``form`` at ``params`` in torch and in LAMMPS on ``structures``.
 
-    LAMMPS gets the form's own :meth:`~chemfit_core.science.forms.PotentialForm.lammps_commands`
+    LAMMPS gets the form's own :meth:`~chemfit_core.models.forms.PotentialForm.lammps_commands`
     (potential files written into ``workdir``). Returns ``energy`` (max |ΔE|/|E|), ``forces``
     (max |ΔF| over max |F|) and ``stress`` (max |Δσ| over max |σ|, periodic structures).
     """

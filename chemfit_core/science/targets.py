@@ -1,7 +1,7 @@
 """In-process objective terms: crystal properties and reference energies/forces.
 
 Both are deterministic functions of the parameters (no MD noise), evaluated with the
-torch models of :mod:`chemfit_core.science.forms`, and report what the least-squares fitter
+torch models of :mod:`chemfit_core.models.forms`, and report what the least-squares fitter
 needs in a :class:`~chemfit_core.term_result.TermResult` (``ctx.result``): residuals,
 for structures the exact Jacobian by autograd, and the computed properties for reports.
 The liquid counterpart, run by LAMMPS, is :class:`chemfit_core.science.liquid.LiquidStatePointTerm`.
@@ -17,8 +17,8 @@ import torch
 
 from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
 from chemfit_core.engine.state import atoms_to_state
+from chemfit_core.models.forms import PotentialForm
 from chemfit_core.science.crystal import PROPERTIES, CrystalSetup, crystal_properties
-from chemfit_core.science.forms import PotentialForm
 from chemfit_core.science.liquid import Reference
 from chemfit_core.term_result import TermResult
 from chemfit_core.units import to_voigt

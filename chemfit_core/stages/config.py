@@ -21,7 +21,7 @@ import jsonschema
 import yaml
 
 from chemfit_core.errors import ConfigError
-from chemfit_core.science.forms import FORMS
+from chemfit_core.models.forms import form_class
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 """The package data: the configuration schema and the shipped LAMMPS templates."""
@@ -171,18 +171,18 @@ def _semantic_problems(
                 )
         where = f"{source}: fits.{fit_name}"
         form = fit["potential"]["form"]
-        form_class = FORMS[form]
-        for option, default in form_class.option_defaults.items():
+        spec_class = form_class(form)
+        for option, default in spec_class.option_defaults.items():
             if default is None and option not in fit["potential"]:
-                what = form_class.option_help.get(option, "a value")
+                what = spec_class.option_help.get(option, "a value")
                 problems.append(f"{where}.potential.{option}: expected {what} for form {form}, got none")
-        unused = sorted(set(fit["potential"]) - {"form", *form_class.option_defaults})
+        unused = sorted(set(fit["potential"]) - {"form", *spec_class.option_defaults})
         if unused:
             problems.append(
                 f"{where}.potential: form {form} takes the options "
-                f"{sorted(form_class.option_defaults)}; got {unused}, which it does not use"
+                f"{sorted(spec_class.option_defaults)}; got {unused}, which it does not use"
             )
-        expected = set(form_class.parameter_names)
+        expected = set(spec_class.parameter_names)
         if set(fit["parameters"]) != expected:
             problems.append(
                 f"{where}.parameters: expected exactly {sorted(expected)} for form {form}, "

@@ -16,8 +16,8 @@ from chemfit_core.abstract_objective_function import ObjectiveFunctor
 from chemfit_core.cache import OutputCache
 from chemfit_core.combined_objective_function import CombinedObjectiveFunction
 from chemfit_core.file_based_computer import flatten_parameters
+from chemfit_core.models.forms import PotentialForm, potential_form
 from chemfit_core.science.crystal import CrystalSetup
-from chemfit_core.science.forms import PotentialForm, potential_form
 from chemfit_core.science.liquid import (
     PROPERTY_UNITS,
     LiquidStatePointTerm,

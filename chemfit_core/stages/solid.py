@@ -87,8 +87,8 @@ def prepare_set(
 
     from ase.io import write
 
+    from chemfit_core.models.forms import fitted_form
     from chemfit_core.results import atomic_write_text, read_json
-    from chemfit_core.science.forms import fitted_form
 
     form, params = fitted_form(read_json(params_json)[fit_name])
     structures = set_structures(fit_name, fit, set_name, form.nearest_neighbour_A(params), master_seed)
@@ -107,9 +107,9 @@ def analyse_sets(
     """Lattice constant, cohesive energy (against the fitted model's isolated atom) and energy
     differences of every relaxed set."""
     from chemfit_core.engine.state import read_structures
+    from chemfit_core.models.forms import fitted_form
     from chemfit_core.results import read_json, write_csv
     from chemfit_core.science.crystal import isolated_atom_energy
-    from chemfit_core.science.forms import fitted_form
 
     form, params = fitted_form(read_json(params_json)[fit_name])
     relaxed = [atoms for path in relaxed_paths for atoms in read_structures(path)]
