@@ -1,9 +1,10 @@
 """Helpers shared by the rules, and validation of the configuration."""
 
+import json
 import sys
 from pathlib import Path
 
-from chemfit_core.stages.config import TEMPLATE_DIR, validate_config
+from chemfit_core.stages.config import template_path, validate_config
 from chemfit_core.stages.solid import solid_sets
 
 PYTHON = sys.executable
@@ -14,6 +15,8 @@ CONFIG = validate_config(
     source=", ".join(str(f) for f in workflow.configfiles) or "the module's config",
     # structure files that passed are remembered by content: every Snakemake start validates
     checked_dir=Path(".snakemake") / "chemfit" / "checked",
+    # the user's files are relative to the config file (a module's config: the working directory)
+    base_dir=Path(workflow.configfiles[0]).parent if workflow.configfiles else None,
 )
 
 FITS = list(CONFIG["fits"])
@@ -35,9 +38,15 @@ NOT_FITTED = ("solid", "description")
 EXECUTION = ("workers", "mpi")
 
 
+def canonical(section):
+    """``section`` with its keys sorted at every level: Snakemake compares params in order, and
+    reordering keys in the config file must not rerun a job."""
+    return json.loads(json.dumps(section, sort_keys=True))
+
+
 def solid_config(wildcards):
     fit = CONFIG["fits"][wildcards.fit]
-    return {"element": fit["element"], "solid": fit["solid"]}
+    return canonical({"element": fit["element"], "solid": fit["solid"]})
 
 
 def fit_core_config(wildcards):
@@ -53,20 +62,26 @@ def fit_core_config(wildcards):
             for k, v in fit["crystal"].items()
             if k not in ("validate", "validation_references")
         }
-    return fit
+    return canonical(fit)
 
 
 def fit_validation_config(wildcards):
     """What the validation of a fit depends on (everything but the solid stage)."""
     fit = CONFIG["fits"][wildcards.fit]
-    return {key: value for key, value in fit.items() if key not in NOT_FITTED}
+    return canonical({key: value for key, value in fit.items() if key not in NOT_FITTED})
 
 
 def liquid_template(wildcards):
     fit = CONFIG["fits"][wildcards.fit]
     if "liquid" not in fit:
         return []
-    return str(TEMPLATE_DIR / fit["liquid"]["template"])
+    return str(template_path(fit["liquid"]["template"]))
+
+
+def liquid_files(wildcards):
+    """Files the liquid template reads (molecule, data, potential...): copied into every run."""
+    fit = CONFIG["fits"][wildcards.fit]
+    return fit["liquid"]["files"] if "liquid" in fit else []
 
 
 def structure_files(wildcards):
@@ -138,11 +153,12 @@ def parity_plots(wildcards=None):
 
 
 def all_inputs(wildcards=None):
-    """Every input file of every fit (templates, structures), for provenance hashes."""
+    """Every input file of every fit (templates and their files, structures), for provenance hashes."""
     files = []
     for fit in CONFIG["fits"].values():
         if "liquid" in fit:
-            files.append(str(TEMPLATE_DIR / fit["liquid"]["template"]))
+            files.append(str(template_path(fit["liquid"]["template"])))
+            files += fit["liquid"]["files"]
         if "file" in fit.get("structures", {}):
             files.append(fit["structures"]["file"])
         if fit["solid"]["enabled"]:

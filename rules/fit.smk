@@ -2,6 +2,7 @@ rule fit:
     """Fit one configuration: liquid terms are LAMMPS runs, crystal/structure terms run in-process, all concurrently."""
     input:
         template=liquid_template,
+        files=liquid_files,
         structures=structure_files,
     output:
         fit="results/{fit}/fit.json",

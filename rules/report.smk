@@ -116,7 +116,7 @@ rule provenance:
         mem_mb=500,
         runtime=5,
     params:
-        config=CONFIG,
+        config=canonical(CONFIG),
         workflow_dir=workflow.basedir,
     script:
         "../scripts/provenance.py"

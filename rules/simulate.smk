@@ -3,6 +3,7 @@ rule render_validation_input:
     input:
         params="results/{fit}/params.json",
         template=liquid_template,
+        files=liquid_files,
     output:
         "results/{fit}/validation/{state}/r{replica}/in.lammps",
     log:

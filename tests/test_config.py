@@ -123,8 +123,9 @@ def test_config_hash_is_canonical(config):
 
 def test_derived_seeds_are_stable_and_distinct():
     assert derived_seed(1, "argon", "nbp", 0) == derived_seed(1, "argon", "nbp", 0)
-    seeds = {derived_seed(1, "argon", "nbp", r) for r in range(100)}
-    assert len(seeds) == 100 and all(1 <= s < 2**31 for s in seeds)
+    seeds = {derived_seed(1, "argon", "nbp", r) for r in range(1000)}
+    # every LAMMPS random-number consumer (create_atoms random, velocity) takes 1 ... 9e8
+    assert len(seeds) == 1000 and all(1 <= s <= 900_000_000 for s in seeds)
 
 
 def test_snakemake_stops_on_a_schema_violation_before_any_job(tmp_path, config, venv_env, repo):
@@ -225,3 +226,49 @@ def test_the_schema_names_exactly_the_registered_potential_forms():
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     enum = schema["$defs"]["fit"]["properties"]["potential"]["properties"]["form"]["enum"]
     assert sorted(enum) == sorted(all_forms())
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "key", "expected"),
+    [
+        (
+            "least_squares",
+            {"initial_tr_radius": 0.05},
+            "optimizer.options",
+            "does not take the option(s) ['initial_tr_radius']",
+        ),
+        ("Nelder-Mead", {"maxfev": 3, "rhobeg": 1}, "optimizer.options", "['rhobeg']"),
+        ("COBYQ", {}, "optimizer.method", "unknown optimizer method 'COBYQ'"),
+    ],
+)
+def test_options_a_method_does_not_take_are_named_before_any_job(config, method, options, key, expected):
+    config["fits"]["argon"]["optimizer"].update(method=method, options=options)
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, "c.yaml")
+    assert f"c.yaml: fits.argon.{key}: " in str(info.value) and expected in str(info.value)
+
+
+def test_each_method_gets_its_own_default_options(config):
+    from chemfit_core.stages.optimizers import method_options_with_defaults
+
+    del config["fits"]["argon"]["optimizer"]["options"]
+    config["fits"]["argon"]["optimizer"]["method"] = "least_squares"
+    validated = validate_config(config, "c.yaml")  # COBYQA's radii no longer leak into least squares
+    assert validated["fits"]["argon"]["optimizer"]["options"] == {}
+    assert method_options_with_defaults("least_squares", {}) == {}
+    assert method_options_with_defaults("COBYQA", {}) == {"initial_tr_radius": 0.05, "final_tr_radius": 0.003}
+    assert method_options_with_defaults("COBYQA", {"maxfev": 5}) == {"maxfev": 5}
+
+
+def test_a_larger_budget_keeps_the_evaluation_cache(config, tmp_path):
+    """max_evaluations is not part of the cache key: raising it replays every cached evaluation."""
+    from chemfit_core.stages.config import TEMPLATE_DIR
+    from chemfit_core.stages.fit import fit_cache
+
+    fit = validate_config(config, "c.yaml")["fits"]["argon"]
+    template = TEMPLATE_DIR / fit["liquid"]["template"]
+    more = {**fit, "optimizer": {**fit["optimizer"], "max_evaluations": 400}}
+    other = {**fit, "optimizer": {**fit["optimizer"], "options": {"maxfev": 3}}}
+    key = fit_cache("argon", fit, 1, template, tmp_path).namespace
+    assert fit_cache("argon", more, 1, template, tmp_path).namespace == key
+    assert fit_cache("argon", other, 1, template, tmp_path).namespace != key

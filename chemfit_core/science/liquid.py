@@ -160,6 +160,8 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         command_timeout: seconds one run may take.
         form: the potential form (:mod:`chemfit_core.models.forms`), for gradients.
         dump_every: steps between frames saved for gradients (a multiple of ``thermo_every``).
+        files: input files copied into every run directory beside ``in.lammps`` (molecule,
+            data, potential or include files the template reads by name).
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         form: Any | None = None,
         dump_every: int = 100,
         output_cache: Any | None = None,
+        files: Sequence[Path | str] = (),
     ):
         unknown = set(references) - set(PROPERTY_UNITS)
         if unknown:
@@ -203,7 +206,18 @@ class LiquidStatePointTerm(ObjectiveFunctor):
             name=name,
             output_files=["frames.dump"] if form is not None else [],  # cached with the log
             output_cache=output_cache,
+            presubmit_hook=self._copy_files if files else None,
         )
+        self.files = [Path(f) for f in files]
+        names = [f.name for f in self.files]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{name}: input files must have distinct names (they land in one folder): {names}")
+
+    def _copy_files(self, parameters: Parameters, workdir: Path) -> None:
+        """Put the input files (molecule, data, potential, include files) beside the rendered input;
+        the run cache hashes them with it."""
+        for path in self.files:
+            shutil.copyfile(path, workdir / path.name)
 
     def _parse(self, output_files: list[Path]) -> dict[str, Any]:
         log = next(p for p in output_files if p.name == "log.lammps")

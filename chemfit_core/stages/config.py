@@ -22,6 +22,7 @@ import yaml
 
 from chemfit_core.errors import ConfigError
 from chemfit_core.models.forms import form_class
+from chemfit_core.stages.optimizers import option_problems
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 """The package data: the configuration schema and the shipped LAMMPS templates."""
@@ -93,8 +94,14 @@ def validate_config(
     schema_path: Path | str = SCHEMA_PATH,
     template_dir: Path | str = TEMPLATE_DIR,
     checked_dir: Path | str | None = None,
+    base_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """A validated copy of ``config`` with every default filled in; ``config`` itself is not changed.
+
+    The user's files (``liquid.template`` unless it names a shipped template, ``liquid.files``,
+    ``structures.file``, ``solid.sets.<name>.file``) are relative to ``base_dir`` — the folder of
+    the config file (default: the working directory) — or absolute; the returned config holds
+    them relative to the working directory, where every stage runs.
 
     ``schema_path`` and ``template_dir`` default to the schema and templates shipped as
     package data (``chemfit_core/data``). ``checked_dir``,
@@ -110,6 +117,7 @@ def validate_config(
     problems = [f"{source}: {key_path(e.absolute_path)}: {_describe(e)}" for e in errors]
     problems += _non_finite_problems(config, source)
     if not problems:
+        _resolve_inputs(config, Path.cwd() if base_dir is None else Path(base_dir), Path(template_dir))
         problems = _semantic_problems(config, source, Path(template_dir), checked_dir)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
@@ -117,6 +125,33 @@ def validate_config(
         if fit["solid"]["enabled"] is None:
             fit["solid"]["enabled"] = fit["potential"]["form"] == "lj/cut"
     return config
+
+
+def _resolve_inputs(config: dict[str, Any], base_dir: Path, template_dir: Path) -> None:
+    """Make every user file path of ``config`` relative to the working directory (in place)."""
+
+    def resolved(value: str) -> str:
+        path = Path(value).expanduser()
+        return str(path) if path.is_absolute() else os.path.relpath(base_dir / path)
+
+    for fit in config["fits"].values():
+        if "liquid" in fit:
+            liquid = fit["liquid"]
+            user = Path(liquid["template"])
+            own = user if user.is_absolute() else base_dir / user
+            if own.is_file() or not (template_dir / liquid["template"]).is_file():
+                liquid["template"] = resolved(liquid["template"])
+            liquid["files"] = [resolved(f) for f in liquid["files"]]
+        if "file" in fit.get("structures", {}):
+            fit["structures"]["file"] = resolved(fit["structures"]["file"])
+        for entry in fit["solid"]["sets"].values():
+            entry["file"] = resolved(entry["file"])
+
+
+def template_path(value: str | Path, template_dir: Path | str = TEMPLATE_DIR) -> Path:
+    """The template a validated ``liquid.template`` names: the user's file, or a shipped one."""
+    path = Path(value)
+    return path if path.is_file() or len(path.parts) > 1 else Path(template_dir) / path
 
 
 def _non_finite_problems(node: Any, source: str, path: tuple[Any, ...] = ()) -> Iterator[str]:
@@ -194,6 +229,10 @@ def _semantic_problems(
                 f"{where}.structures.synthetic.parameters: expected {sorted(expected)}, "
                 f"got {sorted(synthetic['parameters'])}"
             )
+        method = fit["optimizer"]["method"]
+        for problem in option_problems(method, fit["optimizer"]["options"]):
+            key = "method" if problem.startswith("unknown optimizer method") else "options"
+            problems.append(f"{where}.optimizer.{key}: {problem}")
         if fit["optimizer"].get("jacobian") in ("analytic", "fluctuation") and "crystal" in fit:
             problems.append(
                 f"{where}.optimizer.jacobian: crystal targets have no analytic Jacobian; expected "
@@ -213,11 +252,24 @@ def _semantic_problems(
             )
         if "liquid" not in fit:
             continue
-        template = template_dir / fit["liquid"]["template"]
+        template = template_path(fit["liquid"]["template"], template_dir)
         if not template.is_file():
+            shipped = ", ".join(sorted(p.name for p in template_dir.glob("*.j2")))
             problems.append(
-                f"{where}.liquid.template: expected a file in {template_dir}, "
-                f"got {fit['liquid']['template']!r} (no such file)"
+                f"{where}.liquid.template: expected a template file (relative to the config file, or "
+                f"absolute) or the name of a shipped one ({shipped}), got {fit['liquid']['template']!r} (no such file)"
+            )
+        for index, file in enumerate(fit["liquid"]["files"]):
+            if not Path(file).is_file():
+                problems.append(
+                    f"{where}.liquid.files[{index}]: expected a file (relative to the config file, or absolute), "
+                    f"got {file!r} (no such file)"
+                )
+        file_names = [Path(f).name for f in fit["liquid"]["files"]]
+        if len(set(file_names)) != len(file_names):
+            problems.append(
+                f"{where}.liquid.files: expected distinct file names (they are copied into one run "
+                f"folder), got {file_names}"
             )
         elif set(fit["parameters"]) == expected:  # else the template's parameters are undefined too
             problems += _template_problems(f"{where}.liquid.template", template, fit)
@@ -384,7 +436,7 @@ def load_config(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(config).__name__}")
-    return validate_config(config, str(path))
+    return validate_config(config, str(path), base_dir=path.parent)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -392,7 +444,12 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
+MAX_SEED = 900_000_000
+"""Largest seed every LAMMPS random-number consumer takes (``create_atoms random``, ``velocity``:
+Marsaglia's generator needs 1 ≤ seed ≤ 9×10⁸)."""
+
+
 def derived_seed(master_seed: int, *labels: Any) -> int:
-    """A seed in [1, 2**31 - 1) derived from the master seed and labels, stable across runs."""
+    """A seed in [1, :data:`MAX_SEED`] derived from the master seed and labels, stable across runs."""
     digest = hashlib.sha256(json.dumps([master_seed, *map(str, labels)]).encode()).digest()
-    return 1 + int.from_bytes(digest[:8], "big") % (2**31 - 2)
+    return 1 + int.from_bytes(digest[:8], "big") % MAX_SEED

@@ -29,6 +29,7 @@ from chemfit_core.fitter import Fitter
 from chemfit_core.results import write_csv, write_json
 from chemfit_core.stages.config import config_hash, derived_seed
 from chemfit_core.stages.objective import build_objective, potential_form_of
+from chemfit_core.stages.optimizers import minimise
 
 logger = logging.getLogger(__name__)
 
@@ -38,36 +39,6 @@ def _workers(requested: int) -> int:
     if requested > 0:
         return requested
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-GLOBAL_METHODS = ("differential_evolution", "dual_annealing", "direct")
-_BUDGET_KEYS = {
-    "Nelder-Mead": "maxfev",
-    "Powell": "maxfev",
-    "COBYQA": "maxfev",
-    "COBYLA": "maxiter",
-    "L-BFGS-B": "maxfun",
-    "TNC": "maxfun",
-}
-
-
-def minimise(fitter: Fitter, optimizer: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """Run the configured optimiser with its evaluation budget; return the best parameters."""
-    method, budget = optimizer["method"], optimizer["max_evaluations"]
-    options = dict(optimizer["options"])
-    if method == "differential_evolution":
-        popsize = options.get("popsize", 15)
-        options.setdefault("maxiter", max(1, budget // (popsize * len(fitter.names)) - 1))
-        return fitter.fit_global(method, seed=seed, **options)
-    if method == "least_squares":
-        jac = optimizer.get("jacobian", "2-point")
-        return fitter.fit_least_squares(
-            jac="analytic" if jac in ("analytic", "fluctuation") else jac, **{"max_nfev": budget, **options}
-        )
-    if method in GLOBAL_METHODS:
-        return fitter.fit_global(method, seed=seed, **{"maxfun": budget, **options})
-    options.setdefault(_BUDGET_KEYS.get(method, "maxiter"), budget)
-    return fitter.fit_scipy(method=method, options=options)
 
 
 def run_fit(
@@ -246,16 +217,20 @@ def _fit_and_write(
 def fit_cache(
     fit_name: str, fit: Mapping[str, Any], master_seed: int, template: Path | str | None, workdir: Path | str
 ) -> EvaluationCache:
-    """The evaluation cache of a fit, in ``<workdir>/cache``: keyed by the fit's configuration,
-    master seed, template text, the content of its structure file and chemfit_core version,
-    so any change starts afresh (a structure file edited in place included)."""
+    """The evaluation cache of a fit, in ``<workdir>/cache``: keyed by the fit's configuration
+    (its evaluation budget aside), master seed, template text, the content of its structure and input files
+    and chemfit_core version, so any change starts afresh (a structure file edited in place
+    included) while a larger budget replays what a smaller one computed."""
     import hashlib
     from importlib.metadata import version
 
     text = Path(template).read_text() if template else None
-    structures = fit.get("structures", {}).get("file")
-    content = hashlib.sha256(Path(structures).read_bytes()).hexdigest() if structures else None
-    namespace = namespace_of(fit_name, config_hash(fit), master_seed, text, content, version("chemfit-core"))
+    files = [fit["structures"]["file"]] if "file" in fit.get("structures", {}) else []
+    files += fit["liquid"]["files"] if "liquid" in fit else []
+    content = [hashlib.sha256(Path(file).read_bytes()).hexdigest() for file in files] or None
+    # the budget is not part of the key: a larger max_evaluations replays every evaluation it has
+    identity = {**fit, "optimizer": {k: v for k, v in fit["optimizer"].items() if k != "max_evaluations"}}
+    namespace = namespace_of(fit_name, config_hash(identity), master_seed, text, content, version("chemfit-core"))
     return EvaluationCache(Path(workdir) / "cache", namespace)
 
 

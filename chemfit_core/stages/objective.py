@@ -206,6 +206,7 @@ def build_liquid_objective(
                 form=form,
                 output_cache=runs,
                 dump_every=md.get("dump_every", 40),
+                files=fit["liquid"]["files"],
             )
             cob.add(term, weights=sp["weight"] / sp["replicas"], names=name)
             terms_info.append({"name": name, "state_point": sp["name"], "replica": replica, "seed": seed})

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ def render_validation_input(
         **fitted,
     }
     atomic_write_text(out_path, render_template(template, variables))
+    for path in map(Path, fit["liquid"]["files"]):  # the run reads them from its own folder
+        shutil.copyfile(path, Path(out_path).parent / path.name)
 
 
 def analyse_validation(
