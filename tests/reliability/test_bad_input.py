@@ -285,7 +285,9 @@ def test_state_point_name_cannot_escape_the_results_folder(name):
     assert_names(problems_of(config), f"{SOURCE}: fits.argon.liquid.state_points[0].name: expected a ", repr(name))
 
 
-@pytest.mark.parametrize("name", ["../templates/lj_liquid_npt.lammps.j2", "/nonexistent/t.j2", "sub/t.j2", ".hidden.j2"])
+@pytest.mark.parametrize(
+    "name", ["../templates/lj_liquid_npt.lammps.j2", "/nonexistent/t.j2", "sub/t.j2", ".hidden.j2"]
+)
 def test_a_template_that_is_neither_the_users_file_nor_shipped_is_named(name):
     """Templates are the user's files (relative to the config file) or shipped names; neither: an error."""
     config = argon()
