@@ -6,6 +6,7 @@ from pathlib import Path
 
 from chemfit_core.stages.config import template_path, validate_config
 from chemfit_core.stages.solid import solid_sets
+from chemfit_core.stages.template_contract import config_warnings
 
 PYTHON = sys.executable
 
@@ -18,6 +19,11 @@ CONFIG = validate_config(
     # the user's files are relative to the config file (a module's config: the working directory)
     base_dir=Path(workflow.configfiles[0]).parent if workflow.configfiles else None,
 )
+
+for warning in config_warnings(
+    CONFIG, ", ".join(map(str, workflow.configfiles)) or "the module's config"
+):
+    print(f"chemfit: warning: {warning}", file=sys.stderr)
 
 FITS = list(CONFIG["fits"])
 
@@ -68,7 +74,9 @@ def fit_core_config(wildcards):
 def fit_validation_config(wildcards):
     """What the validation of a fit depends on (everything but the solid stage)."""
     fit = CONFIG["fits"][wildcards.fit]
-    return canonical({key: value for key, value in fit.items() if key not in NOT_FITTED})
+    return canonical(
+        {key: value for key, value in fit.items() if key not in NOT_FITTED}
+    )
 
 
 def liquid_template(wildcards):

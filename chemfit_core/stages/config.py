@@ -280,7 +280,9 @@ def _semantic_problems(
 
 def _template_problems(where: str, path: Path, fit: Mapping[str, Any]) -> list[str]:
     """Syntax errors and undefined variables of a fit's liquid template, found by rendering it the
-    way the workflow does (sandboxed Jinja, ``StrictUndefined``) for every kind of run."""
+    way the workflow does (sandboxed Jinja, ``StrictUndefined``) for every kind of run, and outputs
+    the workflow reads that the rendered input does not write
+    (:func:`chemfit_core.stages.template_contract.output_problems`)."""
     from chemfit_core.errors import TemplateRenderError
     from chemfit_core.file_based_computer import load_template, render_template
     from chemfit_core.stages.objective import fit_template_contexts
@@ -290,9 +292,14 @@ def _template_problems(where: str, path: Path, fit: Mapping[str, Any]) -> list[s
     except TemplateRenderError as exc:
         return [f"{where}: expected a valid Jinja template, got {exc}"]
     problems: dict[str, str] = {}  # one message per distinct error
+    from chemfit_core.stages.template_contract import output_problems
+
+    source = Path(path).read_text()
     for label, variables in fit_template_contexts(fit):
         try:
-            render_template(template, variables)
+            rendered = render_template(template, variables)
+            for problem in output_problems(rendered, variables.get("dump_every", 0), source):
+                problems.setdefault(problem, f"{where}: {path}: {problem} ({label})")
         except Exception as exc:  # noqa: BLE001 - any failure to render is the template's problem
             cause = exc.__cause__ if isinstance(exc, TemplateRenderError) and exc.__cause__ else exc
             tb, line = cause.__traceback__, None

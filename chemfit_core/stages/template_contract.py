@@ -1,0 +1,132 @@
+"""The contract between the workflow and a liquid template: what it gets, what it must write.
+
+A liquid template is rendered (sandboxed Jinja, ``StrictUndefined``) with the variables of
+:data:`TEMPLATE_VARIABLES` plus the fit's parameters by name, and the workflow reads
+:data:`REQUIRED_THERMO` from the thermo table of the last ``run`` in ``log.lammps`` (and, for
+fluctuation gradients, the frames the template dumps to ``frames.dump``). check-config renders
+every template for every kind of run and checks the rendered input against this contract with
+:func:`output_problems`, naming the template line; :func:`unused_keys` names the configuration
+keys a template never reads, which then do not describe the run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+import jinja2
+import jinja2.meta
+
+TEMPLATE_VARIABLES: Mapping[str, str] = {
+    "temperature_K": "thermostat temperature of the state point, K",
+    "pressure_bar": "barostat pressure of the state point, bar",
+    "seed": "velocity / random seed of this run, 1 ... 9e8 (fixed per replica across evaluations)",
+    "kB_eV_per_K": "Boltzmann's constant, eV/K (ε/k_B in K times it gives ε in eV)",
+    "dump_every": "steps between frames.dump frames for fluctuation gradients; 0: no frames wanted",
+    "mass_g_mol": "atomic mass, g/mol",
+    "n_cells": "md.n_cells: fcc cells per box edge (the shipped template: 4 n³ atoms)",
+    "timestep_fs": "md.timestep_fs: MD time step, fs (LAMMPS metal units take ps: divide by 1000)",
+    "melt_temperature_K": "md.melt_temperature_K: start temperature of the melt, K",
+    "start_reduced_density": "md.start_reduced_density: ρσ³ of the starting lattice",
+    "melt_steps": "md.melt_steps: NVT melt steps",
+    "equilibration_steps": "md.equilibration_steps: NPT steps before averaging",
+    "production_steps": "md.production_steps (validation runs: liquid.validation.production_steps): NPT steps averaged",
+    "thermo_every": "md.thermo_every: steps between thermo rows (dump_every is a multiple of it)",
+    "<parameter>": "each fitted parameter by its config name, in its unit (epsilon_K in K, sigma_A in Å ...)",
+    "<option>": "each option of the potential form (cutoff_sigma, tail_correction, shift, cutoff_A ...)",
+}
+"""Variables every liquid template receives, with their units."""
+
+REQUIRED_THERMO = ("step", "atoms", "temp", "press", "pe", "density", "vol")
+"""``thermo_style custom`` keywords the workflow reads from the production run (LAMMPS metal units:
+eV, bar, g/cm³, Å³), totals not per atom (``thermo_modify norm no``, metal's default)."""
+
+_THERMO_STYLE = re.compile(r"^\s*thermo_style\s+custom\s+(.*)$", re.M)
+_NORM_YES = re.compile(r"^\s*thermo_modify\s+.*\bnorm\s+yes\b", re.M)
+_DUMP = re.compile(r"^\s*dump\s+\S+\s+\S+\s+custom\s+(\S+)\s+frames\.dump\s+(.*)$", re.M)
+
+
+def _template_line(source: str, pattern: str) -> str:
+    lines = [k for k, line in enumerate(source.splitlines(), start=1) if pattern in line]
+    return f"line {lines[-1]}" if lines else "no line"
+
+
+def output_problems(rendered: str, dump_every: int, source: str = "") -> list[str]:
+    """What the rendered input ``rendered`` lacks of the outputs the workflow reads, each naming
+    the template line (``source`` is the template text)."""
+    problems = []
+    styles = _THERMO_STYLE.findall(rendered)
+    if not styles:
+        problems.append(
+            "expected a `thermo_style custom " + " ".join(REQUIRED_THERMO) + "` before the production run, "
+            "got no thermo_style custom line"
+        )
+    else:
+        keywords = styles[-1].split("#")[0].split()
+        missing = [k for k in REQUIRED_THERMO if k not in keywords]
+        if missing:
+            problems.append(
+                f"expected the last thermo_style ({_template_line(source, 'thermo_style')}) to hold the columns "
+                f"{' '.join(REQUIRED_THERMO)}, got no {', '.join(missing)}"
+            )
+    if _NORM_YES.search(rendered):
+        problems.append(
+            f"expected totals (thermo_modify norm no), got norm yes ({_template_line(source, 'norm')}): "
+            "the workflow divides by the number of atoms or molecules itself"
+        )
+    if dump_every:
+        dumps = _DUMP.findall(rendered)
+        if not dumps:
+            problems.append(
+                "expected `dump <id> all custom {{ dump_every }} frames.dump id type x y z` for fluctuation "
+                "gradients (optimizer.jacobian fluctuation), got no dump to frames.dump"
+            )
+        else:
+            every, columns = dumps[-1]
+            wanted = ["id", "type", "x", "y", "z"]
+            if every != str(dump_every) or columns.split()[:5] != wanted:
+                problems.append(
+                    f"expected frames.dump every {dump_every} steps with columns id type x y z "
+                    f"({_template_line(source, 'frames.dump')}), got every {every} with {columns.strip()}"
+                )
+    return problems
+
+
+def referenced_variables(source: str) -> set[str]:
+    """Names a template's text refers to (Jinja's own analysis of the template)."""
+    return set(jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(source)))
+
+
+def unused_keys(source: str, provided: Mapping[str, str] | Iterable[str]) -> list[str]:
+    """Of the ``provided`` variables (name, or name -> the config key it comes from), the config
+    keys the template never reads, sorted."""
+    used = referenced_variables(source)
+    keys = provided if isinstance(provided, Mapping) else {name: name for name in provided}
+    return sorted(key for name, key in keys.items() if name not in used)
+
+
+def config_warnings(config: Mapping[str, object], source: str = "<config>") -> list[str]:
+    """Configuration keys the fits' liquid templates never read (they then do not describe the run),
+    as ``source: key: ...`` lines. For a validated config."""
+    from pathlib import Path
+
+    from chemfit_core.stages.config import template_path
+    from chemfit_core.stages.objective import potential_form_of
+
+    warnings = []
+    for fit_name, fit in config["fits"].items():  # type: ignore[union-attr]
+        if "liquid" not in fit:
+            continue
+        template = template_path(fit["liquid"]["template"])
+        keys = {name: f"liquid.md.{name}" for name in fit["liquid"]["md"] if name not in ("n_blocks", "timeout_s")}
+        keys.pop("dump_every", None)
+        keys["mass_g_mol"] = "mass_g_mol"
+        options = potential_form_of(fit).spec()
+        keys.update({name: f"potential.{name}" for name in options if name not in ("form", "element")})
+        unused = unused_keys(Path(template).read_text(), keys)
+        if unused:
+            warnings.append(
+                f"{source}: fits.{fit_name}: {', '.join(unused)} not read by the template {template}: "
+                "they do not describe the run (remove them, or use them in the template)"
+            )
+    return warnings

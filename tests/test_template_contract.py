@@ -1,0 +1,75 @@
+"""The liquid template contract: what a template gets and must write, checked before any job."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chemfit_core.errors import ConfigError
+from chemfit_core.stages.config import TEMPLATE_DIR, load_config
+from chemfit_core.stages.template_contract import REQUIRED_THERMO, TEMPLATE_VARIABLES, config_warnings
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = (TEMPLATE_DIR / "lj_liquid_npt.lammps.j2").read_text()
+THERMO = "thermo_style    custom step atoms temp press pe density vol"
+
+
+def project(tmp_path: Path, template: str, jacobian: str = "2-point") -> Path:
+    (tmp_path / "mine.lammps.j2").write_text(template)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    fit = config["fits"]["argon"]
+    fit["liquid"]["template"] = "mine.lammps.j2"
+    if jacobian != "2-point":
+        fit["optimizer"] = {"method": "least_squares", "jacobian": jacobian, "options": {}}
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_shipped_template_keeps_the_contract(tmp_path):
+    config = load_config(project(tmp_path, SHIPPED, jacobian="fluctuation"))
+    assert config_warnings(config) == []  # and it reads every key the config gives it
+
+
+def test_a_missing_thermo_column_is_named_with_its_template_line(tmp_path):
+    template = SHIPPED.replace(THERMO, "thermo_style    custom step atoms temp press pe vol")
+    line = next(k for k, text in enumerate(template.splitlines(), 1) if "thermo_style" in text)
+    with pytest.raises(ConfigError) as info:
+        load_config(project(tmp_path, template))
+    message = str(info.value)
+    assert "fits.argon.liquid.template" in message and f"line {line}" in message and "got no density" in message
+
+
+def test_per_atom_thermo_output_is_refused(tmp_path):
+    template = SHIPPED.replace("thermo_modify   norm no", "thermo_modify   norm yes")
+    with pytest.raises(ConfigError, match="expected totals"):
+        load_config(project(tmp_path, template))
+
+
+def test_fluctuation_gradients_need_the_frames_dump(tmp_path):
+    start = SHIPPED.index("{% if dump_every")
+    template = SHIPPED[:start] + SHIPPED[SHIPPED.index("{% endif %}") + len("{% endif %}") :]
+    load_config(project(tmp_path, template))  # no gradients: no frames needed
+    with pytest.raises(ConfigError, match="no dump to frames.dump"):
+        load_config(project(tmp_path, template, jacobian="fluctuation"))
+
+
+def test_keys_a_template_ignores_are_reported_by_check_config(tmp_path):
+    template = SHIPPED.replace("{{ n_cells }}", "4").replace("start_reduced_density", "0.8")
+    path = project(tmp_path, template)
+    chemfit = Path(sys.executable).parent / "chemfit"
+    done = subprocess.run([str(chemfit), "check-config", str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "warning" in done.stderr and "liquid.md.n_cells" in done.stderr
+    assert "liquid.md.start_reduced_density" in done.stderr and "mine.lammps.j2" in done.stderr
+
+
+def test_config_readme_documents_the_contract():
+    text = (REPO / "config" / "README.md").read_text()
+    for name in TEMPLATE_VARIABLES:
+        assert f"`{name}`" in text, name
+    assert " ".join(REQUIRED_THERMO) in text
