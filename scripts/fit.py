@@ -3,9 +3,15 @@
 In one process with a thread pool, or — when the rule's `mpi` resource names a launcher —
 as `<launcher> -n <tasks> python -m chemfit_core fit ARGS.json --mpi`, which on SLURM runs
 inside the job's allocation of `tasks` tasks.
+
+The fit's LAMMPS runs die with it: SIGTERM/SIGINT/SIGHUP (Snakemake stopping, Ctrl-C) are
+forwarded to their process groups before the fit exits, and when Snakemake itself is gone
+(`kill -9` of its PID) the fit stops its runs and exits instead of running on as an orphan
+(chemfit_core.external.process).
 """
 
 from chemfit_core.cli import log_to
+from chemfit_core.external.process import exit_with_parent, stop_commands_on_signals
 from chemfit_core.stages.fit import run_fit, run_fit_under_mpi
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -21,7 +27,9 @@ arguments = dict(
     history_csv=sm.output.history,
     workers=sm.threads,
 )
-if sm.resources.mpi:
-    run_fit_under_mpi(arguments, launcher=sm.resources.mpi, ranks=sm.resources.tasks, log=sm.log[0])
-else:
-    run_fit(**arguments)
+with stop_commands_on_signals():
+    exit_with_parent()
+    if sm.resources.mpi:
+        run_fit_under_mpi(arguments, launcher=sm.resources.mpi, ranks=sm.resources.tasks, log=sm.log[0])
+    else:
+        run_fit(**arguments)
