@@ -4,12 +4,16 @@ import json
 import sys
 from pathlib import Path
 
-from chemfit_core.stages.config import template_path, validate_config
+from chemfit_core.stages.config import read_config_file, template_path, validate_config
 from chemfit_core.stages.solid import solid_sets
 from chemfit_core.stages.template_contract import config_warnings
 
 PYTHON = sys.executable
 
+# Config files read again strictly first: duplicate keys, YAML aliases (a "billion laughs"
+# expands without bound when validated), non-UTF-8 text and YTE templates stop here, named.
+for _path in workflow.configfiles:
+    read_config_file(_path)
 # The rules read the validated copy, defaults filled in; Snakemake's own `config` is left as given.
 CONFIG = validate_config(
     config,
@@ -158,6 +162,29 @@ def parity_plots(wildcards=None):
         for name, fit in CONFIG["fits"].items()
         if "structures" in fit
     ]
+
+
+def fit_solid_table(wildcards):
+    """The solid-stage table of a fit, where its solid stage runs (its properties plot shows it)."""
+    return (
+        [f"results/{wildcards.fit}/solid_properties.csv"]
+        if CONFIG["fits"][wildcards.fit]["solid"]["enabled"]
+        else []
+    )
+
+
+def fit_figure_flags(wildcards):
+    """What a fit's properties figure shows (its caption depends on it)."""
+    from chemfit_core.stages.report_figures import figure_flags
+
+    return figure_flags(CONFIG["fits"][wildcards.fit])
+
+
+def report_flags(wildcards=None):
+    """fit → :func:`fit_figure_flags`, for the captions of the one-file report."""
+    from chemfit_core.stages.report_figures import figure_flags
+
+    return {name: figure_flags(fit) for name, fit in CONFIG["fits"].items()}
 
 
 def all_inputs(wildcards=None):

@@ -33,6 +33,8 @@ MIN_DISTANCE_A = 0.5
 MAX_STRUCTURE_PROBLEMS = 10
 """Problems reported per structure file; the rest are counted."""
 _PATH_NAME = re.compile(r"[A-Za-z0-9_-]+")
+MAX_NAME_LENGTH = 100
+"""Longest fit, state-point or set name: each names a folder (file systems stop at 255 bytes)."""
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -175,6 +177,12 @@ def _name_problems(where: str, names: Sequence[Any], what: str, listed: bool = F
         for k, n in enumerate(names)
         if not (isinstance(n, str) and _PATH_NAME.fullmatch(n))
     ]
+    problems += [
+        f"{where}{f'[{k}].name' if listed else ''}: expected a {what} of at most {MAX_NAME_LENGTH} characters "
+        f"(it names a folder), got {len(n)}"
+        for k, n in enumerate(names)
+        if isinstance(n, str) and len(n) > MAX_NAME_LENGTH
+    ]
     folded = [str(n).casefold() for n in names]
     duplicates = sorted({str(n) for n, f in zip(names, folded) if folded.count(f) > 1})
     if duplicates:
@@ -273,8 +281,39 @@ def _semantic_problems(
             )
         elif set(fit["parameters"]) == expected:  # else the template's parameters are undefined too
             problems += _template_problems(f"{where}.liquid.template", template, fit)
+        problems += _run_length_problems(where, fit)
         names = [sp["name"] for sp in fit["liquid"]["state_points"]]
         problems += _name_problems(f"{where}.liquid.state_points", names, "state point name", listed=True)
+    return problems
+
+
+def _run_length_problems(where: str, fit: Mapping[str, Any]) -> list[str]:
+    """Cross-key constraints of the MD settings: frames for the block averages and the gradients."""
+    md, problems = fit["liquid"]["md"], []
+    runs = {
+        "md.production_steps": md["production_steps"],
+        "validation.production_steps": fit["liquid"]["validation"]["production_steps"],
+    }
+    for key, steps in runs.items():
+        rows = steps // md["thermo_every"] + 1
+        if rows < md["n_blocks"]:
+            problems.append(
+                f"{where}.liquid.md.n_blocks: expected at most the {rows} thermo rows a run gives "
+                f"({key} {steps} / thermo_every {md['thermo_every']} + 1), got {md['n_blocks']}"
+            )
+    if fit["optimizer"].get("jacobian") in ("analytic", "fluctuation"):
+        if md["dump_every"] % md["thermo_every"]:
+            problems.append(
+                f"{where}.liquid.md.dump_every: expected a multiple of thermo_every "
+                f"({md['thermo_every']}: every frame needs its thermo row), got {md['dump_every']}"
+            )
+        frames = md["production_steps"] // md["dump_every"]
+        if frames < 2 * md["n_blocks"]:
+            problems.append(
+                f"{where}.liquid.md.dump_every: expected at least {2 * md['n_blocks']} frames "
+                f"(2 per block) for the gradients' errors, got {frames} (production_steps "
+                f"{md['production_steps']} / dump_every {md['dump_every']})"
+            )
     return problems
 
 
@@ -420,6 +459,8 @@ def structure_problems(atoms: Any, element: str, needed: Sequence[str] = ()) -> 
     flat = ["xyz"[k] for k in range(3) if atoms.pbc[k] and atoms.cell.lengths()[k] < 1e-6]
     if flat:
         return [*out, f"expected a cell vector along periodic axis {', '.join(flat)}, got length 0"]
+    if atoms.pbc.all() and abs(np.linalg.det(atoms.cell.array)) < 1e-6 * max(atoms.cell.lengths().prod(), 1e-30):
+        return [*out, "expected a cell of non-zero volume, got coplanar cell vectors"]
     i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE_A)
     if len(d):
         k = int(np.argmin(d))
@@ -432,18 +473,70 @@ def structure_problems(atoms: Any, element: str, needed: Sequence[str] = ()) -> 
     return out
 
 
-def load_config(path: Path | str) -> dict[str, Any]:
-    """Read a YAML config file, validate it and fill defaults."""
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as a configuration should be: no duplicate keys (YAML drops the first silently), no
+    aliases (``&a``/``*a``: a "billion laughs" expands without bound when traversed)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"expected plain values, got the alias *{event.anchor} (anchors and aliases are "
+                "not accepted in a configuration)",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"expected unique keys, got {key!r} twice "
+                    f"(first on line {seen[key].line + 1}; YAML would silently keep only the last)",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """A config file's YAML, read strictly (:class:`_StrictLoader`); every error names the file."""
     path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: expected a YAML file, got a directory") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: expected UTF-8 text, got byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start} (save the file as UTF-8)"
+        ) from None
+    try:
+        config = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(config).__name__}")
-    return validate_config(config, str(path), base_dir=path.parent)
+    if "__use_yte__" in config:
+        raise ConfigError(
+            f"{path}: __use_yte__: expected a plain YAML configuration, got a YTE template "
+            "(Snakemake's YTE runs Python while loading; chemfit-workflow configs are data only)"
+        )
+    return config
+
+
+def load_config(path: Path | str) -> dict[str, Any]:
+    """Read a YAML config file (strictly: :func:`read_config_file`), validate it and fill defaults."""
+    path = Path(path)
+    return validate_config(read_config_file(path), str(path), base_dir=path.parent)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
