@@ -58,6 +58,12 @@ def atomic_number(element: str) -> int:
 class PotentialForm:
     """Base: ``parameter_names`` are the fit's names; ``options`` the fixed settings.
 
+    A form whose parameters depend on its options (one per species pair, or per term of an
+    expression) defines ``parameter_names`` as a property, and checks its options in
+    ``__post_init__`` (raising ValueError naming what is wrong): the config check makes the form
+    and reports that error against ``potential``. Species-pair parameters are named
+    ``<name>:<A>-<B>`` (``A_eV:Cu-O``), triplets ``<name>:<A>-<B>-<C>``.
+
     ``option_defaults`` lists every option the form uses with its default (``None``:
     required); :meth:`spec` records exactly those.
     """

@@ -225,7 +225,12 @@ def _semantic_problems(
                 f"{where}.potential: form {form} takes the options "
                 f"{sorted(spec_class.option_defaults)}; got {unused}, which it does not use"
             )
-        expected = set(spec_class.parameter_names)
+        options = {key: value for key, value in fit["potential"].items() if key != "form"}
+        try:  # a form checks its own options (files, species, expressions) when it is made
+            expected = set(spec_class(element=fit["element"], options=options).parameter_names)
+        except (ValueError, OSError) as exc:
+            problems.append(f"{where}.potential: {exc}")
+            continue
         if set(fit["parameters"]) != expected:
             problems.append(
                 f"{where}.parameters: expected exactly {sorted(expected)} for form {form}, "
