@@ -1,28 +1,42 @@
-"""Batched FIRE relaxation, ASE's flavour, with optional cell relaxation.
+"""Batched FIRE relaxation, ASE's flavour, with the cell filter as an option.
 
 Each system of a batch runs its own FIRE exactly as ``ase.optimize.FIRE`` does
 (unit masses; dt, α and the step counter per system; the step vector of a system
 capped at ``max_step`` in norm), so a structure takes the same path and the same
-number of steps here as in ASE. With ``relax_cell=True`` the degrees of freedom
-are those of ASE's ``UnitCellFilter``: atom positions in the undeformed frame plus
-the deformation gradient scaled by the number of atoms, driven by the stress.
+number of steps here as in ASE. With the cell filter (``cell_filter=CellFilter.unit``
+or ``relax_cell=True``) the degrees of freedom are those of ASE's ``UnitCellFilter``
+(:mod:`chemfit_core.engine.cell_filter`).
 
 Systems may join a running batch at any time: a joining system first gets its
 forces evaluated, then starts FIRE from scratch (zero velocity, ``dt_start``), as
 a fresh ASE optimiser would — no halved time step, no lost steps.
 
-Functional style, as torch-sim's optimisers: :func:`fire_init` makes a
+Functional style, torch-sim's signatures: :func:`fire_init` makes a
 :class:`FireState`, :func:`fire_step` advances it by one step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from chemfit_core.engine.cell_filter import (
+    CellFilter,
+    OptimState,
+    dof_forces,
+    evaluate,
+    make_state,
+    max_force,
+    move_dofs,
+    moving_systems,
+    per_system_sum,
+)
 from chemfit_core.engine.state import SimState
+
+__all__ = ["FireParameters", "FireState", "evaluate", "fire_init", "fire_step", "max_force", "move"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,167 +53,126 @@ class FireParameters:
     max_step: float = 0.2
 
 
-@dataclasses.dataclass(eq=False)
-class FireState(SimState):
-    """A batch under relaxation: structures plus results and FIRE's per-system state.
+DEFAULT_PARAMETERS = FireParameters()
 
-    ``forces``/``energy``/``stress`` are NaN for a system that has joined but not
-    been evaluated yet; ``fresh`` marks systems that have not taken a step.
+
+@dataclasses.dataclass(eq=False)
+class FireState(OptimState):
+    """A batch under FIRE: :class:`OptimState` plus velocities, dt, α and the downhill count per system.
+
+    ``dt``/``alpha`` are NaN until a system's first step, which sets them to
+    ``dt_start``/``alpha_start`` unless :func:`fire_init` was given its own.
     """
 
-    forces: torch.Tensor | None = None  # [n_atoms, 3] eV/Å
-    energy: torch.Tensor | None = None  # [n_systems] eV
-    stress: torch.Tensor | None = None  # [n_systems, 3, 3] eV/Å³
     velocities: torch.Tensor | None = None  # [n_atoms, 3]
     dt: torch.Tensor | None = None  # [n_systems]
     alpha: torch.Tensor | None = None
     n_pos: torch.Tensor | None = None
-    n_steps: torch.Tensor | None = None  # steps taken, per system
-    fresh: torch.Tensor | None = None  # [n_systems] bool
-    evaluated: torch.Tensor | None = None  # [n_systems] bool: results are current
-    reference_cell: torch.Tensor | None = None  # [n_systems, 3, 3] (cell relaxation)
-    cell_velocities: torch.Tensor | None = None
-    cell_forces: torch.Tensor | None = None
-    relax_cell: bool = False
-    pressure: float = 0.0  # eV/Å³, for cell relaxation
+    cell_velocities: torch.Tensor | None = None  # [n_systems, 3, 3] (cell filter)
 
-    _atom_attributes = (*SimState._atom_attributes, "forces", "velocities")
-    _system_attributes = (
-        *SimState._system_attributes,
-        "energy",
-        "stress",
-        "dt",
-        "alpha",
-        "n_pos",
-        "n_steps",
-        "fresh",
-        "evaluated",
-        "reference_cell",
-        "cell_velocities",
-        "cell_forces",
-    )
+    _atom_attributes = (*OptimState._atom_attributes, "velocities")
+    _system_attributes = (*OptimState._system_attributes, "dt", "alpha", "n_pos", "cell_velocities")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _defaults(self) -> dict[str, Callable[[], torch.Tensor]]:
         n, s, dev, dt = self.n_atoms, self.n_systems, self.device, self.dtype
-        nan = float("nan")
-        defaults: dict[str, Any] = {
-            "forces": lambda: torch.full((n, 3), nan, dtype=dt, device=dev),
-            "energy": lambda: torch.full((s,), nan, dtype=dt, device=dev),
-            "stress": lambda: torch.full((s, 3, 3), nan, dtype=dt, device=dev),
-            "velocities": lambda: torch.zeros((n, 3), dtype=dt, device=dev),
-            "dt": lambda: torch.full((s,), nan, dtype=dt, device=dev),
-            "alpha": lambda: torch.full((s,), nan, dtype=dt, device=dev),
-            "n_pos": lambda: torch.zeros(s, dtype=torch.long, device=dev),
-            "n_steps": lambda: torch.zeros(s, dtype=torch.long, device=dev),
-            "fresh": lambda: torch.ones(s, dtype=torch.bool, device=dev),
-            "evaluated": lambda: torch.zeros(s, dtype=torch.bool, device=dev),
-        }
+        defaults = super()._defaults()
+        defaults["velocities"] = lambda: torch.zeros((n, 3), dtype=dt, device=dev)
+        defaults["dt"] = lambda: torch.full((s,), float("nan"), dtype=dt, device=dev)
+        defaults["alpha"] = lambda: torch.full((s,), float("nan"), dtype=dt, device=dev)
+        defaults["n_pos"] = lambda: torch.zeros(s, dtype=torch.long, device=dev)
         if self.relax_cell:
-            defaults["reference_cell"] = lambda: self.cell.detach().clone()
             defaults["cell_velocities"] = lambda: torch.zeros((s, 3, 3), dtype=dt, device=dev)
-            defaults["cell_forces"] = lambda: torch.full((s, 3, 3), nan, dtype=dt, device=dev)
-        for name, make in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, make())
-
-    @classmethod
-    def _with_defaults(cls, base: dict[str, Any], extra: dict[str, Any]) -> FireState:
-        return cls(**base, **extra)
-
-    def converged(self, fmax: float) -> torch.Tensor:
-        """``[n_systems]``: evaluated and the largest force (cell rows included) ≤ ``fmax``."""
-        return self.evaluated & (max_force(self) <= fmax)
+        return defaults
 
 
-def fire_init(state: SimState, model: Any, *, relax_cell: bool = False, pressure: float = 0.0) -> FireState:
-    """Wrap ``state`` for FIRE and evaluate the model once (energies, forces, stress)."""
-    if isinstance(state, FireState):
-        fire_state = state
-    else:
-        fire_state = FireState.from_state(state, relax_cell=relax_cell, pressure=pressure)
-    evaluate(fire_state, model)
+def fire_init(
+    state: SimState,
+    model: Any,
+    *,
+    relax_cell: bool = False,
+    pressure: float | None = None,
+    cell_filter: CellFilter | str | None = None,
+    dt_start: float | None = None,
+    alpha_start: float | None = None,
+    fire_flavor: str = "ase_fire",
+    **filter_kwargs: Any,
+) -> FireState:
+    """Wrap ``state`` for FIRE (a :class:`FireState` is reused) and evaluate the model once.
+
+    Args:
+        state: structures (Å) or a FireState.
+        model: any model with ``model(state) -> {"energy", "forces", "stress"}``.
+        relax_cell / cell_filter: relax the cell too (ASE's UnitCellFilter).
+        pressure: target pressure for the cell filter, eV/Å³ (torch-sim: ``scalar_pressure``).
+        dt_start, alpha_start: this state's first time step and mixing (default: the step's parameters).
+        fire_flavor: only ``"ase_fire"`` is implemented.
+        filter_kwargs: torch-sim's cell-filter options (``scalar_pressure``, ``cell_factor``,
+            ``hydrostatic_strain``, ``constant_volume``).
+    """
+    _check_flavor(fire_flavor)
+    fire_state = make_state(
+        FireState, state, model, cell_filter=cell_filter, relax_cell=relax_cell, pressure=pressure, **filter_kwargs
+    )
+    for name, value in (("dt", dt_start), ("alpha", alpha_start)):
+        if value is not None:
+            current = getattr(fire_state, name)
+            setattr(fire_state, name, torch.where(fire_state.fresh, torch.full_like(current, value), current))
     return fire_state
 
 
-def deformation_gradient(state: FireState) -> torch.Tensor:
-    """``[n_systems, 3, 3]``: F with cell = reference_cell · Fᵀ (ASE's UnitCellFilter)."""
-    return torch.linalg.solve(state.reference_cell, state.cell).mT
-
-
-def evaluate(state: FireState, model: Any) -> None:
-    """Run the model on the whole batch and store its results (and the cell forces)."""
-    out = model(state, compute_stress=state.relax_cell)
-    state.energy = out["energy"].detach()
-    state.forces = out["forces"].detach()
-    if "stress" in out:
-        state.stress = out["stress"].detach()
-    state.evaluated = torch.ones_like(state.evaluated)
-    if state.relax_cell:
-        if "stress" not in out:
-            raise ValueError("cell relaxation needs a model that returns the stress")
-        volume = torch.linalg.det(state.cell).abs()
-        eye = torch.eye(3, dtype=state.dtype, device=state.device)
-        virial = -volume.view(-1, 1, 1) * (state.stress + state.pressure * eye)
-        deform = deformation_gradient(state)
-        virial = torch.linalg.solve(deform, virial.mT).mT
-        cell_factor = state.n_atoms_per_system.to(state.dtype).view(-1, 1, 1)
-        state.cell_forces = virial * state.pbc.all(dim=1).view(-1, 1, 1) / cell_factor
-
-
-def _dof_forces(state: FireState) -> torch.Tensor:
-    """Forces on the atom degrees of freedom (rotated into the reference frame under cell relaxation)."""
-    if not state.relax_cell:
-        return state.forces
-    deform = deformation_gradient(state)
-    return torch.einsum("ni,nij->nj", state.forces, deform[state.system_idx])
-
-
-def max_force(state: FireState) -> torch.Tensor:
-    """``[n_systems]`` largest force norm on any atom (and cell row), eV/Å."""
-    norms = _dof_forces(state).norm(dim=1)
-    out = torch.zeros(state.n_systems, dtype=state.dtype, device=state.device)
-    out = out.scatter_reduce(0, state.system_idx, norms, reduce="amax", include_self=True)
-    if state.relax_cell:
-        out = torch.maximum(out, state.cell_forces.norm(dim=2).amax(dim=1))
-    return torch.where(torch.isnan(out), torch.full_like(out, float("inf")), out)
-
-
-def _per_system_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, index, values)
+def _check_flavor(fire_flavor: str) -> None:
+    if fire_flavor != "ase_fire":
+        raise ValueError(f"only fire_flavor='ase_fire' is implemented, got {fire_flavor!r}")
 
 
 def fire_step(
-    state: FireState, model: Any, params: FireParameters = FireParameters(), *, active: torch.Tensor | None = None
+    state: FireState,
+    model: Any,
+    params: FireParameters | None = None,
+    *,
+    active: torch.Tensor | None = None,
+    fire_flavor: str = "ase_fire",
+    **overrides: float,
 ) -> FireState:
-    """Move every evaluated system by one FIRE step, then evaluate the whole batch.
+    """Move every evaluated system by one FIRE step, then evaluate the whole batch; return ``state``.
 
     Systems that joined without results are only evaluated. ``active`` (bool per
-    system) can hold systems still.
+    system) can hold systems still. ``overrides`` are torch-sim's keywords for the
+    constants (``dt_max``, ``n_min``, ``f_inc``, ``f_dec``, ``alpha_start``,
+    ``f_alpha``, ``max_step``), applied on top of ``params``.
     """
+    _check_flavor(fire_flavor)
+    params = params or DEFAULT_PARAMETERS
+    if overrides:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(FireParameters)}
+        if unknown:
+            raise TypeError(f"fire_step got unknown parameters {sorted(unknown)}")
+        params = dataclasses.replace(params, **{k: float(v) for k, v in overrides.items()})
     move(state, params, active=active)
     evaluate(state, model)
     return state
 
 
-def move(state: FireState, params: FireParameters = FireParameters(), *, active: torch.Tensor | None = None) -> None:
+def move(state: FireState, params: FireParameters = DEFAULT_PARAMETERS, *, active: torch.Tensor | None = None) -> None:
     """The position (and cell) update of one FIRE step, ASE's algorithm per system."""
     n_sys, sys_idx = state.n_systems, state.system_idx
-    moving = state.evaluated.clone() if active is None else state.evaluated & active
+    moving = moving_systems(state, active)
     fresh = state.fresh & moving
     # a fresh system starts as a new ASE optimiser: v = 0, dt = dt_start, a = alpha_start
-    state.dt = torch.where(fresh, torch.full_like(state.dt, params.dt_start), state.dt)
-    state.alpha = torch.where(fresh, torch.full_like(state.alpha, params.alpha_start), state.alpha)
+    dt_start = torch.where(torch.isnan(state.dt), torch.full_like(state.dt, params.dt_start), state.dt)
+    alpha_start = torch.where(torch.isnan(state.alpha), torch.full_like(state.alpha, params.alpha_start), state.alpha)
+    state.dt = torch.where(fresh, dt_start, state.dt)
+    state.alpha = torch.where(fresh, alpha_start, state.alpha)
     state.n_pos = torch.where(fresh, torch.zeros_like(state.n_pos), state.n_pos)
     state.velocities = torch.where(fresh[sys_idx].unsqueeze(1), torch.zeros_like(state.velocities), state.velocities)
 
-    g_atoms = _dof_forces(state)
+    g_atoms, g_cell = dof_forces(state)
     v_atoms = state.velocities
-    vf = _per_system_sum((g_atoms * v_atoms).sum(1), sys_idx, n_sys)
-    gg = _per_system_sum((g_atoms * g_atoms).sum(1), sys_idx, n_sys)
-    vv = _per_system_sum((v_atoms * v_atoms).sum(1), sys_idx, n_sys)
+    vf = per_system_sum((g_atoms * v_atoms).sum(1), sys_idx, n_sys)
+    gg = per_system_sum((g_atoms * g_atoms).sum(1), sys_idx, n_sys)
+    vv = per_system_sum((v_atoms * v_atoms).sum(1), sys_idx, n_sys)
     if state.relax_cell:
-        g_cell, v_cell = state.cell_forces, state.cell_velocities
+        v_cell = state.cell_velocities
         v_cell = torch.where(fresh.view(-1, 1, 1), torch.zeros_like(v_cell), v_cell)
         vf = vf + (g_cell * v_cell).sum((1, 2))
         gg = gg + (g_cell * g_cell).sum((1, 2))
@@ -221,7 +194,8 @@ def move(state: FireState, params: FireParameters = FireParameters(), *, active:
     v_atoms = keep[sys_idx].unsqueeze(1) * v_atoms + scale[sys_idx].unsqueeze(1) * g_atoms
     v_atoms = v_atoms + dt[sys_idx].unsqueeze(1) * g_atoms
     dr_atoms = dt[sys_idx].unsqueeze(1) * v_atoms
-    norm2 = _per_system_sum((dr_atoms * dr_atoms).sum(1), sys_idx, n_sys)
+    norm2 = per_system_sum((dr_atoms * dr_atoms).sum(1), sys_idx, n_sys)
+    dr_cell = None
     if state.relax_cell:
         v_cell = keep.view(-1, 1, 1) * v_cell + scale.view(-1, 1, 1) * g_cell + dt.view(-1, 1, 1) * g_cell
         dr_cell = dt.view(-1, 1, 1) * v_cell
@@ -241,12 +215,5 @@ def move(state: FireState, params: FireParameters = FireParameters(), *, active:
     if state.relax_cell:
         dr_cell = torch.where(moving.view(-1, 1, 1), dr_cell * limit.view(-1, 1, 1), torch.zeros_like(dr_cell))
         state.cell_velocities = torch.where(moving.view(-1, 1, 1), v_cell, state.cell_velocities)
-        deform = deformation_gradient(state)
-        cell_factor = state.n_atoms_per_system.to(state.dtype).view(-1, 1, 1)
-        new_deform = deform + dr_cell / cell_factor
-        frame = torch.linalg.solve(deform[sys_idx], state.positions.unsqueeze(2)).squeeze(2)  # pos @ F^-T
-        state.positions = torch.einsum("nj,nij->ni", frame + dr_atoms, new_deform[sys_idx])
-        state.cell = state.reference_cell @ new_deform.mT
-    else:
-        state.positions = state.positions + dr_atoms
+    move_dofs(state, dr_atoms, dr_cell)
     state.evaluated = state.evaluated & ~moving

@@ -1,11 +1,17 @@
 """Relax many structures in batches: the entry point of the ``relax`` rule and of users.
 
 :func:`relax_structures` streams structures through an
-:class:`~chemfit_core.engine.autobatching.InFlightAutoBatcher` driving batched FIRE
-(:mod:`chemfit_core.engine.fire`): every system is checked for convergence (largest
-force ≤ ``fmax``) after every force evaluation, converged systems leave the
-batch at once and waiting ones take their place. Results come back in input
-order with energies, forces, stresses and convergence flags.
+:class:`~chemfit_core.engine.autobatching.InFlightAutoBatcher` driving a batched
+optimiser — FIRE (default), BFGS or L-BFGS (:mod:`chemfit_core.engine.optimizers`),
+each ASE's algorithm per system, with the cell filter for cell relaxation: every
+system is checked for convergence (largest force ≤ ``fmax``) after every force
+evaluation, converged systems leave the batch at once and waiting ones take their
+place. Results come back in input order with energies, forces, stresses and
+convergence flags.
+
+Any model with torch-sim's ``ModelInterface`` contract runs here (duck typed:
+``model(state)`` returning ``energy``/``forces``/``stress``); one that fixes its own
+``device``/``dtype`` is run where it is (see :func:`place_model`).
 """
 
 from __future__ import annotations
@@ -13,14 +19,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from chemfit_core.engine.autobatching import InFlightAutoBatcher, MemoryScaling
-from chemfit_core.engine.fire import FireParameters, FireState, fire_step, max_force
+from chemfit_core.engine.cell_filter import OptimState, call_model, max_force
+from chemfit_core.engine.fire import FireParameters
+from chemfit_core.engine.optimizers import OPTIM_REGISTRY, OPTIMIZER_OPTIONS, STATE_TYPES, Optimizer
+from chemfit_core.engine.optimizers import optimizer as find_optimizer
 from chemfit_core.engine.state import SimState, atoms_to_state
 
 logger = logging.getLogger(__name__)
@@ -36,7 +45,7 @@ class RelaxResult:
     structures: list[Any]  # ase.Atoms with a SinglePointCalculator holding the results
     energies: np.ndarray  # eV
     converged: np.ndarray  # bool
-    n_steps: np.ndarray  # FIRE steps taken
+    n_steps: np.ndarray  # optimiser steps taken
     fmax: np.ndarray  # final largest force, eV/Å
     wall_time_s: float
     n_force_calls: int  # batched model evaluations (torch engine)
@@ -73,27 +82,31 @@ def relax_structures(
     relax_cell: bool = False,
     pressure: float = 0.0,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
     max_memory_scaler: float | None = None,
     memory_scales_with: MemoryScaling = "n_atoms",
     fire: FireParameters = DEFAULT_FIRE,
     progress_every_s: float | None = 10.0,
     engine: str = "auto",
     workers: int | None = None,
+    optimizer: Optimizer | str = "fire",
+    optimizer_options: Mapping[str, Any] | None = None,
 ) -> RelaxResult:
-    """Relax structures with batched FIRE; return them in input order.
+    """Relax structures with batched FIRE (or BFGS, L-BFGS); return them in input order.
 
     Args:
         structures: ``ase.Atoms`` objects (a list or any iterable, read lazily),
             or a batched :class:`SimState`.
-        model: a :mod:`chemfit_core.models` model (moved to ``device``/``dtype``).
+        model: a :mod:`chemfit_core.models` model (moved to ``device``/``dtype``) or any
+            model with torch-sim's ``ModelInterface`` contract.
         fmax: convergence threshold on the largest force, eV/Å (cell-DOF forces
             included under cell relaxation).
-        max_steps: FIRE steps per structure at most; a structure that reaches it
+        max_steps: optimiser steps per structure at most; a structure that reaches it
             is returned with ``converged=False``.
         relax_cell: relax the cell too (ASE's UnitCellFilter), to ``pressure`` (eV/Å³).
-        device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
-        dtype: float64 (default) or float32.
+        device: ``"cpu"``, ``"cuda"``...; default: CUDA when available (or where a model
+            that fixes its device is).
+        dtype: float64 (default, or a fixed-dtype model's) or float32.
         max_memory_scaler: batch budget in ``memory_scales_with`` units; default:
             probed on CUDA, a fixed atom budget on CPU.
         fire: FIRE's constants (ASE's defaults).
@@ -103,18 +116,34 @@ def relax_structures(
             LAMMPS on a CPU where it can, torch otherwise — the faster engine for the
             device (``bench/relax_throughput.py``).
         workers: LAMMPS processes (default: one per core).
+        optimizer: ``"fire"`` (default), ``"bfgs"`` or ``"lbfgs"`` (ASE's algorithms, torch
+            engine; ``"auto"`` then means torch).
+        optimizer_options: BFGS: ``alpha`` (eV/Å², 70), ``max_step`` (Å, 0.2); L-BFGS: these
+            and ``step_size`` (damping, 1), ``max_history`` (memory, 100).
     """
     if fmax <= 0:
         raise ValueError(f"fmax must be > 0 eV/Å, got {fmax}")
     if engine not in ("auto", "torch", "lammps"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'lammps', got {engine!r}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    lammps_possible = hasattr(model, "lammps_commands") and not relax_cell and not isinstance(structures, SimState)
+    method = find_optimizer(optimizer)
+    options = dict(optimizer_options or {})
+    unknown = set(options) - set(OPTIMIZER_OPTIONS[method])
+    if unknown:
+        raise ValueError(f"{method.value} takes the options {list(OPTIMIZER_OPTIONS[method])}, not {sorted(unknown)}")
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    lammps_possible = (
+        hasattr(model, "lammps_commands")
+        and not relax_cell
+        and not isinstance(structures, SimState)
+        and method is Optimizer.fire
+    )
     if engine == "lammps" and not lammps_possible:
-        raise ValueError("the LAMMPS engine needs fixed cells, ase.Atoms input and a model LAMMPS can express")
-    if engine == "lammps" or (engine == "auto" and device.type == "cpu" and lammps_possible):
+        raise ValueError("the LAMMPS engine needs FIRE, fixed cells, ase.Atoms input and a model LAMMPS can express")
+    if engine == "lammps" or (engine == "auto" and target.type == "cpu" and lammps_possible):
         return _relax_lammps(list(structures), model, fmax, max_steps, workers, progress_every_s)
-    model = model.to(device=device, dtype=dtype)
+    model, device, dtype = place_model(model, device, dtype)
+    state_type, step = STATE_TYPES[method], OPTIM_REGISTRY[method][1]
+    step_args = (fire,) if method is Optimizer.fire else ()
     batcher = InFlightAutoBatcher(
         model,
         memory_scales_with=memory_scales_with,
@@ -122,15 +151,18 @@ def relax_structures(
         max_iterations=max_steps + 1,  # evaluations: the first comes before any step
     )
     batcher.load_states(
-        FireState.from_state(s, relax_cell=relax_cell, pressure=pressure) for s in _singles(structures, device, dtype)
+        state_type.from_state(s, relax_cell=relax_cell, pressure=pressure, **options)
+        for s in _singles(structures, device, dtype)
     )
     start = last_report = time.monotonic()
     state, completed = batcher.next_batch(None, None)
     n_calls = 0
     while state is not None:
-        fire_step(state, model, fire)
+        step(state, model, *step_args)
         n_calls += 1
         state, done = batcher.next_batch(state, state.converged(fmax))
+        for finished in done:
+            finished.drop_optimizer_memory()
         completed.extend(done)
         if progress_every_s is not None and time.monotonic() - last_report >= progress_every_s:
             last_report = time.monotonic()
@@ -141,7 +173,7 @@ def relax_structures(
                 n_calls,
                 len(completed) / (last_report - start),
             )
-    ordered: list[FireState] = batcher.restore_original_order(completed) if completed else []
+    ordered: list[OptimState] = batcher.restore_original_order(completed) if completed else []
     if not relax_cell and getattr(model, "compute_stress", True):
         _final_stress(ordered, model, batcher.max_memory_scaler, memory_scales_with)
     result = _collect(ordered, fmax, time.monotonic() - start, n_calls)
@@ -157,7 +189,49 @@ def relax_structures(
     return result
 
 
-def _final_stress(states: list[FireState], model: Any, budget: float | None, metric: MemoryScaling) -> None:
+def place_model(
+    model: Any, device: str | torch.device | None, dtype: torch.dtype | None
+) -> tuple[Any, torch.device, torch.dtype]:
+    """Put ``model`` on ``device``/``dtype`` (defaults: CUDA when available, float64); return where it runs.
+
+    A model is moved with ``.to`` unless it fixes its own placement: torch-sim's
+    ``ModelInterface`` (``device``/``dtype`` properties with setters that refuse) or
+    any model with plain ``device``/``dtype`` attributes and no ``.to``. A model that
+    runs elsewhere than asked explicitly is an error; otherwise it decides.
+    """
+    wanted_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    wanted_dtype = dtype or torch.float64
+    if hasattr(model, "to") and not (_fixed(model, "device") or _fixed(model, "dtype")):
+        moved = model.to(device=wanted_device, dtype=wanted_dtype)
+        model = model if moved is None else moved
+    has_device, has_dtype = getattr(model, "device", None), getattr(model, "dtype", None)
+    run_device = wanted_device if has_device is None else torch.device(has_device)
+    run_dtype = wanted_dtype if has_dtype is None else has_dtype
+    if not _same_device(run_device, wanted_device):
+        if device is not None:
+            raise ValueError(f"the model runs on {run_device} and cannot be moved to {wanted_device}")
+    else:
+        run_device = wanted_device
+    if run_dtype != wanted_dtype and dtype is not None:
+        raise ValueError(f"the model computes in {run_dtype} and cannot be converted to {wanted_dtype}")
+    return model, run_device, run_dtype
+
+
+def _fixed(model: Any, name: str) -> bool:
+    """Whether ``model`` fixes ``name``: a property with a setter (torch-sim's refuse) or a plain attribute."""
+    import inspect
+
+    declared = inspect.getattr_static(type(model), name, None)
+    if isinstance(declared, property):
+        return declared.fset is not None
+    return hasattr(model, name) and not callable(getattr(model, name))
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _final_stress(states: list[OptimState], model: Any, budget: float | None, metric: MemoryScaling) -> None:
     """Stress at the final positions (FIRE at fixed cells does not need it along the way)."""
     from chemfit_core.engine.autobatching import BinningAutoBatcher
 
@@ -166,7 +240,10 @@ def _final_stress(states: list[FireState], model: Any, budget: float | None, met
     batcher = BinningAutoBatcher(model, memory_scales_with=metric, max_memory_scaler=budget)
     batcher.load_states(states)
     for batch, indices in batcher:
-        stress = model(batch, compute_stress=True)["stress"].detach()
+        stress = call_model(model, batch, compute_stress=True).get("stress")
+        if stress is None:
+            return
+        stress = stress.detach()
         for k, index in enumerate(indices):
             states[index].stress = stress[k : k + 1]
 
@@ -189,7 +266,7 @@ def _relax_lammps(
     return RelaxResult(relaxed, energies, converged, steps, fmaxes, wall, 0, engine="lammps")
 
 
-def _collect(states: Sequence[FireState], fmax: float, wall: float, n_calls: int) -> RelaxResult:
+def _collect(states: Sequence[OptimState], fmax: float, wall: float, n_calls: int) -> RelaxResult:
     from ase.calculators.singlepoint import SinglePointCalculator
 
     structures, energies, converged, steps, fmaxes = [], [], [], [], []
