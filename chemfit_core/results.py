@@ -2,34 +2,76 @@
 
 Every file is written to a temporary name in the same folder and renamed into
 place (an atomic step on POSIX file systems), so a reader sees either the old
-file, or the new one whole.
+file, or the new one whole. The file gets the permissions the umask gives
+(``0o666 & ~umask``: 0644 under umask 022, 0664 under 002), as any other file the
+workflow writes — not the 0600 of :func:`tempfile.mkstemp`. A full disk (ENOSPC)
+while writing is a :class:`DiskFullError` naming the file; the old file, if any,
+is left as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from chemfit_core.errors import ChemFitError
+
+
+class DiskFullError(ChemFitError, OSError):
+    """The disk filled up (ENOSPC) while a result was written; nothing was replaced."""
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty file beside ``path`` (random name, ``O_EXCL``), mode ``0o666`` less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    """Write ``data`` to ``path`` via a temporary file and a rename (permissions from the umask).
+
+    Raises :class:`DiskFullError` (an ``OSError`` with errno ENOSPC) naming ``path`` when
+    the disk is full; ``path`` is then left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: Path | None = None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        fd, tmp = _create_temporary(path)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"no space left on device while writing {path} ({len(data)} bytes); the file was not "
+                "replaced: free some space and run again",
+            ) from exc
         raise
     return path
 

