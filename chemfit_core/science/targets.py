@@ -18,7 +18,7 @@ import torch
 from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
 from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.models.forms import PotentialForm
-from chemfit_core.science.crystal import PROPERTIES, CrystalSetup, crystal_properties
+from chemfit_core.science.crystal import PROPERTIES, CrystalSetup, crystal_properties, is_property
 from chemfit_core.science.liquid import Reference
 from chemfit_core.term_result import TermResult
 from chemfit_core.units import to_voigt
@@ -71,7 +71,7 @@ class CrystalTarget(ObjectiveFunctor):
         references: Mapping[str, Reference],
         validate: Iterable[str] = (),
     ):
-        unknown = (set(references) | set(validate)) - set(PROPERTIES)
+        unknown = {name for name in (*references, *validate) if not is_property(name)}
         if unknown:
             raise ValueError(f"unknown crystal properties {sorted(unknown)}; known: {', '.join(PROPERTIES)}")
         if not references:

@@ -146,6 +146,8 @@ def _resolve_inputs(config: dict[str, Any], base_dir: Path, template_dir: Path) 
             liquid["files"] = [resolved(f) for f in liquid["files"]]
         if "file" in fit.get("structures", {}):
             fit["structures"]["file"] = resolved(fit["structures"]["file"])
+        if fit.get("crystal", {}).get("structure_file"):
+            fit["crystal"]["structure_file"] = resolved(fit["crystal"]["structure_file"])
         for entry in fit["solid"]["sets"].values():
             entry["file"] = resolved(entry["file"])
 
@@ -246,6 +248,8 @@ def _semantic_problems(
         for problem in option_problems(method, fit["optimizer"]["options"]):
             key = "method" if problem.startswith("unknown optimizer method") else "options"
             problems.append(f"{where}.optimizer.{key}: {problem}")
+        if "crystal" in fit:
+            problems += _crystal_problems(where, fit)
         if fit["optimizer"].get("jacobian") in ("analytic", "fluctuation") and "crystal" in fit:
             problems.append(
                 f"{where}.optimizer.jacobian: crystal targets have no analytic Jacobian; expected "
@@ -290,6 +294,26 @@ def _semantic_problems(
         names = [sp["name"] for sp in fit["liquid"]["state_points"]]
         problems += _name_problems(f"{where}.liquid.state_points", names, "state point name", listed=True)
     return problems
+
+
+def _crystal_problems(where: str, fit: Mapping[str, Any]) -> list[str]:
+    """The crystal a fit's crystal target builds, and whether it has the properties the config names."""
+    from chemfit_core.science.crystal import property_problem
+    from chemfit_core.stages.objective import crystal_setup
+
+    crystal = fit["crystal"]
+    if crystal.get("structure_file") and not Path(crystal["structure_file"]).is_file():
+        return [
+            f"{where}.crystal.structure_file: expected a structure file (relative to the config file), "
+            f"got {crystal['structure_file']!r} (no such file)"
+        ]
+    try:
+        setup = crystal_setup(crystal.get("formula", fit["element"]), crystal)
+        setup.species  # noqa: B018 - parses the formula
+    except (ValueError, KeyError) as exc:
+        return [f"{where}.crystal: {exc}"]
+    problem = property_problem(setup, [*crystal["references"], *crystal.get("validate", [])])
+    return [] if problem is None else [f"{where}.crystal.references: {problem}"]
 
 
 def _run_length_problems(where: str, fit: Mapping[str, Any]) -> list[str]:

@@ -47,6 +47,9 @@ def crystal_setup(element: str, crystal: Mapping[str, Any]) -> CrystalSetup:
         vacancy_cells=crystal["vacancy_cells"],
         slab_layers=crystal["slab_layers"],
         fmax=crystal["fmax"],
+        c_over_a=crystal.get("c_over_a"),
+        structure_file=crystal.get("structure_file"),
+        element_references={k: (v["lattice"], v["a_guess_A"]) for k, v in crystal["element_references"].items()},
     )
 
 
@@ -64,7 +67,12 @@ def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunc
         terms.append(
             (
                 "crystal",
-                CrystalTarget(form, crystal_setup(fit["element"], crystal), references, crystal.get("validate", [])),
+                CrystalTarget(
+                    form,
+                    crystal_setup(crystal.get("formula", fit["element"]), crystal),
+                    references,
+                    crystal.get("validate", []),
+                ),
                 crystal["weight"],
             )
         )
