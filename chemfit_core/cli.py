@@ -100,6 +100,9 @@ def _model_from_arguments(args: argparse.Namespace):
 
 
 def _cmd_relax(args: argparse.Namespace) -> None:
+    import math
+
+    import numpy as np
     import torch
     from ase.io import write
 
@@ -107,13 +110,17 @@ def _cmd_relax(args: argparse.Namespace) -> None:
     from chemfit_core.engine.state import read_structures
     from chemfit_core.results import atomic_write_text
 
+    if not (math.isfinite(args.fmax) and args.fmax > 0):
+        raise ChemFitError(f"--fmax must be a finite number > 0 (eV/Å), got {args.fmax}")
+    if args.max_steps < 1:
+        raise ChemFitError(f"--max-steps must be at least 1, got {args.max_steps}")
     if args.fit_params:
         model = _fitted_model(args)
     elif args.model:
         model = _model_from_arguments(args)
     else:
         raise ChemFitError("give --model (with --param ...) or --fit-params")
-    structures = read_structures(args.input)
+    structures = read_structures(args.input)  # checked: overlapping atoms, NaN, bad cells, unknown symbols
     result = relax_structures(
         structures,
         model,
@@ -134,10 +141,20 @@ def _cmd_relax(args: argparse.Namespace) -> None:
         f"relaxed {result.n_structures} structures ({int(result.converged.sum())} converged) "
         f"in {result.wall_time_s:.2f} s on {result.device} ({result.engine} engine) -> {args.output}"
     )
+    errors = [(k, e) for k, e in enumerate(result.errors) if e is not None]
+    if errors:
+        listed = "\n  ".join(f"{args.input}, structure {k}: {error}" for k, error in errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise ChemFitError(
+            f"{len(errors)} structures gave no finite result (flagged relax_converged=False and relax_error "
+            f"in {args.output}):\n  {listed}{more}"
+        )
     if not result.converged.all():
+        failed = ", ".join(str(k) for k in np.flatnonzero(~result.converged)[:20])
         raise ChemFitError(
             f"{int((~result.converged).sum())} structures did not converge within "
-            f"{args.max_steps} steps (flagged relax_converged=False in {args.output})"
+            f"{args.max_steps} steps ({args.input}, structures {failed}; flagged relax_converged=False in "
+            f"{args.output})"
         )
 
 

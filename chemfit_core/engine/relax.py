@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -51,6 +52,7 @@ class RelaxResult:
     n_force_calls: int  # batched model evaluations (torch engine)
     engine: str = "torch"
     device: str = "cpu"  # where the torch engine ran ("cpu", "cuda", "cuda:1"); LAMMPS workers: "cpu"
+    errors: list[str | None] = dataclasses.field(default_factory=list)  # per structure: why it failed, or None
 
     @property
     def n_structures(self) -> int:
@@ -121,8 +123,8 @@ def relax_structures(
         optimizer_options: BFGS: ``alpha`` (eV/Å², 70), ``max_step`` (Å, 0.2); L-BFGS: these
             and ``step_size`` (damping, 1), ``max_history`` (memory, 100).
     """
-    if fmax <= 0:
-        raise ValueError(f"fmax must be > 0 eV/Å, got {fmax}")
+    if not (math.isfinite(fmax) and fmax > 0):
+        raise ValueError(f"fmax must be a finite number > 0 eV/Å, got {fmax}")
     if engine not in ("auto", "torch", "lammps"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'lammps', got {engine!r}")
     method = find_optimizer(optimizer)
@@ -160,7 +162,7 @@ def relax_structures(
     while state is not None:
         step(state, model, *step_args)
         n_calls += 1
-        state, done = batcher.next_batch(state, state.converged(fmax))
+        state, done = batcher.next_batch(state, state.converged(fmax) | _broken(state))  # broken: out at once
         for finished in done:
             finished.drop_optimizer_memory()
         completed.extend(done)
@@ -256,30 +258,73 @@ def _relax_lammps(
     relaxed, energies, steps, fmaxes, wall = relax_with_lammps(
         structures, model, fmax=fmax, max_steps=max_steps, workers=workers
     )
-    converged = fmaxes <= fmax
-    for atoms, ok, n, f in zip(relaxed, converged, steps, fmaxes):
+    errors = [
+        _nonfinite_error(energy, atoms.positions, _forces_of(atoms), None) for atoms, energy in zip(relaxed, energies)
+    ]
+    converged = (fmaxes <= fmax) & np.array([e is None for e in errors], dtype=bool)
+    for atoms, ok, n, f, error in zip(relaxed, converged, steps, fmaxes, errors):
         atoms.info.update({"relax_converged": bool(ok), "relax_steps": int(n), "relax_fmax": float(f)})
+        if error is not None:
+            atoms.info["relax_error"] = error
     if progress_every_s is not None:
         logger.info(
             "relax (LAMMPS workers): %d structures in %.2f s (%d converged)", len(relaxed), wall, int(converged.sum())
         )
-    return RelaxResult(relaxed, energies, converged, steps, fmaxes, wall, 0, engine="lammps")
+    return RelaxResult(relaxed, energies, converged, steps, fmaxes, wall, 0, engine="lammps", errors=errors)
+
+
+def _broken(state: OptimState) -> torch.Tensor:
+    """``[n_systems]``: evaluated systems whose energy, forces or positions are not finite (NaN
+    after two atoms met, say); they leave the batch at once and are reported, not relaxed on."""
+    bad_atoms = ~(torch.isfinite(state.forces).all(dim=1) & torch.isfinite(state.positions).all(dim=1))
+    per_system = torch.zeros(state.n_systems, dtype=torch.long, device=state.device)
+    per_system.index_add_(0, state.system_idx, bad_atoms.long())
+    bad = (per_system > 0) | ~torch.isfinite(state.energy)
+    if state.relax_cell and state.cell_forces is not None:
+        bad |= ~torch.isfinite(state.cell_forces).flatten(1).all(dim=1)
+    return bad & state.evaluated
+
+
+def _forces_of(atoms: Any) -> np.ndarray | None:
+    results = atoms.calc.results if atoms.calc is not None else {}
+    return results.get("forces")
+
+
+def _nonfinite_error(energy: float, positions: Any, forces: Any, stress: Any) -> str | None:
+    """Why a relaxed structure is not a result (non-finite energy, forces, stress or positions), or None."""
+    bad = [
+        name
+        for name, value in (("energy", energy), ("positions", positions), ("forces", forces), ("stress", stress))
+        if value is not None and not np.isfinite(np.asarray(value, dtype=float)).all()
+    ]
+    if not bad:
+        return None
+    return (
+        f"non-finite {', '.join(bad)} (NaN or inf: the model failed here, e.g. on atoms too close together); "
+        "not converged"
+    )
 
 
 def _collect(states: Sequence[OptimState], fmax: float, wall: float, n_calls: int) -> RelaxResult:
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    structures, energies, converged, steps, fmaxes = [], [], [], [], []
+    structures, energies, converged, steps, fmaxes, errors = [], [], [], [], [], []
     for state in states:
         atoms = state.to_atoms()[0]
         final_fmax = float(max_force(state)[0])
-        ok = final_fmax <= fmax
         stress = state.stress[0].detach().cpu().numpy() if state.stress is not None else None
         results = {"energy": float(state.energy[0]), "forces": state.forces.detach().cpu().numpy()}
+        computed = stress is not None and bool(state.pbc.all()) and not np.isnan(stress).all()  # all NaN: not computed
+        stress_checked = stress if computed else None
+        error = _nonfinite_error(results["energy"], atoms.positions, results["forces"], stress_checked)
+        ok = final_fmax <= fmax and error is None
         if stress is not None and np.isfinite(stress).all() and bool(state.pbc.all()):
             results["stress"] = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]  # Voigt, ASE order
         atoms.calc = SinglePointCalculator(atoms, **results)
         atoms.info.update({"relax_converged": ok, "relax_steps": int(state.n_steps[0]), "relax_fmax": final_fmax})
+        if error is not None:
+            atoms.info["relax_error"] = error
+        errors.append(error)
         structures.append(atoms)
         energies.append(results["energy"])
         converged.append(ok)
@@ -293,4 +338,5 @@ def _collect(states: Sequence[OptimState], fmax: float, wall: float, n_calls: in
         np.array(fmaxes),
         wall,
         n_calls,
+        errors=errors,
     )
