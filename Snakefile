@@ -32,3 +32,4 @@ rule all:
         "results/properties.csv",
         "results/report.html",
         "results/provenance.json",
+        rules.tables.output,

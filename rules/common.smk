@@ -175,14 +175,14 @@ def fit_solid_table(wildcards):
 
 def fit_figure_flags(wildcards):
     """What a fit's properties figure shows (its caption depends on it)."""
-    from chemfit_core.stages.report_figures import figure_flags
+    from chemfit_core.stages.report_tables import figure_flags
 
     return figure_flags(CONFIG["fits"][wildcards.fit])
 
 
 def report_flags(wildcards=None):
     """fit → :func:`fit_figure_flags`, for the captions of the one-file report."""
-    from chemfit_core.stages.report_figures import figure_flags
+    from chemfit_core.stages.report_tables import figure_flags
 
     return {name: figure_flags(fit) for name, fit in CONFIG["fits"].items()}
 

@@ -21,16 +21,17 @@ rule collect:
 
 
 rule convergence_plot:
-    """Objective and parameters per evaluation of one fit."""
+    """Objective and parameters per evaluation of one fit (PNG, and PDF for papers)."""
     input:
         "results/{fit}/fit.json",
     output:
-        report(
+        png=report(
             "results/{fit}/convergence.png",
             caption="../workflow/report/convergence.rst",
             category="Fits",
             subcategory="{fit}",
         ),
+        pdf="results/{fit}/convergence.pdf",
     log:
         "logs/{fit}/convergence_plot.log",
     benchmark:
@@ -46,17 +47,19 @@ rule convergence_plot:
 
 
 rule properties_plot:
-    """Objective terms per evaluation, and the properties' errors (fitted and validation)."""
+    """Objective terms per evaluation, and the properties' errors (fitted and validation; PNG and PDF)."""
     input:
         fit="results/{fit}/fit.json",
         properties="results/{fit}/properties.csv",
+        solid=fit_solid_table,
     output:
-        report(
+        png=report(
             "results/{fit}/properties.png",
             caption="../workflow/report/properties.rst",
             category="Fits",
             subcategory="{fit}",
         ),
+        pdf="results/{fit}/properties.pdf",
     log:
         "logs/{fit}/properties_plot.log",
     benchmark:
@@ -67,6 +70,8 @@ rule properties_plot:
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        flags=fit_figure_flags,  # what the figure shows: its caption says only that
     script:
         "../scripts/properties_plot.py"
 
@@ -83,6 +88,7 @@ rule structures_parity:
             category="Fits",
             subcategory="{fit}",
         ),
+        pdf="results/{fit}/structures_parity.pdf",
         csv="results/{fit}/structures_parity.csv",
     log:
         "logs/{fit}/structures_parity.log",
@@ -103,6 +109,8 @@ rule provenance:
     input:
         fits=expand("results/{fit}/fit.json", fit=FITS),
         inputs=all_inputs,
+        # after the validation: its LAMMPS round trip writes the fitted potential files
+        properties=expand("results/{fit}/properties.csv", fit=FITS),
     output:
         "results/provenance.json",
     log:
@@ -149,5 +157,67 @@ rule report:
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        # the captions Snakemake's report shows beside the figures, rendered in ours too
+        captions={
+            "convergence": workflow.source_path("../workflow/report/convergence.rst"),
+            "properties": workflow.source_path("../workflow/report/properties.rst"),
+            "structures_parity": workflow.source_path(
+                "../workflow/report/structures_parity.rst"
+            ),
+        },
+        flags=report_flags,
     script:
         "../scripts/report.py"
+
+
+rule tables:
+    """The fitted parameters and the properties for papers: LaTeX (booktabs), Markdown and CSV."""
+    input:
+        params="results/params.json",
+        properties="results/properties.csv",
+        fits=expand("results/{fit}/fit.json", fit=FITS),
+        solid=solid_tables,
+    output:
+        parameters_tex=report(
+            "results/tables/parameters.tex",
+            caption="../workflow/report/tables.rst",
+            category="Tables",
+        ),
+        parameters_md=report(
+            "results/tables/parameters.md",
+            caption="../workflow/report/tables.rst",
+            category="Tables",
+        ),
+        parameters_csv=report(
+            "results/tables/parameters.csv",
+            caption="../workflow/report/tables.rst",
+            category="Tables",
+        ),
+        properties_tex=report(
+            "results/tables/properties.tex",
+            caption="../workflow/report/tables.rst",
+            category="Tables",
+        ),
+        properties_md=report(
+            "results/tables/properties.md",
+            caption="../workflow/report/tables.rst",
+            category="Tables",
+        ),
+        properties_csv=report(
+            "results/tables/properties.csv",
+            caption="../workflow/report/tables.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/tables.log",
+    benchmark:
+        "benchmarks/tables.tsv"
+    conda:
+        "../workflow/envs/chemfit.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/tables.py"

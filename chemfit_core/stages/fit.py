@@ -246,7 +246,8 @@ def run_cache(workdir: Path | str) -> OutputCache:
 
 
 def params_summary(fit_name: str, fit: Mapping[str, Any], fitted: Mapping[str, float], result: Any) -> dict[str, Any]:
-    """Fitted values with units, initial values and the published reference where known."""
+    """Fitted values with units, initial values and the published reference where known, and the
+    fit's warnings (:func:`fit_warnings`)."""
     parameters = {}
     for name, spec in fit["parameters"].items():
         entry = {"value": fitted[name], "unit": spec.get("unit", ""), "initial": spec["initial"]}
@@ -266,8 +267,81 @@ def params_summary(fit_name: str, fit: Mapping[str, Any], fitted: Mapping[str, f
             "method": result.method,
             "converged": result.success,
             "message": result.message,
+            "warnings": fit_warnings(fit, fitted, result),
         }
     }
+
+
+NEAR_BOUND_FRACTION = 0.01
+"""A fitted parameter within this fraction of its range from a bound is flagged (the Fitter's own tolerance)."""
+CHI2_WARNING = 4.0
+"""χ² per degree of freedom above which a fit is flagged: its residuals are, in root mean square, more
+than two denominators (the tolerance a target's denominator sets)."""
+
+
+def fit_warnings(fit: Mapping[str, Any], fitted: Mapping[str, float], result: Any) -> list[dict[str, Any]]:
+    """What makes a fit suspect, from its result and config: parameters at or near their bounds
+    (``bound``), the optimiser stopped on its evaluation budget (``budget``) or otherwise without
+    converging (``not_converged``), and the objective far above the number of residuals (``chi2``:
+    χ² per degree of freedom, objective / (residuals − parameters), above :data:`CHI2_WARNING`).
+    Each warning: ``{"kind", "message"}`` plus the numbers it rests on."""
+    warnings: list[dict[str, Any]] = []
+    for name, spec in fit["parameters"].items():
+        lower, upper = float(spec.get("lower", -np.inf)), float(spec.get("upper", np.inf))
+        value = float(fitted[name])
+        if not (np.isfinite(lower) and np.isfinite(upper)) or upper <= lower:
+            continue
+        margin = NEAR_BOUND_FRACTION * (upper - lower)
+        for side, bound in (("lower", lower), ("upper", upper)):
+            distance = abs(value - bound)
+            if distance <= margin:
+                where = "at" if distance <= 1e-6 * (upper - lower) else "near"
+                warnings.append(
+                    {
+                        "kind": "bound",
+                        "parameter": name,
+                        "value": value,
+                        "bound": bound,
+                        "message": f"parameter {name} = {value:.6g} is {where} its {side} bound {bound:g}: "
+                        "the data may want it beyond, widen the bounds or question the form",
+                    }
+                )
+    budget = fit.get("optimizer", {}).get("max_evaluations")
+    budget_words = ("maximum number", "max_nfev", "maxfev", "maxiter", "budget", "iteration limit")
+    on_budget = budget is not None and (
+        result.n_evaluations >= budget or any(w in str(result.message).lower() for w in budget_words)
+    )
+    if not result.success and on_budget:
+        warnings.append(
+            {
+                "kind": "budget",
+                "n_evaluations": result.n_evaluations,
+                "max_evaluations": budget,
+                "message": f"the optimiser stopped on its budget ({result.n_evaluations} of {budget} evaluations: "
+                f"{result.message}); the parameters are where it stopped, not a minimum",
+            }
+        )
+    elif not result.success:
+        warnings.append(
+            {"kind": "not_converged", "message": f"the optimiser stopped without converging: {result.message}"}
+        )
+    best = [e for e in result.history if e.error is None and e.objective == result.objective and e.residuals]
+    if best:
+        n_residuals, n_parameters = len(best[0].residuals), len(fit["parameters"])
+        dof = max(n_residuals - n_parameters, 1)
+        chi2 = float(result.objective) / dof
+        if chi2 > CHI2_WARNING:
+            warnings.append(
+                {
+                    "kind": "chi2",
+                    "chi2_per_dof": chi2,
+                    "n_residuals": n_residuals,
+                    "message": f"objective {result.objective:.4g} is far above the {n_residuals} residuals: χ² per "
+                    f"degree of freedom {chi2:.3g} (> {CHI2_WARNING:g}; {n_residuals} residuals, {n_parameters} "
+                    "parameters): the targets are not met within their denominators",
+                }
+            )
+    return warnings
 
 
 def _mean_properties_by_state(

@@ -64,28 +64,88 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def display_path(path: Path | str, root: Path | str | None = None) -> str:
+    """``path`` as a reader of the report should see it: relative to the project (``root``, the
+    working directory by default) when inside it, ``chemfit_core/...`` for the package's own data
+    (templates), else as given."""
+    path = Path(path)
+    root = Path.cwd() if root is None else Path(root)
+    if not path.is_absolute():
+        return path.as_posix()
+    package = Path(__file__).resolve().parent.parent
+    for base, prefix in ((root.resolve(), ""), (package, "chemfit_core/")):
+        try:
+            return prefix + path.resolve().relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return path.as_posix()
+
+
+ROUND_TRIP_DIR = "work/{fit}/round_trip"
+"""Where the validation's LAMMPS round trip (rule ``validate``) writes a fit's potential files."""
+
+
+def fitted_potential_files(config: Mapping[str, Any]) -> dict[str, str]:
+    """fit → the potential file the LAMMPS round trip writes at its fitted parameters, for forms
+    LAMMPS reads from a file (an analytic EAM's setfl file); relative to the project."""
+    from chemfit_core.stages.objective import potential_form_of
+
+    files = {}
+    for name, fit in config.get("fits", {}).items():
+        setfl = getattr(potential_form_of(fit), "setfl_name", None)
+        if setfl:
+            files[name] = f"{ROUND_TRIP_DIR.format(fit=name)}/{setfl}"
+    return files
+
+
+HASHES = {
+    "config_sha256": "SHA-256 of the whole validated configuration (every fit, defaults filled in), as here in config",
+    "fit_config_sha256": "per fit: SHA-256 of the fit's section as the fit stage sees it (fits.<name> without "
+    "description, solid, workers, mpi and the validation-only keys): fit.json's config_sha256",
+    "files": "SHA-256 of every input file and of each fitted potential file, paths relative to the project",
+}
+"""What each hash of ``provenance.json`` is the hash of."""
+
+
 def write_provenance(
     out_path: Path | str,
     config: Mapping[str, Any],
     inputs: Iterable[Path | str],
     fit_jsons: Iterable[Path | str],
     workflow_dir: Path | str,
+    potentials: Mapping[str, Path | str] | None = None,
 ) -> dict[str, Any]:
     """Write ``provenance.json``: versions, code revision, platform, the configuration and its
-    hash, every seed used (master and per term), and the SHA-256 of every input file."""
+    hash, each fit's own config hash (fit.json's), every seed used (master and per term), the
+    SHA-256 of every input file, and of each fitted potential file ``potentials`` maps a fit to
+    (the setfl file of an analytic EAM; skipped where the file does not exist). ``files`` lists
+    the files with paths relative to the project; ``hashes`` says what each hash covers."""
     seeds: dict[str, Any] = {"master": config.get("seed")}
+    fit_hashes: dict[str, str] = {}
     for path in fit_jsons:
         record = read_json(path)
         seeds[record["fit"]] = {term["name"]: term.get("seed") for term in record.get("terms", [])}
+        fit_hashes[record["fit"]] = record.get("config_sha256")
+    inputs = sorted(map(str, inputs))
+    potentials = fitted_potential_files(config) if potentials is None else potentials
+    files = [{"path": display_path(p), "role": "input", "sha256": file_sha256(p)} for p in inputs]
+    for fit_name, path in (potentials or {}).items():
+        if Path(path).is_file():
+            files.append(
+                {"path": display_path(path), "role": f"fitted potential of {fit_name}", "sha256": file_sha256(path)}
+            )
     record = {
         "written_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         "chemfit_workflow": git_revision(workflow_dir),
         "platform": {"system": platform.platform(), "machine": platform.machine(), "executable": sys.executable},
         "config_sha256": config_hash(config),
+        "fit_config_sha256": fit_hashes,
+        "hashes": HASHES,
         "config": config,
         "seeds": seeds,
-        "inputs_sha256": {str(p): file_sha256(p) for p in sorted(map(str, inputs))},
+        "inputs_sha256": {p: file_sha256(p) for p in inputs},
+        "files": files,
     }
     write_json(out_path, record)
     return record
