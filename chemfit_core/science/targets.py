@@ -242,3 +242,67 @@ def propagate(
         g = np.array([c[key] for c in columns])
         out[key] = float(np.sqrt(max(g @ covariance @ g, 0.0)))
     return out
+
+
+def random_cells(
+    lattice: str,
+    a_A: float,
+    species: Sequence[str],
+    formula: str | None = None,
+    fractions: Mapping[str, float] | None = None,
+    n_structures: int = 8,
+    repeat: Sequence[int] = (2, 2, 2),
+    strain: float = 0.04,
+    rattle_A: float = 0.1,
+    vacancies: bool = True,
+    seed: int = 0,
+) -> list[Any]:
+    """Unlabelled cells of ``lattice`` (lattice constant ``a_A``, Å): ``formula`` on its prototype
+    (a compound), or the first species' lattice with sites drawn at random by ``fractions`` (an
+    alloy); each cell ``repeat``-ed, its edges strained by up to ±``strain``, atoms rattled by
+    ``rattle_A`` (Å); with ``vacancies`` every fourth one lacks an atom. Deterministic in ``seed``."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    cells = []
+    for k in range(n_structures):
+        cubic = lattice not in ("hcp", "wurtzite")
+        atoms = bulk(formula or species[0], lattice, a=a_A, cubic=cubic).repeat(tuple(repeat))
+        if fractions:
+            names = list(fractions)
+            weights = np.array([fractions[n] for n in names], dtype=float)
+            atoms.set_chemical_symbols(list(rng.choice(names, size=len(atoms), p=weights / weights.sum())))
+        atoms.set_cell(atoms.cell.array @ np.diag(1 + strain * rng.uniform(-1, 1, 3)), scale_atoms=True)
+        atoms.rattle(rattle_A, seed=seed * 1000 + k)
+        if vacancies and k % 4 == 3:
+            del atoms[0]
+        cells.append(atoms)
+    return cells
+
+
+def label_with_lammps(
+    structures: Sequence[Any], commands: Sequence[str], species: Sequence[str], files: Sequence[Any] = ()
+) -> list[Any]:
+    """Copies of ``structures`` with LAMMPS's energy (eV), forces (eV/Å) and stress (eV/Å³,
+    periodic cells) for the potential ``commands`` (``species``: LAMMPS type order; ``files``:
+    potential files the commands name, copied beside the input). Reference data from a potential
+    the user already has, without LAMMPS's Python module."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from chemfit_core.external.single_point import lammps_reference
+
+    with tempfile.TemporaryDirectory(prefix="chemfit-label-") as tmp:
+        for file in files:
+            shutil.copyfile(file, Path(tmp) / Path(file).name)
+        results = lammps_reference(list(structures), list(commands), tmp, list(species))
+    labelled = []
+    for atoms, result in zip(structures, results):
+        atoms = atoms.copy()
+        stress = None if result["stress"] is None else to_voigt(np.asarray(result["stress"]))
+        atoms.calc = SinglePointCalculator(atoms, energy=result["energy"], forces=result["forces"], stress=stress)
+        labelled.append(atoms)
+    return labelled

@@ -123,9 +123,9 @@ def validate_config(
         problems = _semantic_problems(config, source, Path(template_dir), checked_dir)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-    for fit in config["fits"].values():  # null: the solid stage runs where it always has, for lj/cut
+    for fit in config["fits"].values():  # null: the solid stage runs where it always has, for atomic lj/cut
         if fit["solid"]["enabled"] is None:
-            fit["solid"]["enabled"] = fit["potential"]["form"] == "lj/cut"
+            fit["solid"]["enabled"] = fit["potential"]["form"] == "lj/cut" and "molecule" not in fit.get("liquid", {})
     return config
 
 
@@ -146,6 +146,8 @@ def _resolve_inputs(config: dict[str, Any], base_dir: Path, template_dir: Path) 
             liquid["files"] = [resolved(f) for f in liquid["files"]]
         if "file" in fit.get("structures", {}):
             fit["structures"]["file"] = resolved(fit["structures"]["file"])
+        if "lammps" in fit.get("structures", {}):
+            fit["structures"]["lammps"]["files"] = [resolved(f) for f in fit["structures"]["lammps"]["files"]]
         if fit.get("crystal", {}).get("structure_file"):
             fit["crystal"]["structure_file"] = resolved(fit["crystal"]["structure_file"])
         for entry in fit["solid"]["sets"].values():
@@ -256,11 +258,12 @@ def _semantic_problems(
                 f"2-point or 3-point, got {fit['optimizer']['jacobian']}"
             )
         spec = fit.get("structures", {})
+        species = fit["potential"].get("species") or fit["element"]
         if "file" in spec:
             needed = ["energy", "forces"] + ([] if spec["stress_denominator"] is None else ["stress"])
-            problems += structure_file_problems(
-                f"{where}.structures.file", spec["file"], fit["element"], needed, checked_dir
-            )
+            problems += structure_file_problems(f"{where}.structures.file", spec["file"], species, needed, checked_dir)
+        if "lammps" in spec:
+            problems += _lammps_label_problems(f"{where}.structures.lammps", spec["lammps"])
         sets = fit["solid"].get("sets", {})
         problems += _name_problems(f"{where}.solid.sets", list(sets), "set name")
         for set_name, entry in sets.items():
@@ -291,9 +294,43 @@ def _semantic_problems(
         elif set(fit["parameters"]) == expected:  # else the template's parameters are undefined too
             problems += _template_problems(f"{where}.liquid.template", template, fit)
         problems += _run_length_problems(where, fit)
+        from chemfit_core.stages.objective import liquid_problems  # molecules, rerun gradients
+
+        problems += liquid_problems(where, fit, checked_dir)
         names = [sp["name"] for sp in fit["liquid"]["state_points"]]
         problems += _name_problems(f"{where}.liquid.state_points", names, "state point name", listed=True)
     return problems
+
+
+def _lammps_label_problems(where: str, spec: Mapping[str, Any]) -> list[str]:
+    """Reference structures labelled by LAMMPS: their files exist, the species are symbols, and
+    LAMMPS accepts the potential (one small cell is labelled now; its ERROR line is quoted)."""
+    from ase.data import chemical_symbols
+
+    problems = [
+        f"{where}.files[{k}]: expected a potential file (relative to the config file), got {f!r} (no such file)"
+        for k, f in enumerate(spec["files"])
+        if not Path(f).is_file()
+    ]
+    problems += [
+        f"{where}.species: expected chemical symbols, got {s!r}"
+        for s in spec["species"]
+        if s not in chemical_symbols[1:]
+    ]
+    unknown = sorted(set(spec["cells"].get("fractions", {})) - set(spec["species"]))
+    if unknown:
+        problems.append(f"{where}.cells.fractions: expected species of {where}.species, got {unknown}")
+    if problems:
+        return problems
+    from chemfit_core.errors import ChemFitError
+    from chemfit_core.stages.objective import lammps_labelled_structures
+
+    try:
+        one = {**spec, "cells": {**spec["cells"], "repeat": [1, 1, 1], "vacancies": False}}
+        lammps_labelled_structures(one, n_structures=1)
+    except (ChemFitError, ValueError, KeyError) as exc:
+        return [f"{where}: expected a potential LAMMPS accepts for {spec['species']}, got: {exc}"]
+    return []
 
 
 def _crystal_problems(where: str, fit: Mapping[str, Any]) -> list[str]:
@@ -398,7 +435,9 @@ def structure_file_problems(
     the config at every start (under the SLURM executor, once per job), and reading and
     neighbour-listing thousands of structures each time would cost more than the job.
     A file whose content changed is checked afresh; files with problems are never remembered."""
-    expected = f"an extxyz file of {element} structures" + (f" with {', '.join(needed)}" if needed else "")
+    expected = f"an extxyz file of {element if isinstance(element, str) else '/'.join(element)} structures" + (
+        f" with {', '.join(needed)}" if needed else ""
+    )
     path = Path(file)
     if not path.is_file():
         return [
@@ -458,18 +497,20 @@ def _check_key(path: Path, element: str, needed: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def structure_problems(atoms: Any, element: str, needed: Sequence[str] = ()) -> list[str]:
-    """What is wrong with one ``ase.Atoms``, each as ``expected ..., got ...``."""
+def structure_problems(atoms: Any, element: str | Sequence[str], needed: Sequence[str] = ()) -> list[str]:
+    """What is wrong with one ``ase.Atoms``, each as ``expected ..., got ...``; ``element``: the
+    fit's element, or the species of a form with several."""
     import numpy as np
     from ase.neighborlist import neighbor_list
 
     out = []
+    allowed = {element} if isinstance(element, str) else set(element)
     symbols = atoms.get_chemical_symbols()
-    foreign = sorted(set(symbols) - {element})
+    foreign = sorted(set(symbols) - allowed)
     if foreign:
-        at = [k for k, s in enumerate(symbols) if s != element]
+        at = [k for k, s in enumerate(symbols) if s not in allowed]
         out.append(
-            f"expected only {element} atoms (the fit's element), got {', '.join(foreign)} "
+            f"expected only {', '.join(sorted(allowed))} atoms (the fit's species), got {', '.join(foreign)} "
             f"(atoms {', '.join(map(str, at[:5]))}{', ...' if len(at) > 5 else ''})"
         )
     results = atoms.calc.results if atoms.calc is not None else {}
