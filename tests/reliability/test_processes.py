@@ -63,8 +63,8 @@ SLEEP = ["sleep", "300"]
 STUBBORN = [  # ignores the signals a fit forwards: only SIGKILL ends it
     sys.executable,
     "-c",
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(300)",
+    "import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "signal.signal(signal.SIGINT, signal.SIG_IGN); pathlib.Path('ignoring').touch(); time.sleep(300)",
 ]
 
 
@@ -143,6 +143,7 @@ def test_sigint_and_sigterm_stop_the_commands_and_then_the_fit(tmp_path, sig):
 
 def test_a_command_that_ignores_the_forwarded_signal_is_killed_after_the_grace_period(tmp_path):
     fit, root = start_fit_like(tmp_path, "signals", STUBBORN)
+    assert wait_for(lambda: all((root / f"run{k}" / "ignoring").exists() for k in range(2)), 30)
     start = time.monotonic()
     os.killpg(fit.pid, signal.SIGTERM)
     fit.wait(timeout=10)
