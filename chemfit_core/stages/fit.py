@@ -229,7 +229,7 @@ def fit_cache(
     files += fit["liquid"]["files"] if "liquid" in fit else []
     content = [hashlib.sha256(Path(file).read_bytes()).hexdigest() for file in files] or None
     # the budget is not part of the key: a larger max_evaluations replays every evaluation it has
-    identity = {**fit, "optimizer": {k: v for k, v in fit["optimizer"].items() if k != "max_evaluations"}}
+    identity = {**fit, "optimizer": {k: v for k, v in fit.get("optimizer", {}).items() if k != "max_evaluations"}}
     namespace = namespace_of(fit_name, config_hash(identity), master_seed, text, content, version("chemfit-core"))
     return EvaluationCache(Path(workdir) / "cache", namespace)
 
