@@ -56,7 +56,7 @@ SP0 = [*ARGON, "liquid", "state_points", 0]
             [*ARGON, "potential", "form"],
             "buckingham",
             "fits.argon.potential.form",
-            "expected one of ['lj/cut', 'morse', 'eam/analytic']",
+            "expected one of ['lj/cut', 'morse', 'eam/analytic'",
         ),
         ([*ARGON, "colour"], "blue", "fits.argon", "unknown key(s) 'colour'"),
         (

@@ -28,8 +28,8 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 """The package data: the configuration schema and the shipped LAMMPS templates."""
 SCHEMA_PATH = DATA_DIR / "config.schema.yaml"
 TEMPLATE_DIR = DATA_DIR / "templates"
-MIN_DISTANCE_A = 0.5
-"""Atoms of a reference structure closer than this (Å, periodic images included) overlap."""
+from chemfit_core.engine.state import MIN_DISTANCE_A  # noqa: E402 - one definition, the engine's
+
 MAX_STRUCTURE_PROBLEMS = 10
 """Problems reported per structure file; the rest are counted."""
 _PATH_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -501,7 +501,6 @@ def structure_problems(atoms: Any, element: str | Sequence[str], needed: Sequenc
     """What is wrong with one ``ase.Atoms``, each as ``expected ..., got ...``; ``element``: the
     fit's element, or the species of a form with several."""
     import numpy as np
-    from ase.neighborlist import neighbor_list
 
     out = []
     allowed = {element} if isinstance(element, str) else set(element)
@@ -523,24 +522,9 @@ def structure_problems(atoms: Any, element: str | Sequence[str], needed: Sequenc
             where = f" on atom {int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])}" if key == "forces" else ""
             first = values[~np.isfinite(values)][0] if values.ndim else values
             out.append(f"expected finite {key}, got {first}{where}")
-    geometry = np.concatenate([atoms.positions.ravel(), atoms.cell.array.ravel()])
-    if not np.isfinite(geometry).all():
-        return [*out, "expected finite positions and cell, got NaN or inf"]
-    flat = ["xyz"[k] for k in range(3) if atoms.pbc[k] and atoms.cell.lengths()[k] < 1e-6]
-    if flat:
-        return [*out, f"expected a cell vector along periodic axis {', '.join(flat)}, got length 0"]
-    if atoms.pbc.all() and abs(np.linalg.det(atoms.cell.array)) < 1e-6 * max(atoms.cell.lengths().prod(), 1e-30):
-        return [*out, "expected a cell of non-zero volume, got coplanar cell vectors"]
-    i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE_A)
-    if len(d):
-        k = int(np.argmin(d))
-        a, b = sorted((int(i[k]), int(j[k])))
-        pair = f"atom {a} and its periodic image" if a == b else f"atoms {a} and {b}"
-        out.append(
-            f"expected atoms at least {MIN_DISTANCE_A} Å apart (periodic images included), "
-            f"got {pair} {d[k]:.3f} Å apart"
-        )
-    return out
+    from chemfit_core.engine.state import structure_problems as geometry_problems
+
+    return [*out, *geometry_problems(atoms)]  # the check every reader of structures applies
 
 
 class _StrictLoader(yaml.SafeLoader):
