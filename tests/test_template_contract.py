@@ -73,3 +73,11 @@ def test_config_readme_documents_the_contract():
     for name in TEMPLATE_VARIABLES:
         assert f"`{name}`" in text, name
     assert " ".join(REQUIRED_THERMO) in text
+
+
+def test_a_template_that_writes_outside_its_run_is_refused_before_any_job(tmp_path):
+    template = SHIPPED.replace(
+        "run             {{ production_steps }}", "shell rm -rf /tmp/x\nrun             {{ production_steps }}"
+    )
+    with pytest.raises(ConfigError, match="shell"):
+        load_config(project(tmp_path, template))

@@ -397,6 +397,7 @@ def _template_problems(where: str, path: Path, fit: Mapping[str, Any]) -> list[s
     except TemplateRenderError as exc:
         return [f"{where}: expected a valid Jinja template, got {exc}"]
     problems: dict[str, str] = {}  # one message per distinct error
+    from chemfit_core.external.lammps import unsafe_commands
     from chemfit_core.stages.template_contract import output_problems
 
     source = Path(path).read_text()
@@ -405,6 +406,8 @@ def _template_problems(where: str, path: Path, fit: Mapping[str, Any]) -> list[s
             rendered = render_template(template, variables)
             for problem in output_problems(rendered, variables.get("dump_every", 0), source):
                 problems.setdefault(problem, f"{where}: {path}: {problem} ({label})")
+            for problem in unsafe_commands(rendered, str(path)):  # the sandbox the runs apply, checked now
+                problems.setdefault(problem, f"{where}: {problem} ({label})")
         except Exception as exc:  # noqa: BLE001 - any failure to render is the template's problem
             cause = exc.__cause__ if isinstance(exc, TemplateRenderError) and exc.__cause__ else exc
             tb, line = cause.__traceback__, None
