@@ -56,7 +56,11 @@ def boxed(atoms: Atoms) -> Atoms:
 
 
 def lammps_reference(
-    atoms_list: list[Atoms], pair_lines: list[str], workdir: Path | str, specorder: list[str]
+    atoms_list: list[Atoms],
+    pair_lines: list[str],
+    workdir: Path | str,
+    specorder: list[str],
+    atom_style: str | None = None,
 ) -> list[dict]:
     """Energy, forces and stress of each structure from one LAMMPS run.
 
@@ -65,6 +69,9 @@ def lammps_reference(
         pair_lines: ``pair_style`` / ``pair_coeff`` / ``pair_modify`` commands.
         workdir: folder for the data, input, log and dump files (created if needed).
         specorder: chemical symbols in the order of LAMMPS atom types.
+        atom_style: ``atomic`` or ``charge`` (each atom's charge, e, from ``get_initial_charges()``;
+            ``set`` commands among ``pair_lines`` may override them); None: ``charge`` when a
+            ``pair_style`` line names a Coulomb style (``.../coul/...``), else ``atomic``.
 
     Returns:
         One dict per structure: ``energy`` (eV), ``forces`` ``[n, 3]`` (eV/Å) and
@@ -73,6 +80,9 @@ def lammps_reference(
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if atom_style is None:
+        styles = [line.split()[1:] for line in pair_lines if line.split()[:1] == ["pair_style"]]
+        atom_style = "charge" if any("coul" in word for words in styles for word in words) else "atomic"
     prisms, lines = [], []
     for k, atoms in enumerate(atoms_list):
         box = boxed(atoms)
@@ -84,7 +94,7 @@ def lammps_reference(
             format="lammps-data",
             specorder=specorder,
             masses=True,
-            atom_style="atomic",
+            atom_style=atom_style,
             force_skew=True,
             prismobj=prism,
         )
@@ -92,7 +102,7 @@ def lammps_reference(
         lines += [
             "clear",
             "units metal",
-            "atom_style atomic",
+            f"atom_style {atom_style}",
             f"boundary {boundary}",
             f"read_data data.{k}",
             *pair_lines,
