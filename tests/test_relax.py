@@ -232,3 +232,20 @@ def test_cli_reports_bad_model_arguments(tmp_path):
     )
     assert done.returncode == 1
     assert "model 'lj/cut' needs the parameter 'sigma'" in done.stderr
+
+
+def test_fire_takes_torch_sims_cell_filter_and_step_keywords():
+    from chemfit_core.engine import CellFilter
+
+    strained = bulk("Ar", "fcc", a=5.6, cubic=True).repeat((2, 2, 2))
+    ours = fire_init(atoms_to_state([strained]), shifted_lj(), relax_cell=True)
+    theirs = fire_init(atoms_to_state([strained]), shifted_lj(), cell_filter=CellFilter.unit, scalar_pressure=0.0)
+    for _ in range(20):
+        fire_step(ours, shifted_lj())
+        fire_step(state=theirs, model=shifted_lj(), max_step=0.2, dt_max=1.0)
+    assert theirs.relax_cell and torch.equal(ours.cell, theirs.cell) and torch.equal(ours.positions, theirs.positions)
+    slow = fire_init(atoms_to_state([strained]), shifted_lj(), cell_filter="unit", dt_start=0.01)
+    fire_step(slow, shifted_lj())
+    assert float(slow.dt[0]) == pytest.approx(0.01) and not torch.equal(slow.cell, ours.cell)
+    with pytest.raises(ValueError, match="ase_fire"):
+        fire_step(slow, shifted_lj(), fire_flavor="vv_fire")
