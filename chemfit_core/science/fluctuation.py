@@ -5,8 +5,15 @@ For an average ⟨A⟩ in the (NPT) ensemble of a potential U(θ),
     d⟨A⟩/dθ = ⟨∂A/∂θ⟩ − β (⟨A ∂U/∂θ⟩ − ⟨A⟩⟨∂U/∂θ⟩),     β = 1/(k_B T),
 
 as ForceBalance uses it: one run gives the averages and their gradients. ∂U/∂θ
-of every saved frame comes from the torch model's autograd; the model's energy
-of each frame is checked against LAMMPS's, so the two cannot silently disagree.
+of every saved frame comes from the torch model's autograd (:class:`ModelDerivatives`) where
+the model equals the template, its energy of each frame checked against LAMMPS's so the two
+cannot silently disagree, or from LAMMPS itself for any template (molecules, constraints,
+any pair style): central differences of ``rerun`` energies of the same frames
+(:class:`chemfit_core.science.rerun.RerunDerivatives`).
+
+In NPT, A and U are functions of the frame (positions and box) only, and the ensemble's
+weight is exp(−β(U + p V)) with p the set point: ∂(U + pV)/∂θ = ∂U/∂θ, so no volume
+derivative enters; V per frame (for density and p⟨V⟩) comes from the thermo rows.
 
 Derivatives are taken at a fixed cutoff, also where the cutoff scales with a parameter
 (``lj/cut`` with ``cutoff_sigma``): moving the cutoff moves pairs between the explicit
@@ -17,6 +24,7 @@ scaling of LJ argon this way: d ln ρ/d ln σ = −3.2 (exact: −3), d ln ΔHva
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,8 @@ import torch
 
 from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.errors import ChemFitError
+
+logger = logging.getLogger(__name__)
 
 
 def read_frames(dump_path: Path | str, species: Sequence[str]) -> list[Any]:
@@ -64,6 +74,126 @@ def energy_derivatives(
         energies.append(float(energy.detach()))
         grads.append(grad.numpy())
     return np.asarray(energies), np.asarray(grads)
+
+
+class ModelDerivatives:
+    """∂U/∂θ of saved frames from the torch model of a potential form (autograd, exact).
+
+    Only where the model is the template's potential (atomic systems of the form's pair style);
+    the caller checks the returned energies against LAMMPS's.
+    """
+
+    method = "model"
+
+    def __init__(self, form: Any):
+        self.form = form
+
+    def __call__(
+        self, parameters: Mapping[str, float], dump: Path, workdir: Path | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(timesteps ``[n]``, U in eV ``[n]``, ∂U/∂θ in eV per parameter unit ``[n, p]``) of the
+        frames in ``dump``."""
+        frames = read_frames(dump, [self.form.element])
+        steps = np.array([int(f.info["timestep"]) for f in frames])
+        energy, d_energy = energy_derivatives(frames, self.form.model(parameters), self.form.model_tensors, parameters)
+        return steps, energy, d_energy
+
+
+class FrameDerivatives:
+    """∂U/∂θ of a run's frames from the torch model where it reproduces LAMMPS's energies, from
+    LAMMPS reruns otherwise (``auto``: both given, the model tried first; a mismatch switches to
+    reruns for good, with a warning). Logs once which one is used.
+
+    Args:
+        label: the term's name (logs and errors).
+        model: a :class:`ModelDerivatives`, or None.
+        rerun: a :class:`~chemfit_core.science.rerun.RerunDerivatives`, or None.
+    """
+
+    MODEL_RTOL = 1e-7
+    """Largest relative difference of the model's frame energies from LAMMPS's."""
+
+    def __init__(self, label: str, model: ModelDerivatives | None, rerun: Any | None):
+        self.label = label
+        self.model = model
+        self.rerun = rerun
+        self.source = "model" if model is not None else "rerun" if rerun is not None else None
+        self._announced = False
+
+    def __call__(
+        self, parameters: Mapping[str, float], thermo: Mapping[str, np.ndarray], dump: Path
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(thermo rows of the frames, ∂U/∂θ ``[n, p]`` in eV per parameter unit); the frames' energies
+        are checked against the run's ``PotEng`` column (``Step`` matches them to rows)."""
+        from chemfit_core.science.rerun import check_rerun_energies
+
+        if self.source == "model":
+            steps, energy, d_energy = self.model(parameters, dump)
+            rows = thermo_rows(f"{self.label}: {dump}", steps, thermo["Step"])
+            lammps_energy = thermo["PotEng"][rows]
+            worst = float(np.max(np.abs(energy - lammps_energy) / np.abs(lammps_energy)))
+            if worst <= self.MODEL_RTOL:
+                self._announce(f"the torch model of {self.model.form.name} (autograd)")
+                return rows, d_energy
+            if self.rerun is None:
+                raise ChemFitError(
+                    f"{self.label}: the torch model's frame energies differ from LAMMPS's by up to {worst:.1e} "
+                    "(relative): the model and the template disagree (for a template that is not exactly "
+                    "the form, take the gradients from LAMMPS reruns: liquid.gradients.method rerun)"
+                )
+            logger.warning(
+                "%s: the torch model's frame energies differ from LAMMPS's by up to %.1e (relative): the "
+                "template is not exactly the form %s; gradients from LAMMPS reruns from now on",
+                self.label,
+                worst,
+                self.model.form.name,
+            )
+            self.source = "rerun"
+        if self.rerun is None:
+            raise ChemFitError(f"{self.label}: no source of frame energy derivatives")
+        steps, energy, d_energy = self.rerun(parameters, dump, dump.parent)
+        rows = check_rerun_energies(self.label, steps, energy, thermo["Step"], thermo["PotEng"])
+        self._announce(
+            f"LAMMPS reruns ({1 + 2 * len(parameters)} of {len(steps)} frames, central differences "
+            f"h = {self.rerun.relative_step:g}·|θ|)"
+        )
+        return rows, d_energy
+
+    def _announce(self, source: str) -> None:
+        if not self._announced:
+            logger.info("%s: fluctuation gradients with ∂U/∂θ of the frames from %s", self.label, source)
+            self._announced = True
+
+
+def thermo_rows(label: str, steps: np.ndarray, thermo_steps: np.ndarray) -> np.ndarray:
+    """Indices of the thermo rows at the frames' ``steps`` (a frame without its row is an error)."""
+    row = {int(s): k for k, s in enumerate(thermo_steps)}
+    missing = [int(s) for s in steps if int(s) not in row]
+    if missing:
+        raise ChemFitError(
+            f"{label}: frames at steps {missing[:3]} have no thermo row; dump_every must be a multiple of thermo_every"
+        )
+    return np.array([row[int(s)] for s in steps], dtype=int)
+
+
+def property_gradients(
+    samples: Mapping[str, np.ndarray],
+    direct: Mapping[str, np.ndarray | None],
+    energy_gradient: np.ndarray,
+    beta: float,
+    names: Sequence[str],
+    n_blocks: int = 5,
+) -> dict[str, dict[str, float]]:
+    """``{property: {parameter: d⟨A⟩/dθ}, property_sem: {...}}`` of every per-frame observable in
+    ``samples`` (with its direct derivative ∂A/∂θ ``[n, p]`` in ``direct``, or None), in the
+    observable's unit per parameter unit, with block standard errors."""
+    out: dict[str, dict[str, float]] = {}
+    for key, values in samples.items():
+        grad = fluctuation_gradient(values, energy_gradient, beta, direct.get(key))
+        sem = fluctuation_gradient_sem(values, energy_gradient, beta, direct.get(key), n_blocks)
+        out[key] = dict(zip(names, map(float, grad)))
+        out[f"{key}_sem"] = dict(zip(names, map(float, sem)))
+    return out
 
 
 def fluctuation_gradient(

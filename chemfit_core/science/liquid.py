@@ -2,9 +2,11 @@
 
 Units at the edges are the user's (kg/m³, kJ/mol, K, bar); LAMMPS runs in
 ``units metal`` (eV, Å, ps, bar, g/cm³). ΔHvap assumes an ideal vapour:
-ΔHvap = −⟨U⟩/N + RT − p⟨V⟩/N (the last term is ~0.003 kJ/mol at 1 atm, kept
-for exactness). Statistical errors are standard errors of the mean from block
-averages, so correlated MD frames are not counted as independent.
+ΔHvap = ⟨U_gas⟩ − ⟨U⟩/N + RT − p⟨V⟩/N (the last term is ~0.003 kJ/mol at 1 atm, kept
+for exactness), N the atoms of an atomic liquid or the molecules of a molecular one
+(:mod:`chemfit_core.science.molecules`; ⟨U_gas⟩ = 0 unless a gas-phase run gives it).
+Statistical errors are standard errors of the mean from block averages, so correlated MD
+frames are not counted as independent.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
 from chemfit_core.errors import ChemFitError
 from chemfit_core.external.lammps import LammpsQuantityComputer, read_thermo
+from chemfit_core.science.molecules import RIGID, GasPhaseResult, Molecules
 from chemfit_core.term_result import TermResult
 from chemfit_core.units import (
     BAR_A3_TO_KJ_PER_MOL,
@@ -30,6 +33,9 @@ from chemfit_core.units import (
     KB_EV_PER_K,
 )
 
+GRADIENT_METHODS = ("model", "rerun", "auto")
+"""Where ∂U/∂θ of the frames comes from: the torch model, LAMMPS reruns, or the model where it
+reproduces LAMMPS's energies and reruns otherwise."""
 PROPERTY_UNITS = {"density_kg_m3": "kg/m³", "hvap_kJ_mol": "kJ/mol"}
 
 
@@ -55,6 +61,8 @@ class LiquidProperties:
     pressure_bar: float
     n_atoms: int
     n_frames: int
+    n_molecules: int
+    """Molecules in the box (the atoms of an atomic liquid): the N of the per-molecule ΔHvap."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON, CSV and ``ctx.meta``)."""
@@ -62,11 +70,19 @@ class LiquidProperties:
 
 
 def liquid_properties(
-    thermo: Mapping[str, np.ndarray], temperature_K: float, n_blocks: int = 5, pressure_bar: float | None = None
+    thermo: Mapping[str, np.ndarray],
+    temperature_K: float,
+    n_blocks: int = 5,
+    pressure_bar: float | None = None,
+    molecules: Molecules | None = None,
+    gas: GasPhaseResult = RIGID,
 ) -> LiquidProperties:
     """Density and ΔHvap from a production thermo table.
 
-    ΔHvap = −U/N − p V/N + RT (ideal gas). ``pressure_bar`` is the barostat's set point,
+    ΔHvap = ⟨U_gas⟩ − U/N − p V/N + RT (ideal gas), N the atoms, or with ``molecules`` the
+    molecules (the run's atom count is checked against them), ⟨U_gas⟩ per molecule from
+    ``gas`` (kJ/mol; 0 for atoms and rigid molecules), its standard error added in quadrature.
+    ``pressure_bar`` is the barostat's set point,
     used for p (H = U + p_ext V, the NPT enthalpy, as ForceBalance does); without it the
     instantaneous pressure is used, which adds its fluctuations (±0.03 kJ/mol for
     argon) and makes the parameter derivative of H depend on the virial.
@@ -84,29 +100,44 @@ def liquid_properties(
     n_atoms = int(thermo["Atoms"][-1])
     if np.any(thermo["Atoms"] != n_atoms):
         raise ChemFitError("atoms were lost during the production run")
+    if molecules is not None:
+        molecules.check_atoms(n_atoms, "liquid run")
+    n = molecules.count if molecules is not None else n_atoms
     density, density_sem = block_average(thermo["Density"] * G_CM3_TO_KG_M3, n_blocks)
-    u_kj = thermo["PotEng"] / n_atoms * EV_PER_ATOM_TO_KJ_PER_MOL
-    pressure = thermo["Press"] if pressure_bar is None else pressure_bar
-    pv_kj = pressure * thermo["Volume"] / n_atoms * BAR_A3_TO_KJ_PER_MOL
-    hvap_samples = -u_kj - pv_kj + GAS_CONSTANT_KJ_PER_MOL_K * temperature_K
-    hvap, hvap_sem = block_average(hvap_samples, n_blocks)
+    hvap, hvap_sem = block_average(hvap_samples(thermo, temperature_K, n, pressure_bar), n_blocks)
     return LiquidProperties(
         density_kg_m3=density,
         density_kg_m3_sem=density_sem,
-        hvap_kJ_mol=hvap,
-        hvap_kJ_mol_sem=hvap_sem,
+        hvap_kJ_mol=hvap + gas.energy_kJ_mol,
+        hvap_kJ_mol_sem=math.hypot(hvap_sem, gas.energy_kJ_mol_sem),
         temperature_K=float(np.mean(thermo["Temp"])),
         pressure_bar=float(np.mean(thermo["Press"])),
         n_atoms=n_atoms,
         n_frames=int(len(thermo["PotEng"])),
+        n_molecules=n,
     )
 
 
+def hvap_samples(
+    thermo: Mapping[str, np.ndarray], temperature_K: float, n: int, pressure_bar: float | None = None
+) -> np.ndarray:
+    """Per-row −U/N − pV/N + RT (kJ/mol) of a thermo table, N atoms or molecules (⟨U_gas⟩ not included)."""
+    u_kj = thermo["PotEng"] / n * EV_PER_ATOM_TO_KJ_PER_MOL
+    pressure = thermo["Press"] if pressure_bar is None else pressure_bar
+    pv_kj = pressure * thermo["Volume"] / n * BAR_A3_TO_KJ_PER_MOL
+    return -u_kj - pv_kj + GAS_CONSTANT_KJ_PER_MOL_K * temperature_K
+
+
 def properties_from_log(
-    log_path: Path | str, temperature_K: float, n_blocks: int = 5, pressure_bar: float | None = None
+    log_path: Path | str,
+    temperature_K: float,
+    n_blocks: int = 5,
+    pressure_bar: float | None = None,
+    molecules: Molecules | None = None,
+    gas: GasPhaseResult = RIGID,
 ) -> LiquidProperties:
     """:func:`liquid_properties` of the last ``run`` in a LAMMPS log."""
-    return liquid_properties(read_thermo(log_path)[-1], temperature_K, n_blocks, pressure_bar)
+    return liquid_properties(read_thermo(log_path)[-1], temperature_K, n_blocks, pressure_bar, molecules, gas)
 
 
 def run_template_variables(
@@ -118,13 +149,15 @@ def run_template_variables(
 ) -> dict[str, Any]:
     """Variables of one NPT run of a :class:`LiquidStatePointTerm` besides the parameters (which
     the computer adds when it renders): the state point, the seed, k_B, ``dump_every`` (0: no
-    frames) and the fixed ``template_variables``."""
+    frames), ``rerun_dump`` (None: an MD run; :mod:`chemfit_core.science.rerun` sets it) and the
+    fixed ``template_variables``."""
     return {
         "temperature_K": temperature_K,
         "pressure_bar": pressure_bar,
         "seed": seed,
         "kB_eV_per_K": KB_EV_PER_K,
         "dump_every": dump_every,
+        "rerun_dump": None,
         **(template_variables or {}),
     }
 
@@ -142,11 +175,12 @@ class LiquidStatePointTerm(ObjectiveFunctor):
     """One NPT simulation at (T, p) with its own seed; loss = Σ ((x − x_ref)/d)².
 
     Reports a :class:`~chemfit_core.term_result.TermResult` (``ctx.result``): the
-    properties with their standard errors and the residuals (x − x_ref)/d. With ``form``
-    given, it also saves frames every ``dump_every`` steps and reports the properties'
-    derivatives with respect to the fit's parameters and the residuals' Jacobian, from
-    the fluctuation formula (:mod:`chemfit_core.science.fluctuation`): gradients from the
-    same single run.
+    properties with their standard errors and the residuals (x − x_ref)/d. With gradients
+    (``gradients``, or ``form`` given), it also saves frames every ``dump_every`` steps and
+    reports the properties' derivatives with respect to the fit's parameters and the
+    residuals' Jacobian, from the fluctuation formula (:mod:`chemfit_core.science.fluctuation`):
+    gradients from the same single run, with ∂U/∂θ of the frames from the torch model of
+    ``form`` or from LAMMPS reruns of the frames (:mod:`chemfit_core.science.rerun`).
 
     Args:
         name: label of the term (logs, errors, work directories).
@@ -162,6 +196,14 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         dump_every: steps between frames saved for gradients (a multiple of ``thermo_every``).
         files: input files copied into every run directory beside ``in.lammps`` (molecule,
             data, potential or include files the template reads by name).
+        gradients: ``"model"`` (torch model of ``form``; its frame energies must equal LAMMPS's),
+            ``"rerun"`` (LAMMPS reruns; the template must know ``rerun_dump``), ``"auto"`` (the
+            model, switching to reruns for good when its energies differ), or None: ``"model"``
+            when ``form`` is given, else no gradients.
+        rerun_step: relative central-difference step of the reruns (h = rerun_step·|θ|).
+        molecules: the box's molecules (per-molecule ΔHvap); None: an atomic liquid.
+        gas: gas-phase run giving ⟨U_gas⟩ per molecule (and its gradient) at each evaluation;
+            None: U_gas = 0 (atoms, rigid molecules).
     """
 
     def __init__(
@@ -180,7 +222,19 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         dump_every: int = 100,
         output_cache: Any | None = None,
         files: Sequence[Path | str] = (),
+        gradients: str | None = None,
+        rerun_step: float = 1e-3,
+        molecules: Molecules | None = None,
+        gas: Any | None = None,
     ):
+        from chemfit_core.science.fluctuation import FrameDerivatives, ModelDerivatives
+        from chemfit_core.science.rerun import RerunDerivatives
+
+        method = gradients or ("model" if form is not None else None)
+        if method is not None and method not in GRADIENT_METHODS:
+            raise ValueError(f"{name}: gradients must be one of {GRADIENT_METHODS} or None, got {method!r}")
+        if method == "model" and form is None:
+            raise ValueError(f"{name}: gradients from the torch model need the potential form")
         unknown = set(references) - set(PROPERTY_UNITS)
         if unknown:
             raise ValueError(f"{name}: unknown liquid properties {sorted(unknown)}; known: {sorted(PROPERTY_UNITS)}")
@@ -191,10 +245,13 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         self.seed = seed
         self.n_blocks = n_blocks
         self.form = form
+        self.molecules = molecules
+        self.gas = gas
+        self.gradient_method = method
         variables = run_template_variables(
-            temperature_K, pressure_bar, seed, dump_every if form is not None else 0, template_variables
+            temperature_K, pressure_bar, seed, dump_every if method is not None else 0, template_variables
         )
-        if form is not None and dump_every % int(variables.get("thermo_every", 1)):
+        if method is not None and dump_every % int(variables.get("thermo_every", 1)):
             raise ValueError(f"{name}: dump_every ({dump_every}) must be a multiple of thermo_every")
         self.computer = LammpsQuantityComputer(
             template,
@@ -204,7 +261,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
             command_timeout=command_timeout,
             delete_temp_workdirs=False,  # the frames are read after parsing; removed below
             name=name,
-            output_files=["frames.dump"] if form is not None else [],  # cached with the log
+            output_files=["frames.dump"] if method is not None else [],  # cached with the log
             output_cache=output_cache,
             presubmit_hook=self._copy_files if files else None,
         )
@@ -212,6 +269,15 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         names = [f.name for f in self.files]
         if len(set(names)) != len(names):
             raise ValueError(f"{name}: input files must have distinct names (they land in one folder): {names}")
+        self.frame_derivatives = FrameDerivatives(
+            name,
+            ModelDerivatives(form) if form is not None and method in ("model", "auto") else None,
+            RerunDerivatives(template, variables, self.files, rerun_step, command_timeout, name)
+            if method in ("rerun", "auto")
+            else None,
+        )
+        self.gradient_source = None if method is None else self.frame_derivatives.source
+        """Where ∂U/∂θ of the frames comes from: ``model`` or ``rerun`` (None: no gradients)."""
 
     def _copy_files(self, parameters: Parameters, workdir: Path) -> None:
         """Put the input files (molecule, data, potential, include files) beside the rendered input;
@@ -222,7 +288,9 @@ class LiquidStatePointTerm(ObjectiveFunctor):
     def _parse(self, output_files: list[Path]) -> dict[str, Any]:
         log = next(p for p in output_files if p.name == "log.lammps")
         thermo = read_thermo(log)[-1]
-        properties = liquid_properties(thermo, self.temperature_K, self.n_blocks, self.pressure_bar).as_dict()
+        properties = liquid_properties(
+            thermo, self.temperature_K, self.n_blocks, self.pressure_bar, self.molecules
+        ).as_dict()
         properties["_thermo"] = thermo
         return properties
 
@@ -237,22 +305,30 @@ class LiquidStatePointTerm(ObjectiveFunctor):
     def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
         if ctx is None:
             ctx = EvaluateContext()
+        gas = RIGID if self.gas is None else self.gas(parameters)
         quantities = dict(self.computer(parameters, ctx))
         workdir = Path(ctx.meta.pop("workdir"))
         try:
             thermo = quantities.pop("_thermo")
             gradients = (
-                self.property_gradients(parameters, thermo, workdir / "frames.dump") if self.form is not None else {}
+                self.property_gradients(parameters, thermo, workdir / "frames.dump", gas)
+                if self.gradient_method is not None
+                else {}
             )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        if self.gas is not None:  # ⟨U_gas⟩ per molecule: a separate ensemble, added to the liquid's part
+            quantities["hvap_kJ_mol"] += gas.energy_kJ_mol
+            quantities["hvap_kJ_mol_sem"] = math.hypot(quantities["hvap_kJ_mol_sem"], gas.energy_kJ_mol_sem)
+            quantities["gas_energy_kJ_mol"] = gas.energy_kJ_mol
         residuals = self.residuals(quantities)
         jacobian = None
-        if self.form is not None:
+        if self.gradient_method is not None:
             jacobian = {
                 name: [gradients[key][name] / ref.denominator for key, ref in self.references.items()]
                 for name in parameters
             }
+            ctx.meta["gradient_source"] = self.gradient_source
         if gradients:
             quantities["gradients"] = gradients  # with their standard errors (``<property>_sem``)
         ctx.quantities = quantities
@@ -267,48 +343,29 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         return ctx.loss
 
     def property_gradients(
-        self, parameters: Mapping[str, float], thermo: Mapping[str, np.ndarray], dump: Path
+        self,
+        parameters: Mapping[str, float],
+        thermo: Mapping[str, np.ndarray],
+        dump: Path,
+        gas: GasPhaseResult = RIGID,
     ) -> dict[str, dict[str, float]]:
         """d⟨density⟩/dθ (kg/m³ per unit) and d⟨ΔHvap⟩/dθ (kJ/mol per unit) by the fluctuation formula,
-        with block standard errors (keys ``..._sem``)."""
-        from chemfit_core.science.fluctuation import (
-            energy_derivatives,
-            fluctuation_gradient,
-            fluctuation_gradient_sem,
-            read_frames,
-        )
+        with block standard errors (keys ``..._sem``); ΔHvap's includes d⟨U_gas⟩/dθ of ``gas``."""
+        from chemfit_core.science.fluctuation import property_gradients
 
-        frames = read_frames(dump, [self.form.element])
-        steps = [int(f.info["timestep"]) for f in frames]
-        row = {int(s): k for k, s in enumerate(thermo["Step"])}
-        missing = [s for s in steps if s not in row]
-        if missing:
-            raise ChemFitError(
-                f"{dump}: frames at steps {missing[:3]} have no thermo row; dump_every must be a "
-                "multiple of thermo_every"
-            )
-        rows = np.array([row[s] for s in steps])
-        model = self.form.model(parameters)
-        energy, d_energy = energy_derivatives(frames, model, self.form.model_tensors, parameters)
-        lammps_energy = thermo["PotEng"][rows]
-        worst = float(np.max(np.abs(energy - lammps_energy) / np.abs(lammps_energy)))
-        if worst > 1e-7:
-            raise ChemFitError(
-                f"{self.name}: the torch model's frame energies differ from LAMMPS's by up to "
-                f"{worst:.1e} (relative): the model and the template disagree"
-            )
-        n_atoms = int(thermo["Atoms"][-1])
+        rows, d_energy = self.frame_derivatives(parameters, thermo, dump)
+        self.gradient_source = self.frame_derivatives.source
+        n = self.molecules.count if self.molecules is not None else int(thermo["Atoms"][-1])
         beta = 1.0 / (KB_EV_PER_K * self.temperature_K)
-        density = thermo["Density"][rows] * G_CM3_TO_KG_M3
-        u_kj = lammps_energy / n_atoms * EV_PER_ATOM_TO_KJ_PER_MOL
-        pv_kj = self.pressure_bar * thermo["Volume"][rows] / n_atoms * BAR_A3_TO_KJ_PER_MOL
-        hvap = -u_kj - pv_kj + GAS_CONSTANT_KJ_PER_MOL_K * self.temperature_K
-        d_hvap_direct = -d_energy / n_atoms * EV_PER_ATOM_TO_KJ_PER_MOL
-        names = list(parameters)
-        out = {}
-        for key, samples, direct in (("density_kg_m3", density, None), ("hvap_kJ_mol", hvap, d_hvap_direct)):
-            grad = fluctuation_gradient(samples, d_energy, beta, direct)
-            sem = fluctuation_gradient_sem(samples, d_energy, beta, direct, self.n_blocks)
-            out[key] = dict(zip(names, map(float, grad)))
-            out[f"{key}_sem"] = dict(zip(names, map(float, sem)))
+        frames = {key: column[rows] for key, column in thermo.items()}
+        samples = {
+            "density_kg_m3": frames["Density"] * G_CM3_TO_KG_M3,
+            "hvap_kJ_mol": hvap_samples(frames, self.temperature_K, n, self.pressure_bar),
+        }
+        direct = {"hvap_kJ_mol": -d_energy / n * EV_PER_ATOM_TO_KJ_PER_MOL}
+        out = property_gradients(samples, direct, d_energy, beta, list(parameters), self.n_blocks)
+        if gas.gradient is not None:
+            for name in parameters:
+                out["hvap_kJ_mol"][name] += gas.gradient[name]
+                out["hvap_kJ_mol_sem"][name] = math.hypot(out["hvap_kJ_mol_sem"][name], gas.gradient_sem[name])
         return out
