@@ -22,9 +22,16 @@ import pandas as pd
 from chemfit_core.file_based_computer import render_template
 from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
 from chemfit_core.science.liquid import PROPERTY_UNITS, properties_from_log
+from chemfit_core.science.molecules import RIGID, GasPhaseResult
 from chemfit_core.science.targets import propagate
 from chemfit_core.stages.config import derived_seed
-from chemfit_core.stages.objective import potential_form_of, targets_from_config, validation_template_variables
+from chemfit_core.stages.objective import (
+    gas_phase_run,
+    molecules_of,
+    potential_form_of,
+    targets_from_config,
+    validation_template_variables,
+)
 from chemfit_core.term_result import TermResult
 
 
@@ -80,7 +87,8 @@ def analyse_validation(
     round trip of the fitted model (``workdir`` holds its files).
     """
     record = read_json(fit_json)
-    rows = _liquid_rows(fit_name, fit, record.get("initial_properties", {}), logs, _liquid_gradients(record))
+    gas = _gas_phase(fit_name, fit, record, logs, Path(workdir or Path(out_csv).parent / "roundtrip").parent / "gas")
+    rows = _liquid_rows(fit_name, fit, record.get("initial_properties", {}), logs, _liquid_gradients(record), gas)
     if "crystal" in fit or "structures" in fit:
         rows += _in_process_rows(fit_name, fit, record, Path(workdir or Path(out_csv).parent / "roundtrip"))
     frame = pd.DataFrame(rows)
@@ -143,19 +151,41 @@ def _liquid_gradients(record: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     return {sp: {k: float(np.mean(v)) for k, v in d.items()} for sp, d in out.items()}
 
 
+def _gas_phase(
+    fit_name: str, fit: Mapping[str, Any], record: Mapping[str, Any], logs: Mapping[str, Any], workdir: Path
+) -> dict[str, GasPhaseResult]:
+    """⟨U_gas⟩ per state point at the fitted parameters, from a gas-phase run with a validation seed
+    (``liquid.molecule.gas``); empty without one (atoms, rigid molecules: U_gas = 0)."""
+    if "liquid" not in fit or "gas" not in fit["liquid"].get("molecule", {}):
+        return {}
+    fitted = record["parameters"]
+    out = {}
+    for state in logs:
+        seed = derived_seed(record.get("seed", 0), fit_name, state, "gas", "validation")
+        out[state] = gas_phase_run(fit, state_point(fit, state), seed, workdir)(fitted)
+    return out
+
+
 def _liquid_rows(
     fit_name: str,
     fit: Mapping[str, Any],
     initial: Mapping[str, Any],
     logs: Mapping[str, Sequence[Path | str]],
     propagated: Mapping[str, Mapping[str, float]] | None = None,
+    gas: Mapping[str, GasPhaseResult] | None = None,
 ) -> list[dict[str, Any]]:
-    propagated = propagated or {}
+    propagated, gas = propagated or {}, gas or {}
+    molecules = molecules_of(fit) if logs else None
     rows = []
     for state, paths in logs.items():
         sp = state_point(fit, state)
         n_blocks = fit["liquid"]["md"]["n_blocks"]
-        measured = [properties_from_log(p, sp["temperature_K"], n_blocks, sp["pressure_bar"]).as_dict() for p in paths]
+        measured = [
+            properties_from_log(
+                p, sp["temperature_K"], n_blocks, sp["pressure_bar"], molecules, gas.get(state, RIGID)
+            ).as_dict()
+            for p in paths
+        ]
         for key, unit in PROPERTY_UNITS.items():
             values = np.array([m[key] for m in measured])
             sems = np.array([m[f"{key}_sem"] for m in measured])
