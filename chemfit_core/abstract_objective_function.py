@@ -14,15 +14,46 @@ function. Names and signatures follow ChemFit 3.1.1.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from chemfit_core.term_result import TermResult
 
 Parameters = dict[str, Any]
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+@runtime_checkable
+class FutureLike(Protocol[T_co]):
+    """The part of :class:`concurrent.futures.Future` the objective API uses."""
+
+    def result(self, timeout: float | None = None) -> T_co: ...
+
+    def cancel(self) -> bool: ...
+
+
+@runtime_checkable
+class ExecutorLike(Protocol):
+    """The part of :class:`concurrent.futures.Executor` the objective API uses (ChemFit's protocol)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> FutureLike[Any]: ...
+
+    def map(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+    ) -> Iterable[Any]: ...
+
+
+class ChildContextConfigurator(Protocol):
+    """``configurator(idx_child_ctx=, child_ctx=, num_children=, parent_ctx=)``, called once per child."""
+
+    def __call__(
+        self, idx_child_ctx: int, child_ctx: EvaluateContext, num_children: int, parent_ctx: EvaluateContext
+    ) -> None: ...
 
 
 class EvaluateContext:
@@ -33,7 +64,10 @@ class EvaluateContext:
     computes more than its loss (residuals, properties, derivatives) puts a
     :class:`~chemfit_core.term_result.TermResult` in ``result``.
     ``shared`` is one namespace for a context and all its children; the
-    combined objective uses it to cancel sibling terms when one fails.
+    combined objective uses it to cancel sibling terms when one fails. ``config`` is
+    deep-copied into each child, so children can be configured independently.
+    ``executor`` (an :class:`ExecutorLike`) is inherited by children; the concurrent
+    wrappers run their terms in it when it is set.
     """
 
     __slots__ = (
@@ -53,7 +87,7 @@ class EvaluateContext:
         self,
         config: SimpleNamespace | None = None,
         shared: SimpleNamespace | None = None,
-        executor: Any | None = None,
+        executor: ExecutorLike | None = None,
     ):
         self.quantities: dict[str, Any] | None = None
         self.parameters: Parameters | None = None
@@ -63,7 +97,7 @@ class EvaluateContext:
         self.temp = SimpleNamespace()
         self.config = SimpleNamespace() if config is None else config
         self.shared = SimpleNamespace() if shared is None else shared
-        self.executor = executor
+        self.executor: ExecutorLike | None = executor
         self._children: list[EvaluateContext] = []
 
     @property
@@ -71,11 +105,11 @@ class EvaluateContext:
         """Child contexts of the last :meth:`spawn_children` call."""
         return self._children
 
-    def spawn_children(self, n_children: int, configurator: Callable[..., None] | None = None) -> list[EvaluateContext]:
-        """Make ``n_children`` child contexts sharing ``shared`` and ``executor``."""
-        children = [
-            EvaluateContext(SimpleNamespace(**vars(self.config)), self.shared, self.executor) for _ in range(n_children)
-        ]
+    def spawn_children(
+        self, n_children: int, configurator: ChildContextConfigurator | Callable[..., None] | None = None
+    ) -> list[EvaluateContext]:
+        """Make ``n_children`` child contexts (copies of ``config``, sharing ``shared`` and ``executor``)."""
+        children = [EvaluateContext(copy.deepcopy(self.config), self.shared, self.executor) for _ in range(n_children)]
         if configurator is not None:
             for idx, child in enumerate(children):
                 configurator(idx_child_ctx=idx, child_ctx=child, num_children=n_children, parent_ctx=self)
@@ -94,7 +128,7 @@ class EvaluateContext:
     def child_contexts(
         self,
         n_children: int,
-        configurator: Callable[..., None] | None = None,
+        configurator: ChildContextConfigurator | Callable[..., None] | None = None,
         recursive: bool = True,
     ) -> Iterator[list[EvaluateContext]]:
         """Spawn children for a block and collect their metadata when it ends."""
@@ -123,9 +157,37 @@ class EvaluateContext:
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["config"], state["shared"])
+        EvaluateContext.__init__(self, state["config"], state["shared"])
         self.parameters = state["parameters"]
         self.meta = state["meta"]
+
+    def to_result_state(self) -> dict[str, Any]:
+        """What an evaluation wrote here (parameters, loss, quantities, meta, result), to send back
+        from a worker process."""
+        return {
+            "parameters": self.parameters,
+            "loss": self.loss,
+            "quantities": self.quantities,
+            "meta": self.meta,
+            "result": self.result,
+        }
+
+    def apply_result_state(self, state: dict[str, Any]) -> None:
+        """Take over a :meth:`to_result_state` made elsewhere (a worker's copy of this context)."""
+        self.parameters = state["parameters"]
+        self.loss = state["loss"]
+        self.quantities = state["quantities"]
+        self.meta = state["meta"]
+        self.result = state.get("result")
+
+    def reset(self) -> None:
+        """Forget the previous evaluation (quantities, loss, result, meta, temp, children)."""
+        self.quantities = None
+        self.loss = None
+        self.result = None
+        self.meta = {}
+        self.temp = SimpleNamespace()
+        self._children = []
 
 
 class ObjectiveFunctor:
@@ -176,9 +238,12 @@ class WrappedObjectiveFunctor(ObjectiveFunctor):
         self.name = getattr(func, "name", None) or getattr(func, "__name__", None)
 
     def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
-        if self.pass_ctx:
-            return self.func(parameters, ctx if ctx is not None else EvaluateContext())
-        return self.func(parameters)
+        if ctx is None:
+            ctx = EvaluateContext()
+        value = self.func(parameters, ctx) if self.pass_ctx else self.func(parameters)
+        ctx.parameters = parameters
+        ctx.loss = value
+        return value
 
 
 def as_objective_functor(func: Callable[..., float]) -> ObjectiveFunctor:

@@ -13,19 +13,28 @@ Differences from ChemFit's wrapper, each a measured weakness there:
   only when every thread is done, then raises the error naming the term;
 - a wrapper nested inside another that shares its executor evaluates its terms in
   the calling worker thread instead of deadlocking on a full pool.
+
+The terms run in ``ctx.executor`` when the context has one, else in the
+``executor`` given to the wrapper, else in the wrapper's own thread pool (ChemFit's
+order). A thread pool gets the fast path above; any other
+:class:`~chemfit_core.abstract_objective_function.ExecutorLike` (a process pool, say)
+gets one job per term, whose context state is copied back to the caller's child
+context. :class:`ExecutorWrapperCOB` is ChemFit 3.1.1's name for this wrapper.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import functools
 import os
 import threading
 import weakref
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
-from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
+from chemfit_core.abstract_objective_function import EvaluateContext, ExecutorLike, ObjectiveFunctor, Parameters
 from chemfit_core.combined_objective_function import CombinedObjectiveFunction
 
 _worker_state = threading.local()
@@ -119,6 +128,19 @@ async def _await(future: asyncio.Future) -> Any:
     return await future
 
 
+def _evaluate_term_elsewhere(
+    cob: CombinedObjectiveFunction, parameters: Parameters, idx: int, ctx: EvaluateContext
+) -> tuple[float | None, dict[str, Any]]:
+    """One term, run by a non-thread executor: its weighted value and what it wrote into ``ctx``."""
+    return cob.evaluate_term(parameters, idx, ctx), ctx.to_result_state()
+
+
+async def _await_future_like(future: Any) -> Any:
+    if isinstance(future, concurrent.futures.Future):
+        return await asyncio.wrap_future(future)
+    return await asyncio.get_running_loop().run_in_executor(None, future.result)
+
+
 def _pool_size(executor: Executor, default: int) -> int:
     """Number of worker threads of ``executor`` (``default`` when it does not say)."""
     size = getattr(executor, "_max_workers", None)
@@ -140,7 +162,8 @@ class AsyncWrapperCOB(ObjectiveFunctor):
 
     Args:
         cob: the combined objective whose terms run concurrently.
-        executor: thread pool for the blocking work; the caller owns it.
+        executor: executor for the blocking work (used when ``ctx.executor`` is not
+            set); the caller owns it.
         max_workers: size of the wrapper's own pool when ``executor`` is None
             (default: Python's, ``min(32, cpu_count + 4)``). Set it to the number
             of external runs the machine can take at once.
@@ -152,7 +175,7 @@ class AsyncWrapperCOB(ObjectiveFunctor):
     def __init__(
         self,
         cob: CombinedObjectiveFunction,
-        executor: Executor | None = None,
+        executor: ExecutorLike | None = None,
         *,
         max_workers: int | None = None,
     ) -> None:
@@ -171,8 +194,8 @@ class AsyncWrapperCOB(ObjectiveFunctor):
 
     # -- resources --------------------------------------------------------------------
     @property
-    def executor(self) -> Executor:
-        """The thread pool the terms run in (made on first use when not given)."""
+    def executor(self) -> ExecutorLike:
+        """The wrapper's executor: the one given, else its own thread pool (made on first use)."""
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
@@ -210,6 +233,11 @@ class AsyncWrapperCOB(ObjectiveFunctor):
         """Number of terms of the wrapped objective."""
         return self.cob.n_terms()
 
+    def executor_for(self, ctx: EvaluateContext | None) -> ExecutorLike:
+        """Where the terms of an evaluation with ``ctx`` run: ``ctx.executor``, else :attr:`executor`."""
+        chosen = None if ctx is None else ctx.executor
+        return chosen if chosen is not None else self.executor
+
     # -- evaluation -------------------------------------------------------------------
     def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
         try:
@@ -223,7 +251,7 @@ class AsyncWrapperCOB(ObjectiveFunctor):
             )
         if ctx is None:
             ctx = EvaluateContext()
-        if id(self.executor) in _executors_of_this_thread():
+        if id(self.executor_for(ctx)) in _executors_of_this_thread():
             # Nested inside a wrapper that shares our pool: waiting for free workers
             # from one of them would deadlock, so evaluate here, in order.
             return self._evaluate_inline(parameters, ctx)
@@ -237,11 +265,14 @@ class AsyncWrapperCOB(ObjectiveFunctor):
         if ctx is None:
             ctx = EvaluateContext()
         ctx.parameters = parameters
+        executor = self.executor_for(ctx)
         children = self.cob.spawn_term_contexts(ctx)
-        batch = _TermBatch(asyncio.get_running_loop(), self._run_term, parameters, children)
+        if not isinstance(executor, ThreadPoolExecutor):
+            return await self._evaluate_elsewhere(executor, parameters, ctx, children)
+        run_term = functools.partial(self._run_term, executor=executor)
+        batch = _TermBatch(asyncio.get_running_loop(), run_term, parameters, children)
         batch.loop_is_waiting = not private_loop
         ctx.shared.cancel = batch.cancel
-        executor = self.executor
         for _ in range(min(len(children), _pool_size(executor, len(children)))):
             executor.submit(batch.work)  # work starts before the bookkeeping below
         tasks = [asyncio.ensure_future(_await(future)) for future in batch.futures]
@@ -260,19 +291,59 @@ class AsyncWrapperCOB(ObjectiveFunctor):
                 raise value
         return self.cob.reduce(values, ctx)
 
+    async def _evaluate_elsewhere(
+        self, executor: ExecutorLike, parameters: Parameters, ctx: EvaluateContext, children: list[EvaluateContext]
+    ) -> float:
+        """One job per term in a non-thread executor; after a failure the jobs not started are
+        cancelled, and the error is raised once every job has returned."""
+        futures = [
+            executor.submit(_evaluate_term_elsewhere, self.cob, parameters, idx, child)
+            for idx, child in enumerate(children)
+        ]
+        tasks = [asyncio.ensure_future(_await_future_like(future)) for future in futures]
+        try:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                if any(not task.cancelled() and task.exception() is not None for task in done):
+                    for future in futures:
+                        future.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            ctx.collect_child_meta_data()
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        real = [e for e in errors if not isinstance(e, (asyncio.CancelledError, concurrent.futures.CancelledError))]
+        if real or errors:
+            raise (real or errors)[0]
+        values = []
+        for child, (value, state) in zip(children, outcomes):
+            child.apply_result_state(state)
+            values.append(value)
+        ctx.collect_child_meta_data()
+        return self.cob.reduce(values, ctx)
+
     async def get_contrib(self, parameters: Parameters, idx: int, ctx: EvaluateContext | None = None) -> float | None:
         """Weighted value of term ``idx`` alone, computed in the thread pool."""
         if ctx is None:
             ctx = EvaluateContext()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._run_term, parameters, idx, ctx)
+        executor = self.executor_for(ctx)
+        if not isinstance(executor, ThreadPoolExecutor):
+            value, state = await _await_future_like(
+                executor.submit(_evaluate_term_elsewhere, self.cob, parameters, idx, ctx)
+            )
+            ctx.apply_result_state(state)
+            return value
+        return await loop.run_in_executor(
+            executor, functools.partial(self._run_term, executor=executor), parameters, idx, ctx
+        )
 
-    def _run_term(self, parameters: Parameters, idx: int, ctx: EvaluateContext) -> Any:
+    def _run_term(self, parameters: Parameters, idx: int, ctx: EvaluateContext, executor: Executor) -> Any:
         cancel = getattr(ctx.shared, "cancel", None)
         if cancel is not None and cancel.is_set():
             return _SKIPPED
         executors = _executors_of_this_thread()
-        mine = id(self.executor)
+        mine = id(executor)
         nested = mine in executors
         if not nested:
             _worker_state.executors = executors | {mine}
@@ -289,3 +360,12 @@ class AsyncWrapperCOB(ObjectiveFunctor):
     def last_contributions(self) -> list[float | None]:
         """Weighted value of each term in the last finished evaluation."""
         return self.cob.last_contributions
+
+
+class ExecutorWrapperCOB(AsyncWrapperCOB):
+    """ChemFit 3.1.1's name: ``ExecutorWrapperCOB(cob, executor=None)`` evaluates the terms of
+    ``cob`` in ``ctx.executor``, else in ``executor``, else in a thread pool of its own.
+
+    It is :class:`AsyncWrapperCOB` (same failure handling, no leaked threads); use it as a
+    context manager, or call :meth:`close`, to shut its own pool down.
+    """

@@ -5,26 +5,34 @@
 evaluate the same terms concurrently and reduce them with the same rules.
 
 What a failing term does is a policy: ``"raise"`` (default) stops the
-evaluation with a :class:`~chemfit_core.errors.TermEvaluationError` naming the
-term, ``"nan"`` makes the term (and so the sum) NaN, ``"skip"`` leaves the term
-out of the sum. ChemFit's ``exception_handler`` callables are accepted too.
+evaluation with the term's own exception, which names the term in a note and is
+also a :class:`~chemfit_core.errors.TermEvaluationError` (see
+:func:`~chemfit_core.errors.name_term_error`); ``"nan"`` makes the term (and so the
+sum) NaN, ``"skip"`` leaves the term out of the sum. ChemFit's ``exception_handler``
+callables are accepted too, also assigned after construction.
+
+The reduction is a :class:`Reducer` (``reduce(values)``) or ChemFit's
+:class:`Aggregator` (``aggregate(values, quantities, ctx)``); which of the two a
+callable is, is decided once from its signature, when it is set.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 from collections.abc import Callable, Sequence
 from numbers import Real
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from chemfit_core.abstract_objective_function import (
+    ChildContextConfigurator,
     EvaluateContext,
     ObjectiveFunctor,
     Parameters,
     as_objective_functor,
 )
-from chemfit_core.errors import ChemFitError, TermEvaluationError
+from chemfit_core.errors import ChemFitError, TermEvaluationError, name_term_error
 
 OnError = Literal["raise", "nan", "skip"]
 
@@ -36,7 +44,7 @@ class ExceptionHandler(Protocol):
 
 
 def raising_exception_handler(exception: Exception, ctx: EvaluateContext, idx: int) -> None:
-    """Re-raise the term's exception (wrapped with the term's index by the caller)."""
+    """Re-raise the term's exception (the caller adds the term's name to it)."""
     raise exception
 
 
@@ -57,6 +65,19 @@ _HANDLERS: dict[str, ExceptionHandler] = {
 }
 
 
+class Reducer(Protocol):
+    """``reduce(weighted_values) -> float``."""
+
+    def __call__(self, terms: list[float]) -> float: ...
+
+
+class Aggregator(Protocol):
+    """``aggregate(weighted_values, quantities, ctx) -> float``: also sees each kept term's
+    quantities and the parent context (ChemFit's extended reduction)."""
+
+    def __call__(self, terms: list[float], quantities: list[dict[str, Any] | None], ctx: EvaluateContext) -> float: ...
+
+
 def sum_reducer(terms: Sequence[float]) -> float:
     """Plain sum of the weighted term values."""
     return math.fsum(terms)
@@ -65,6 +86,44 @@ def sum_reducer(terms: Sequence[float]) -> float:
 def mean_reducer(terms: Sequence[float]) -> float:
     """Mean of the weighted term values."""
     return math.fsum(terms) / len(terms)
+
+
+def root_mean_reducer(terms: Sequence[float]) -> float:
+    """Square root of the mean of the weighted term values."""
+    return math.sqrt(mean_reducer(terms))
+
+
+class WrappedReducer:
+    """A :class:`Reducer` used as an :class:`Aggregator` (quantities and context ignored)."""
+
+    def __init__(self, reducer: Reducer | Callable[[list[float]], float]) -> None:
+        self.reducer = reducer
+
+    def __call__(
+        self, terms: Sequence[float], quantities: Sequence[dict[str, Any] | None], ctx: EvaluateContext
+    ) -> float:
+        return self.reducer(list(terms))
+
+    def to_reducer(self) -> Reducer | Callable[[list[float]], float]:
+        """The wrapped reducer."""
+        return self.reducer
+
+
+def is_aggregator(reduction: Callable[..., float]) -> bool:
+    """True when ``reduction`` is to be called ``(values, quantities, ctx)``: it has three
+    positional parameters without defaults (``np.std``, ``sum`` and ``lambda t: ...`` are reducers)."""
+    if isinstance(reduction, WrappedReducer):
+        return True
+    try:
+        signature = inspect.signature(reduction)
+    except (TypeError, ValueError):
+        return False
+    required = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return len(required) >= 3
 
 
 def _child_errors(ctx: EvaluateContext) -> list[str]:
@@ -79,7 +138,8 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
             or other combined objectives (each counts as one term).
         weights: one non-negative weight per term (default 1.0 each).
         child_context_configurator: called on each term's context before it runs.
-        reduction: ``reduce(weighted_values) -> float``; default: sum.
+        reduction: a :class:`Reducer` ``reduce(weighted_values)`` or an :class:`Aggregator`
+            ``aggregate(weighted_values, quantities, ctx)``; default: sum.
         exception_handler: ChemFit-style handler; overrides ``on_error``.
         on_error: ``"raise"``, ``"nan"`` or ``"skip"`` (see the module docstring).
         names: optional names of the terms, used in logs and error messages.
@@ -89,8 +149,8 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
         self,
         objective_functions: Sequence[Callable[..., float]] = (),
         weights: Sequence[float] | None = None,
-        child_context_configurator: Callable[..., None] | None = None,
-        reduction: Callable[[Sequence[float]], float] = sum_reducer,
+        child_context_configurator: ChildContextConfigurator | Callable[..., None] | None = None,
+        reduction: Reducer | Aggregator | Callable[..., float] = sum_reducer,
         exception_handler: ExceptionHandler | None = None,
         *,
         on_error: OnError = "raise",
@@ -102,7 +162,7 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
         self.weights: list[float] = []
         self.names: list[str] = []
         self.child_context_configurator = child_context_configurator
-        self.reduction = reduction
+        self.reduction = reduction  # a property: the call form is decided here, once
         self.on_error: OnError = on_error
         self.exception_handler: ExceptionHandler = exception_handler or _HANDLERS[on_error]
         self._last_lock = threading.Lock()
@@ -120,6 +180,27 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
                 1.0 if weights is None else weights[i],
                 None if names is None else names[i],
             )
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        del state["_last_lock"]  # a process pool pickles the objective; locks do not pickle
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._last_lock = threading.Lock()
+
+    @property
+    def reduction(self) -> Reducer | Aggregator | Callable[..., float]:
+        """The reduction as given; assigning a new one decides its call form again."""
+        return self._reduction
+
+    @reduction.setter
+    def reduction(self, reduction: Reducer | Aggregator | Callable[..., float]) -> None:
+        if not callable(reduction):
+            raise TypeError(f"reduction must be callable, got {type(reduction).__name__}")
+        self._reduction = reduction
+        self._reduction_is_aggregator = is_aggregator(reduction)
 
     # -- building ---------------------------------------------------------------------
     def _append(self, func: Callable[..., float], weight: float, name: str | None) -> None:
@@ -192,14 +273,21 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
             return self.handle_exception(exc, ctx, idx)
 
     def handle_exception(self, exc: Exception, ctx: EvaluateContext, idx: int) -> float | None:
-        """Apply the failure policy to an exception raised by term ``idx``."""
+        """Apply the failure policy to an exception raised by term ``idx``.
+
+        An exception the policy raises keeps its type and gets the term's name (see
+        :func:`~chemfit_core.errors.name_term_error`).
+        """
         ctx.meta["error"] = f"{type(exc).__name__}: {exc}"
         try:
             return self.exception_handler(exc, ctx, idx)
         except TermEvaluationError:
             raise
         except Exception as raised:
-            raise TermEvaluationError(idx, self.names[idx], raised) from raised
+            named = name_term_error(raised, idx, self.names[idx])
+            if named is raised:
+                raise
+            raise named from raised.__cause__
 
     def spawn_term_contexts(self, ctx: EvaluateContext) -> list[EvaluateContext]:
         """One child context per term (configured like ChemFit does)."""
@@ -221,7 +309,15 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
                 f"all {len(values)} objective terms failed and were skipped; "
                 f"first error: {next(iter(_child_errors(ctx)), 'unknown')}"
             )
-        ctx.loss = self.reduction(kept) if kept else 0.0
+        if not kept:
+            ctx.loss = 0.0
+        elif self._reduction_is_aggregator:
+            quantities = [child.quantities for child, v in zip(ctx.children, values) if v is not None]
+            if len(quantities) != len(kept):  # no per-term contexts (a caller reducing by hand)
+                quantities = [None] * len(kept)
+            ctx.loss = self._reduction(kept, quantities, ctx)
+        else:
+            ctx.loss = self._reduction(kept)
         return ctx.loss
 
     def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:

@@ -23,13 +23,95 @@ class TemplateRenderError(ChemFitError):
 
 
 class TermEvaluationError(ChemFitError):
-    """An objective term raised; the message names the term's index and name."""
+    """An objective term raised; the message names the term's index and name.
+
+    A failing term's own exception reaches the caller with its own type (``except
+    RuntimeError`` works, as in ChemFit): :func:`name_term_error` re-raises it as an
+    instance of a class deriving from both its type and this one, whose message is this
+    one's. ``index``, ``name`` and ``cause`` (the original exception) are set either way.
+    """
+
+    index: int
+    name: str
+    cause: BaseException
 
     def __init__(self, index: int, name: str, cause: BaseException):
         self.index = index
         self.name = name
         self.cause = cause
         super().__init__(f"objective term {index} ({name!r}) failed: {type(cause).__name__}: {cause}")
+
+
+_NAMED_CLASSES: dict[type, type] = {}
+
+
+def _named_class(cls: type[BaseException]) -> type[BaseException] | None:
+    """``class Named(cls, TermEvaluationError)``, made once per exception type (None if impossible)."""
+    named = _NAMED_CLASSES.get(cls)
+    if named is None:
+        try:
+            named = type(cls.__name__, (cls, TermEvaluationError), {"__module__": cls.__module__})
+        except TypeError:  # a C layout that cannot be combined
+            return None
+        named.__qualname__ = cls.__qualname__
+        named.__init__ = cls.__init__  # the original signature, not TermEvaluationError's
+        named.__str__ = _named_str
+        named.__reduce__ = _reduce_named  # picklable although the class is made at run time
+        _NAMED_CLASSES[cls] = named
+    return named
+
+
+def _named_str(self: BaseException) -> str:
+    cause = self.cause  # type: ignore[attr-defined]
+    return f"objective term {self.index} ({self.name!r}) failed: {type(cause).__name__}: {cause}"  # type: ignore[attr-defined]
+
+
+def _reduce_named(self: BaseException) -> tuple:
+    return (_rebuild_named, (self.cause, self.index, self.name, getattr(self, "__notes__", [])))  # type: ignore[attr-defined]
+
+
+def _rebuild_named(cause: BaseException, index: int, name: str, notes: list[str]) -> BaseException:
+    named = name_term_error(cause, index, name, note=False)
+    named.__notes__ = list(notes)
+    return named
+
+
+def name_term_error(exc: BaseException, index: int, name: str, where: str = "", note: bool = True) -> BaseException:
+    """The exception to raise for term ``index`` that raised ``exc``: of ``exc``'s type, naming the term.
+
+    Returns a copy of ``exc`` whose class derives from both ``type(exc)`` and
+    :class:`TermEvaluationError` (its message names the term); ``exc`` itself, with a
+    note naming the term, when it already is a :class:`TermEvaluationError` or when its
+    type cannot be combined. ``where`` (e.g. the MPI rank) goes into a note.
+    """
+    text = f"raised by objective term {index} ({name!r}){where}"
+    if isinstance(exc, TermEvaluationError):
+        return exc
+    named_cls = _named_class(type(exc))
+    named: BaseException | None = None
+    if named_cls is not None:
+        try:
+            named = named_cls.__new__(named_cls, *exc.args)
+            named.args = exc.args
+            named.__dict__.update(getattr(exc, "__dict__", {}))
+            if isinstance(exc, OSError):  # kept in C fields, not in args
+                named.filename = exc.filename  # type: ignore[attr-defined]
+                if exc.filename2 is not None:
+                    named.filename2 = exc.filename2  # type: ignore[attr-defined]
+        except Exception:  # an exotic __new__: keep the original object
+            named = None
+    if named is None:
+        if note:
+            exc.add_note(text)
+        return exc
+    named.index, named.name, named.cause = index, name, exc  # type: ignore[attr-defined]
+    named.__cause__ = exc.__cause__
+    named.__context__ = exc.__context__
+    named.__suppress_context__ = exc.__suppress_context__
+    named.__traceback__ = exc.__traceback__
+    if note and where:
+        named.add_note(text)
+    return named
 
 
 class ExternalCommandError(ChemFitError):

@@ -13,11 +13,15 @@ weighted values exactly as :class:`CombinedObjectiveFunction` does::
 Leaving the ``with`` block on rank 0 — normally or by an exception — releases
 the workers, so no rank waits forever. Idle workers poll with a short sleep
 instead of spinning inside MPI, leaving the cores to the terms' external codes.
-A term that raises on a worker is reported on rank 0 with its index and name.
+A term that raises on a worker is raised on rank 0 with its own type (when it can be
+pickled; :class:`RemoteTermError` otherwise), its index, name, rank and traceback.
+``mpi_debug_log=True`` logs every call on the communicator (DEBUG, this module's logger).
 """
 
 from __future__ import annotations
 
+import logging
+import pickle
 import time
 import traceback
 from typing import Any
@@ -26,7 +30,10 @@ from mpi4py import MPI
 
 from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
 from chemfit_core.combined_objective_function import CombinedObjectiveFunction
-from chemfit_core.errors import ChemFitError, TermEvaluationError
+from chemfit_core.debug_utils import log_all_methods
+from chemfit_core.errors import ChemFitError, TermEvaluationError, name_term_error
+
+logger = logging.getLogger(__name__)
 
 _TAG_TASK = 11
 _TAG_RESULT = 12
@@ -44,12 +51,14 @@ class MPIWrapperCOB(ObjectiveFunctor):
         cob: the combined objective; every rank must build the same one.
         comm: communicator (default: a duplicate of ``MPI.COMM_WORLD``).
         poll_interval: longest sleep, in seconds, between checks for messages.
+        mpi_debug_log: log every communicator call at DEBUG level (ChemFit's switch).
     """
 
     def __init__(
         self,
         cob: CombinedObjectiveFunction,
         comm: Any | None = None,
+        mpi_debug_log: bool = False,
         *,
         poll_interval: float = 0.005,
     ) -> None:
@@ -57,6 +66,10 @@ class MPIWrapperCOB(ObjectiveFunctor):
             raise TypeError(f"MPIWrapperCOB wraps a CombinedObjectiveFunction, got {type(cob).__name__}")
         self.cob = cob
         self.comm = MPI.COMM_WORLD.Dup() if comm is None else comm
+        self.mpi_debug_log = mpi_debug_log
+        if mpi_debug_log:
+            rank = self.comm.Get_rank()
+            self.comm = log_all_methods(self.comm, lambda msg: logger.debug("[rank %d] %s", rank, msg))
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
         self.poll_interval = poll_interval
@@ -95,17 +108,27 @@ class MPIWrapperCOB(ObjectiveFunctor):
         return self.comm.recv(source=source, tag=tag)
 
     def _evaluate_share(self, parameters: Parameters, ctx: EvaluateContext) -> list[tuple]:
-        """Evaluate this rank's terms: ``(idx, ok, value or error text, meta, result)`` each."""
+        """Evaluate this rank's terms: ``(idx, ok, value or (exception, traceback text), state)`` each."""
         indices = self.terms_of_rank(self.rank)
+        n_terms = self.cob.n_terms()
+        children = ctx.spawn_children(len(indices))
+        configurator = self.cob.child_context_configurator
         out = []
-        for idx, child in zip(indices, ctx.spawn_children(len(indices))):
+        for idx, child in zip(indices, children):
+            if configurator is not None:  # the child's absolute index, as in the serial objective
+                configurator(idx_child_ctx=idx, child_ctx=child, num_children=n_terms, parent_ctx=ctx)
             try:
                 value = self.cob.evaluate_term(parameters, idx, child)
-                out.append((idx, True, value, child.meta, child.result))
+                out.append((idx, True, value, child.to_result_state()))
             except Exception as exc:  # sent to rank 0, raised there with the term's name
                 cause = exc.cause if isinstance(exc, TermEvaluationError) else exc
                 text = "".join(traceback.format_exception(cause))
-                out.append((idx, False, f"{type(cause).__name__}: {cause} (on rank {self.rank})\n{text}", {}, None))
+                if self.rank != 0:
+                    try:
+                        pickle.dumps(cause)
+                    except Exception:
+                        cause = RemoteTermError(f"{type(cause).__name__}: {cause}")
+                out.append((idx, False, (cause, text), child.to_result_state()))
         return out
 
     # -- rank 0 -----------------------------------------------------------------------------
@@ -125,12 +148,21 @@ class MPIWrapperCOB(ObjectiveFunctor):
             results.extend(self._receive(worker, _TAG_RESULT))
         values: list[float | None] = [None] * self.cob.n_terms()
         children = ctx.spawn_children(self.cob.n_terms())  # rank 0's view of every term, wherever it ran
-        for idx, ok, payload, meta, result in sorted(results, key=lambda r: r[0]):
-            if not ok:
-                raise TermEvaluationError(idx, self.cob.names[idx], RemoteTermError(payload))
-            values[idx] = payload
-            children[idx].meta, children[idx].result = meta, result
+        failure = None
+        for idx, ok, payload, state in sorted(results, key=lambda r: r[0]):
+            children[idx].apply_result_state(state)
+            if ok:
+                values[idx] = payload
+            elif failure is None:
+                failure = (idx, *payload)
         ctx.collect_child_meta_data()
+        if failure is not None:
+            idx, cause, text = failure
+            rank = idx % self.size
+            named = name_term_error(cause, idx, self.cob.names[idx], where=f" on MPI rank {rank}")
+            if rank != 0:
+                named.add_note(f"traceback on rank {rank}:\n{text}")
+            raise named
         return self.cob.reduce(values, ctx)
 
     # -- workers ----------------------------------------------------------------------------

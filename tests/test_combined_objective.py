@@ -97,11 +97,12 @@ def test_raise_policy_names_the_failing_term():
         raise RuntimeError("LAMMPS crashed")
 
     cob = CombinedObjectiveFunction([quadratic(0.0), broken], names=["ok", "density@90K"])
-    with pytest.raises(TermEvaluationError) as info:
+    with pytest.raises(RuntimeError, match="LAMMPS crashed") as info:  # the term's own type (ChemFit)
         cob({"x": 1.0})
-    assert info.value.index == 1
-    assert "density@90K" in str(info.value) and "LAMMPS crashed" in str(info.value)
-    assert isinstance(info.value.__cause__, RuntimeError)
+    assert isinstance(info.value, TermEvaluationError)  # and ours, naming the term
+    assert info.value.index == 1 and info.value.name == "density@90K"
+    assert str(info.value) == "objective term 1 ('density@90K') failed: RuntimeError: LAMMPS crashed"
+    assert isinstance(info.value.cause, RuntimeError) and str(info.value.cause) == "LAMMPS crashed"
 
 
 def test_nan_policy_makes_the_sum_nan():
@@ -126,8 +127,9 @@ def test_skip_policy_with_every_term_failing_is_an_error_not_zero():
 
 def test_term_returning_a_non_number_is_reported():
     cob = CombinedObjectiveFunction([lambda p: "1.0"], names=["stringy"])
-    with pytest.raises(TermEvaluationError, match="stringy.*expected a float"):
+    with pytest.raises(TypeError, match="stringy.*expected a float") as info:
         cob({})
+    assert isinstance(info.value, TermEvaluationError)
 
 
 @pytest.mark.parametrize("weights", [[-1.0], [float("nan")], [float("inf")]])

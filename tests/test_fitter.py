@@ -188,7 +188,7 @@ def test_one_progress_line_per_evaluation(caplog):
 def test_callbacks_run_every_n_evaluations():
     calls = []
     fitter = Fitter(lambda p: (p["x"] - 1) ** 2, {"x": 0.0}, progress=False)
-    fitter.register_callback(lambda n, history: calls.append(n), n_steps=5)
+    fitter.register_evaluation_callback(lambda n, history: calls.append(n), n_evaluations=5)
     fitter.fit_scipy(method="Nelder-Mead", options={"maxfev": 20})
     assert calls == [5, 10, 15, 20]
 
