@@ -252,7 +252,8 @@ def _semantic_problems(
             problems.append(f"{where}.optimizer.{key}: {problem}")
         if "crystal" in fit:
             problems += _crystal_problems(where, fit)
-        if fit["optimizer"].get("jacobian") in ("analytic", "fluctuation") and "crystal" in fit:
+        fitted_crystal = "crystal" in fit and fit["crystal"]["weight"] > 0
+        if fit["optimizer"].get("jacobian") in ("analytic", "fluctuation") and fitted_crystal:
             problems.append(
                 f"{where}.optimizer.jacobian: crystal targets have no analytic Jacobian; expected "
                 f"2-point or 3-point, got {fit['optimizer']['jacobian']}"

@@ -256,7 +256,9 @@ def params_summary(fit_name: str, fit: Mapping[str, Any], fitted: Mapping[str, f
         if "reference" in spec:
             entry["reference"] = spec["reference"]
             entry["reference_source"] = spec.get("reference_source", "")
-            entry["deviation_from_reference_percent"] = 100.0 * (fitted[name] / spec["reference"] - 1.0)
+            entry["deviation_from_reference"] = fitted[name] - spec["reference"]
+            if spec["reference"] != 0:  # a published zero (no term) has no relative deviation
+                entry["deviation_from_reference_percent"] = 100.0 * (fitted[name] / spec["reference"] - 1.0)
         parameters[name] = entry
     return {
         fit_name: {

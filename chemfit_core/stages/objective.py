@@ -29,6 +29,7 @@ from chemfit_core.science.molecules import GasPhaseRun, Molecules, data_file_ato
 from chemfit_core.science.targets import (
     CrystalTarget,
     StructureTarget,
+    label,
     label_with_lammps,
     random_cells,
     synthetic_structures,
@@ -101,13 +102,25 @@ def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunc
             structures = lammps_labelled_structures(spec["lammps"])
         else:
             synthetic = spec["synthetic"]
-            structures = synthetic_structures(
-                form,
-                synthetic["parameters"],
-                synthetic["n_structures"],
-                synthetic["lattice_constant_A"],
-                synthetic["seed"],
-            )
+            if "lattice" in synthetic or "formula" in synthetic:  # any prototype, compounds too
+                cells = random_cells(
+                    synthetic.get("lattice", "fcc"),
+                    synthetic["lattice_constant_A"],
+                    fit["potential"].get("species") or [fit["element"]],
+                    formula=synthetic.get("formula"),
+                    n_structures=synthetic["n_structures"],
+                    repeat=(1, 1, 1) if "formula" in synthetic else (2, 2, 2),
+                    seed=synthetic["seed"],
+                )
+                structures = label(cells, form.model(synthetic["parameters"]))
+            else:
+                structures = synthetic_structures(
+                    form,
+                    synthetic["parameters"],
+                    synthetic["n_structures"],
+                    synthetic["lattice_constant_A"],
+                    synthetic["seed"],
+                )
         terms.append(
             (
                 "structures",
@@ -325,7 +338,11 @@ def build_objective(
         if "liquid" in fit
         else (CombinedObjectiveFunction(), [])
     )
-    for name, term, weight in targets_from_config(fit):
+    targets = targets_from_config(fit)
+    weighted = [target for target in targets if target[2] > 0]
+    # weight-0 targets are reported by the validation stage, not computed at every evaluation
+    # (unless nothing else is there to fit)
+    for name, term, weight in weighted if (weighted or cob.n_terms()) else targets:
         cob.add(term, weights=weight, names=name)
         terms_info.append({"name": name, "state_point": name})
     return cob, terms_info

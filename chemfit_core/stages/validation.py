@@ -229,6 +229,11 @@ def _in_process_rows(
     for name, term, _ in targets_from_config(fit):
         if name == "crystal":
             values = term.properties(fitted)
+            if "crystal" not in initial:  # a weight-0 crystal term is not evaluated during the fit
+                initial = {
+                    **initial,
+                    "crystal": term.properties({n: p["initial"] for n, p in fit["parameters"].items()}),
+                }
             errors = propagate(term.properties, fitted, covariance, names) if covariance is not None else {}
             refs = {**fit["crystal"].get("validation_references", {}), **fit["crystal"]["references"]}
             for prop, value in values.items():
@@ -239,7 +244,7 @@ def _in_process_rows(
                         prop,
                         UNITS[prop],
                         refs.get(prop),
-                        prop in term.references,
+                        prop in term.references and fit["crystal"]["weight"] > 0,  # weight 0: reported
                         initial.get("crystal", {}).get(prop, np.nan),
                         value,
                         parameter_uncertainty=errors.get(prop, np.nan),

@@ -1,0 +1,51 @@
+"""The shipped examples: every one passes check-config; the reduced ones run end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from chemfit_core.stages.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((REPO / "config" / "examples").glob("*.yaml"))
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_passes_the_config_check(path):
+    config = load_config(path)
+    assert config["fits"]
+
+
+def run_reduced(tmp_path: Path, example: str, edit, env) -> Path:
+    config = yaml.safe_load((REPO / "config" / "examples" / example).read_text())
+    for fit in config["fits"].values():
+        edit(fit)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--cores", "2", "--configfile", "config.yaml"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path / "results"
+
+
+@pytest.mark.slow
+def test_the_ionic_example_reports_unfitted_properties_next_to_fitted_ones(tmp_path, venv_env):
+    def reduce(fit):
+        fit["optimizer"]["max_evaluations"] = 2
+        fit["structures"]["synthetic"]["n_structures"] = 2
+        fit["crystal"]["validate"] = ["C44_GPa"]
+
+    results = run_reduced(tmp_path, "mgo_buckingham.yaml", reduce, venv_env)
+    params = json.loads((results / "params.json").read_text())["mgo"]
+    assert params["potential"]["form"] == "buck" and params["n_evaluations"] == 2
+    table = pd.read_csv(results / "properties.csv").set_index("property")
+    assert not table.loc["a0_A", "fitted_to"] and table.loc["a0_A", "target"] == 4.212  # weight 0: reported only
+    assert abs(table.loc["a0_A", "fitted"] / 4.212 - 1) < 0.05 and table.loc["C44_GPa", "fitted"] > 0
+    assert table.loc["max_relative_difference_energy", "fitted"] < 1e-8  # LAMMPS born/coul/dsf round trip
