@@ -346,6 +346,7 @@ class Fitter:
         contexts: Sequence[FitterEvaluateContext] | None = None,
         executor: ExecutorLike | None = None,
         initial_observations: Iterable[tuple[Mapping[str, Any], float | None]] | None = None,
+        seed: int | None = None,
     ) -> dict[str, Any]:
         """Derivative-free search with a nevergrad optimiser (``optimizer_str``, a name in
         ``nevergrad.optimizers.registry``).
@@ -356,7 +357,8 @@ class Fitter:
         are told to the optimiser first without being evaluated again (pairs outside the
         bounds are left out). Each batch is a step for :meth:`register_callback`. Returns
         the best evaluated parameters; nevergrad's own recommendation is
-        ``result.optimizer_result``. Needs the ``nevergrad`` extra.
+        ``result.optimizer_result``. ``seed`` makes the search reproducible (with one worker).
+        Needs the ``nevergrad`` extra.
         """
         ng = _import_nevergrad()
         if budget < 1:
@@ -372,7 +374,10 @@ class Fitter:
             lo = None if np.isinf(self._lower[i]) else float(self._lower[i])
             hi = None if np.isinf(self._upper[i]) else float(self._upper[i])
             scalars[name] = ng.p.Scalar(init=float(self._flat_initial[name]), lower=lo, upper=hi)
-        optimizer = optimizer_cls(parametrization=ng.p.Dict(**scalars), budget=budget, num_workers=num_workers)
+        parametrization = ng.p.Dict(**scalars)
+        if seed is not None:
+            parametrization.random_state = np.random.RandomState(seed)
+        optimizer = optimizer_cls(parametrization=parametrization, budget=budget, num_workers=num_workers)
         self.init(num_workers=num_workers, contexts=contexts, executor=executor)
         start = time.monotonic()
         self._announce(f"nevergrad {optimizer_str} (budget {budget}, {num_workers} at a time)")
