@@ -146,17 +146,37 @@ def test_energies_forces_stresses_equal_lammps(tmp_path, case):
     assert max(worst.values()) <= 1e-8, worst
 
 
-def test_two_element_stillinger_weber_equals_lammps(tmp_path):
-    """GaN.sw (Ga-N two-body entries and mixed three-body entries) on rattled wurtzite cells."""
+@pytest.mark.parametrize("file", ["GaN.sw", "GaN.tersoff"])
+def test_gallium_nitride_files_equal_lammps(tmp_path, file):
+    """Two elements on rattled wurtzite cells, some sites swapped: GaN.sw (mixed two- and
+    three-body entries), GaN.tersoff (m = 1, λ3 ≠ 0, n = 1)."""
     rng = np.random.default_rng(4)
     structures = []
     for k in range(6):
         atoms = bulk("GaN", "wurtzite", a=3.19, c=5.19).repeat((2, 2, 1 + k % 2))
         atoms.set_cell(atoms.cell.array @ (np.eye(3) + rng.uniform(-0.04, 0.04, (3, 3))), scale_atoms=True)
         atoms.positions += rng.normal(0.0, 0.12, atoms.positions.shape)
+        symbols = np.array(atoms.get_chemical_symbols())
+        flip = rng.random(len(atoms)) < 0.15
+        symbols[flip] = np.where(symbols[flip] == "Ga", "N", "Ga")
+        atoms.set_chemical_symbols(symbols)
         structures.append(atoms)
-    model = build_model({"form": "sw", "file": "GaN.sw"})
+    model = build_model({"form": file.split(".")[1], "file": file})
     assert max(against_lammps(model, structures, tmp_path).values()) <= 1e-8
+
+
+@pytest.mark.parametrize(("tol", "gamma"), [(1e-3, 1.2), (0.5, 0.9)], ids=["tol=1e-3", "tol-capped-gamma<1"])
+def test_stillinger_weber_tolerance_shortens_the_cutoff_as_lammps_does(tmp_path, tol, gamma):
+    """tol > 0: LAMMPS drops bonds beyond a σ + σ'/ln(min(tol, 0.01)) (σ' = γσ for γ < 1)."""
+    path = tmp_path / "Si_tol.sw"
+    path.write_text(
+        SI_SW.read_text().replace("1.80  21.0  1.20", f"1.80  21.0  {gamma}").replace("0.0 0.0", f"0.0 {tol}")
+    )
+    structures = periodic_cells(8, seed=6)
+    model = StillingerWeber.from_file(path)
+    plain = evaluate(StillingerWeber(model.elements, np.where(np.arange(11) == 10, 0.0, model.values())), structures)
+    assert max(abs(p["energy"] - e["energy"]) for p, e in zip(plain, evaluate(model, structures))) > 1e-4
+    assert max(against_lammps(model, structures, tmp_path / "lammps").values()) <= 1e-8
 
 
 @pytest.mark.parametrize("case", ["sw-Si", "tersoff-SiC"])
