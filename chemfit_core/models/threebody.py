@@ -96,10 +96,6 @@ class TripletFile:
     values: np.ndarray  # [n, n, n, n_columns] float64
     lines: dict[Triplet, int]
 
-    def where(self, entry: Triplet) -> str:
-        """``path:line`` of an entry."""
-        return f"{self.path}:{self.lines[entry]}"
-
     def name(self, entry: Triplet) -> str:
         """``A-B-C``: the entry's elements."""
         return "-".join(self.elements[t] for t in entry)
@@ -300,7 +296,7 @@ class ThreeBodyModel(Model):
 
         elements = None if species is None else [chemical_symbols[z] for z in species]
         file = cls.read(path, elements)
-        return cls(file.elements, file.values, file=Path(path), **options)
+        return cls(file.elements, file.values, file=Path(path).resolve(), **options)  # LAMMPS runs elsewhere
 
     def values(self) -> np.ndarray:
         """Current entries ``[n, n, n, n_columns]`` (float64)."""
@@ -512,7 +508,8 @@ class ThreeBodyForm(PotentialForm):
             for entry in members:
                 values[entry][c] = float(params[name])
         same = np.array_equal(values, self._file.values)
-        return self.model_class(self._file.elements, values, file=self._file.path if same else None).to(dtype)
+        path = self._file.path.resolve() if same else None
+        return self.model_class(self._file.elements, values, file=path).to(dtype)
 
     def model_tensors(self, params):
         tables = {}
