@@ -122,7 +122,7 @@ def test_reading_missing_or_corrupt_structure_files_names_the_file(tmp_path):
         read_structures(tmp_path / "nope.extxyz")
     bad = tmp_path / "bad.extxyz"
     bad.write_text("3\nnot a comment line with lattice\nAr 0 0\n")
-    with pytest.raises(ChemFitError, match="bad.extxyz: could not be read"):
+    with pytest.raises(ChemFitError, match="bad.extxyz, structure 0: could not be read"):
         read_structures(bad)
 
 

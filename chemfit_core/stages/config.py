@@ -146,6 +146,9 @@ def _resolve_inputs(config: dict[str, Any], base_dir: Path, template_dir: Path) 
             liquid["files"] = [resolved(f) for f in liquid["files"]]
         if "file" in fit.get("structures", {}):
             fit["structures"]["file"] = resolved(fit["structures"]["file"])
+        file = fit["potential"].get("file")
+        if file and not Path(file).is_absolute() and (base_dir / file).is_file():  # else a file shipped with LAMMPS
+            fit["potential"]["file"] = resolved(file)
         if "lammps" in fit.get("structures", {}):
             fit["structures"]["lammps"]["files"] = [resolved(f) for f in fit["structures"]["lammps"]["files"]]
         if fit.get("crystal", {}).get("structure_file"):
