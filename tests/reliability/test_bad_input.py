@@ -161,7 +161,7 @@ CASES = {
     "unknown_potential_form": (
         setting([*FIT, "potential", "form"], "eam/fs"),
         "fits.argon.potential.form",
-        "expected one of ['lj/cut', 'morse', 'eam/analytic'"
+        "expected one of ['lj/cut', 'morse', 'eam/analytic'",
     ),
     "zero_replicas": (
         setting([*SP0, "replicas"], 0),

@@ -114,7 +114,7 @@ def test_a_coplanar_cell_names_file_and_structure(tmp_path):
     fit = config["fits"]["recovery"]
     fit["structures"] = {"file": "flat.extxyz"}
     path = write(tmp_path, yaml.safe_dump(config))
-    with pytest.raises(ConfigError, match=r"flat\.extxyz, structure 0: expected cell vectors along periodic axes x, y, z that span a cell"):
+    with pytest.raises(ConfigError, match=r"flat\.extxyz, structure 0: expected cell vectors along periodic axes"):
         load_config(path)
 
 
