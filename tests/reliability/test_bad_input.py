@@ -392,13 +392,17 @@ def test_template_undefined_variable_names_file_line_and_variable(tmp_path):
     )
 
 
-def test_template_variable_missing_only_in_the_validation_run_is_found(tmp_path):
-    """``dump_every`` is set for fit runs only: a template that needs it fails the validation run."""
-    folder = template_dir_with(tmp_path, "units metal\ndump d all custom {{ dump_every }} f.dump id x y z\n")
+def test_every_kind_of_run_gets_the_same_variables(tmp_path):
+    """Fit and validation runs render with the same names (a validation run gets dump_every 0: no
+    frames), so a template that renders for one renders for the other; a name neither has is named."""
+    from chemfit_core.stages.objective import fit_template_contexts
+
+    contexts = dict(fit_template_contexts(validate_config(argon(), SOURCE)["fits"]["argon"]))
+    fit_run, validation_run = contexts.values()
+    assert set(fit_run) == set(validation_run) and validation_run["dump_every"] == 0
+    folder = template_dir_with(tmp_path, "units metal\ndump d all custom {{ dump_evry }} f.dump id x y z\n")
     assert_names(
-        problems_of(argon(), folder),
-        "line 2: 'dump_every' is undefined",
-        "(state point normal_boiling_point, validation run)",
+        problems_of(argon(), folder), "line 2: 'dump_evry' is undefined", "(state point normal_boiling_point, "
     )
 
 
