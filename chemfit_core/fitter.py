@@ -163,6 +163,8 @@ class Fitter:
         self.progress = progress
         self.cache = cache
         self.n_replayed = 0
+        self.budget: int | None = None  # evaluations the caller allows (progress lines show k/N)
+        self._progress_start: float | None = None
         self.history: list[Evaluation] = []
         self.result: FitResult | None = None
         self.callbacks: list[tuple[StepCallback, int]] = []
@@ -669,19 +671,35 @@ class Fitter:
             best = " *" if evaluation is self._best else ""
             timing = "replayed from the cache" if replayed else f"{evaluation.wall_time_s:.2f} s"
             logger.info(
-                "eval %4d  f=%.6e%s  %s%s  (%s)",
+                "eval %4d%s  f=%.6e%s  best=%.6e  %s%s  (%s; %s)",
                 evaluation.index,
+                "" if self.budget is None else f"/{self.budget}",
                 evaluation.objective,
                 best,
+                math.nan if self._best is None else self._best.objective,
                 params,
                 terms_txt,
                 timing,
+                self._elapsed_text(),
             )
         for func, n_evaluations in self.evaluation_callbacks:
             if len(self.history) % n_evaluations == 0:
                 func(len(self.history), self.history)
 
+    def _elapsed_text(self) -> str:
+        """Time since the fit started and, within a budget, the time its remaining evaluations take
+        at the mean rate so far."""
+        if self._progress_start is None:
+            self._progress_start = time.monotonic()
+        elapsed = time.monotonic() - self._progress_start
+        text = f"{elapsed:.0f} s elapsed"
+        done = len(self.history)
+        if self.budget is not None and done and self.budget > done:
+            text += f", ~{elapsed / done * (self.budget - done):.0f} s left at most"
+        return text
+
     def _announce(self, what: str) -> None:
+        self._progress_start = time.monotonic()
         if self.progress:
             _ensure_progress_handler()
             logger.info("fit with %s over %s", what, ", ".join(self.names))

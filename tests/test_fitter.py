@@ -236,3 +236,16 @@ def test_least_squares_needs_residuals():
     fitter = Fitter(lambda p: (p["a"] - 1) ** 2, {"a": 0.0}, progress=False)
     with pytest.raises(ValueError, match="report residuals"):
         fitter.fit_least_squares()
+
+
+def test_progress_lines_show_the_budget_the_best_so_far_and_the_time(caplog):
+    import logging
+
+    fitter = Fitter(lambda p: (p["x"] - 1) ** 2, {"x": 0.0}, bounds={"x": (-5, 5)})
+    fitter.budget = 6
+    with caplog.at_level(logging.INFO, logger="chemfit_core.fitter"):
+        fitter.fit_scipy(method="COBYQA", options={"maxfev": 6})
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eval")]
+    assert len(lines) == 6 and lines[2].startswith("eval    2/6")
+    assert all("best=" in line and "s elapsed" in line for line in lines)
+    assert "s left at most" in lines[0] and "left" not in lines[-1]

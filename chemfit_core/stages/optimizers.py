@@ -99,6 +99,7 @@ def minimise(fitter: Any, optimizer: Mapping[str, Any], seed: int) -> dict[str, 
     """Run the configured optimiser on ``fitter`` (a :class:`~chemfit_core.fitter.Fitter`) within
     ``max_evaluations``; return the best parameters."""
     method, budget = optimizer["method"], optimizer["max_evaluations"]
+    fitter.budget = budget  # progress lines: evaluation k of N, time left at most
     options = method_options_with_defaults(method, optimizer["options"])
     if method == "differential_evolution":
         popsize = options.get("popsize", 15)
