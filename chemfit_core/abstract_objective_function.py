@@ -109,7 +109,12 @@ class EvaluateContext:
         self, n_children: int, configurator: ChildContextConfigurator | Callable[..., None] | None = None
     ) -> list[EvaluateContext]:
         """Make ``n_children`` child contexts (copies of ``config``, sharing ``shared`` and ``executor``)."""
-        children = [EvaluateContext(copy.deepcopy(self.config), self.shared, self.executor) for _ in range(n_children)]
+        # each child gets its own copy of config; an empty one (the usual case) needs no deepcopy
+        empty = not vars(self.config) if isinstance(self.config, SimpleNamespace) else False
+        children = [
+            EvaluateContext(SimpleNamespace() if empty else copy.deepcopy(self.config), self.shared, self.executor)
+            for _ in range(n_children)
+        ]
         if configurator is not None:
             for idx, child in enumerate(children):
                 configurator(idx_child_ctx=idx, child_ctx=child, num_children=n_children, parent_ctx=self)
