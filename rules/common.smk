@@ -25,7 +25,9 @@ CONFIG = validate_config(
 )
 
 for warning in config_warnings(
-    CONFIG, ", ".join(map(str, workflow.configfiles)) or "the module's config"
+    CONFIG,
+    ", ".join(map(str, workflow.configfiles)) or "the module's config",
+    given=config,
 ):
     print(f"chemfit: warning: {warning}", file=sys.stderr)
 

@@ -105,9 +105,12 @@ def unused_keys(source: str, provided: Mapping[str, str] | Iterable[str]) -> lis
     return sorted(key for name, key in keys.items() if name not in used)
 
 
-def config_warnings(config: Mapping[str, object], source: str = "<config>") -> list[str]:
+def config_warnings(
+    config: Mapping[str, object], source: str = "<config>", given: Mapping[str, object] | None = None
+) -> list[str]:
     """Configuration keys the fits' liquid templates never read (they then do not describe the run),
-    as ``source: key: ...`` lines. For a validated config."""
+    as ``source: key: ...`` lines. For a validated config; with ``given`` (the config as the user
+    wrote it) only keys the user set are reported, not the schema's defaults."""
     from pathlib import Path
 
     from chemfit_core.stages.config import template_path
@@ -123,6 +126,11 @@ def config_warnings(config: Mapping[str, object], source: str = "<config>") -> l
         keys["mass_g_mol"] = "mass_g_mol"
         options = potential_form_of(fit).spec()
         keys.update({name: f"potential.{name}" for name in options if name not in ("form", "element")})
+        if given is not None:
+            mine = given.get("fits", {}).get(fit_name, {})  # type: ignore[union-attr]
+            written = {f"liquid.md.{k}" for k in mine.get("liquid", {}).get("md", {})}
+            written |= {f"potential.{k}" for k in mine.get("potential", {})} | ({"mass_g_mol"} & set(mine))
+            keys = {name: key for name, key in keys.items() if key in written}
         unused = unused_keys(Path(template).read_text(), keys)
         if unused:
             warnings.append(
