@@ -159,12 +159,12 @@ rule report:
         runtime=5,
     params:
         # the captions Snakemake's report shows beside the figures, rendered in ours too
+        # their text, not their (per-run temporary) source paths: params must not change between runs
         captions={
-            "convergence": workflow.source_path("../workflow/report/convergence.rst"),
-            "properties": workflow.source_path("../workflow/report/properties.rst"),
-            "structures_parity": workflow.source_path(
-                "../workflow/report/structures_parity.rst"
-            ),
+            name: Path(
+                workflow.source_path(f"../workflow/report/{name}.rst")
+            ).read_text()
+            for name in ("convergence", "properties", "structures_parity")
         },
         flags=report_flags,
     script:

@@ -204,13 +204,14 @@ def _summary_table(record: Mapping[str, Any], summary: Mapping[str, Any], proper
 
 
 def caption_html(rst: Path | str, fit_name: str, flags: Mapping[str, bool]) -> str:
-    """A figure's caption file (``workflow/report/*.rst``, the one Snakemake's report shows)
-    rendered for ``fit_name`` with the figure ``flags`` (:func:`figure_flags`), as HTML."""
+    """A figure's caption (``workflow/report/*.rst``, the one Snakemake's report shows: a path, or
+    its text) rendered for ``fit_name`` with the figure ``flags`` (:func:`figure_flags`), as HTML."""
     import jinja2
     from docutils.core import publish_parts
 
     snakemake = SimpleNamespace(wildcards=SimpleNamespace(fit=fit_name), params=SimpleNamespace(flags=dict(flags)))
-    text = jinja2.Template(Path(rst).read_text()).render(snakemake=snakemake)
+    source = Path(rst).read_text() if isinstance(rst, Path) or "\n" not in str(rst) else str(rst)
+    text = jinja2.Template(source).render(snakemake=snakemake)
     return publish_parts(text, writer="html", settings_overrides={"report_level": 5})["body"]
 
 
