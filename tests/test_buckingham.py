@@ -13,6 +13,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 from lammps_reference import lammps_reference
+from test_pair_models import distort
 
 from chemfit_core import Fitter
 from chemfit_core.engine.state import atoms_to_state
@@ -57,26 +58,12 @@ def params_of(form) -> dict[str, float]:
     return {name: {**TRUTH, **CHARGES}[name] for name in form.parameter_names}
 
 
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
-
-
 def rocksalt(rng: np.random.Generator, kind: str) -> Atoms:
     """A strained, rattled MgO rocksalt supercell (16-64 atoms, neutral): ``orthorhombic``,
     ``lower-triangular`` (LAMMPS's own frame) or ``general`` (sheared and rotated)."""
     reps = [(2, 1, 1), (2, 2, 1), (2, 2, 2)][rng.integers(3)]
     atoms = bulk("MgO", "rocksalt", a=4.21, cubic=True).repeat(reps)
-    deform = (1 + rng.uniform(-0.03, 0.03)) * np.eye(3)
-    if kind != "orthorhombic":
-        shear = rng.uniform(-0.12, 0.12, (3, 3))
-        np.fill_diagonal(shear, 0)
-        deform = deform @ (np.eye(3) + (np.tril(shear) if kind == "lower-triangular" else shear))
-    atoms.set_cell(atoms.cell.array @ deform, scale_atoms=True)
-    if kind == "general":
-        atoms.set_cell(atoms.cell.array @ random_rotation(rng).T, scale_atoms=True)
-    atoms.positions += rng.normal(0.0, rng.uniform(0.05, 0.12), atoms.positions.shape)
+    distort(atoms, rng, kind, rattle_A=(0.05, 0.12))
     return atoms
 
 

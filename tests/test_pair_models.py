@@ -31,6 +31,22 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q if np.linalg.det(q) > 0 else -q
 
 
+def distort(atoms: Atoms, rng: np.random.Generator, kind: str, rattle_A: tuple[float, float]) -> Atoms:
+    """Strain ``atoms`` by up to 3 %, then shear it (``lower-triangular``: LAMMPS's own frame;
+    ``general``: sheared and rotated; ``orthorhombic``: neither) and rattle its atoms by a random
+    width in ``rattle_A`` (Å), in place. The one random-cell recipe of the LAMMPS comparisons."""
+    deform = (1 + rng.uniform(-0.03, 0.03)) * np.eye(3)
+    if kind != "orthorhombic":
+        shear = rng.uniform(-0.12, 0.12, (3, 3))
+        np.fill_diagonal(shear, 0)
+        deform = deform @ (np.eye(3) + (np.tril(shear) if kind == "lower-triangular" else shear))
+    atoms.set_cell(atoms.cell.array @ deform, scale_atoms=True)
+    if kind == "general":
+        atoms.set_cell(atoms.cell.array @ random_rotation(rng).T, scale_atoms=True)
+    atoms.positions += rng.normal(0.0, rng.uniform(*rattle_A), atoms.positions.shape)
+    return atoms
+
+
 def random_crystal(symbol: str, a: float, rng: np.random.Generator, kind: str) -> Atoms:
     """A rattled, strained fcc supercell (32-108 atoms).
 
@@ -40,15 +56,7 @@ def random_crystal(symbol: str, a: float, rng: np.random.Generator, kind: str) -
     """
     reps = [(2, 2, 2), (3, 2, 2), (3, 3, 2), (3, 3, 3)][rng.integers(4)]
     atoms = bulk(symbol, "fcc", a=a, cubic=True).repeat(reps)
-    deform = (1 + rng.uniform(-0.03, 0.03)) * np.eye(3)
-    if kind != "orthorhombic":
-        shear = rng.uniform(-0.12, 0.12, (3, 3))
-        np.fill_diagonal(shear, 0)
-        deform = deform @ (np.eye(3) + (np.tril(shear) if kind == "lower-triangular" else shear))
-    atoms.set_cell(atoms.cell.array @ deform, scale_atoms=True)
-    if kind == "general":
-        atoms.set_cell(atoms.cell.array @ random_rotation(rng).T, scale_atoms=True)
-    atoms.positions += rng.normal(0.0, rng.uniform(0.1, 0.2), atoms.positions.shape)
+    distort(atoms, rng, kind, rattle_A=(0.1, 0.2))
     return atoms
 
 

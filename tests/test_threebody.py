@@ -17,7 +17,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 from lammps_reference import lammps_reference
-from test_pair_models import KINDS, random_rotation
+from test_pair_models import KINDS, distort, random_rotation
 
 from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.errors import LammpsError
@@ -37,15 +37,7 @@ def random_cell(rng: np.random.Generator, kind: str, compound: str = "Si", a: fl
     atoms = bulk(compound, lattice, a=a, cubic=True).repeat(
         [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2)][rng.integers(4)]
     )
-    deform = (1 + rng.uniform(-0.03, 0.03)) * np.eye(3)
-    if kind != "orthorhombic":
-        shear = rng.uniform(-0.12, 0.12, (3, 3))
-        np.fill_diagonal(shear, 0)
-        deform = deform @ (np.eye(3) + (np.tril(shear) if kind == "lower-triangular" else shear))
-    atoms.set_cell(atoms.cell.array @ deform, scale_atoms=True)
-    if kind == "general":
-        atoms.set_cell(atoms.cell.array @ random_rotation(rng).T, scale_atoms=True)
-    atoms.positions += rng.normal(0.0, rng.uniform(0.05, 0.15), atoms.positions.shape)
+    distort(atoms, rng, kind, rattle_A=(0.05, 0.15))
     if compound != "Si":
         symbols = np.array(atoms.get_chemical_symbols())
         flip = rng.random(len(atoms)) < 0.25
