@@ -23,15 +23,9 @@ import torch
 
 from chemfit_core.models.forms import register_form
 from chemfit_core.models.registry import potential_file, register_model
-from chemfit_core.models.threebody import (
-    Bonds,
-    ColumnRules,
-    ThreeBodyForm,
-    ThreeBodyModel,
-    entry_index,
-    gather,
-    triplet_indices,
-)
+from chemfit_core.models.threebody import Bonds, ThreeBodyModel, entry_index, gather, triplet_indices
+from chemfit_core.models.threebody_form import ThreeBodyForm
+from chemfit_core.models.triplet_file import ColumnRules
 
 _TWO_BODY = frozenset({"sigma", "a", "gamma", "A", "B", "p", "q", "tol"})
 C0 = "costheta0"
