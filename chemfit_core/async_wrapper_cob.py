@@ -62,13 +62,16 @@ class _TermBatch:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None,
         run_term: Any,
         parameters: Parameters,
         contexts: list[EvaluateContext],
+        loop_is_waiting: bool = True,
     ):
         self.loop = loop
-        self.futures = [loop.create_future() for _ in contexts]
+        self.n_terms = len(contexts)
+        # A caller that blocks on ``finished`` reads the outcomes directly: no futures.
+        self.futures = [loop.create_future() for _ in contexts] if loop_is_waiting else []
         self.cancel = threading.Event()
         self._run_term = run_term
         self._parameters = parameters
@@ -81,7 +84,7 @@ class _TermBatch:
         # Held until the last term is done; a synchronous caller blocked on it is
         # woken directly instead of through the event loop's self-pipe.
         self.finished = threading.Lock()
-        self.loop_is_waiting = True
+        self.loop_is_waiting = loop_is_waiting
         if contexts:
             self.finished.acquire()
 
@@ -110,6 +113,12 @@ class _TermBatch:
                 self.finished.release()
                 if self.loop_is_waiting:
                     self.loop.call_soon_threadsafe(self.deliver)
+
+    def values(self) -> list[Any]:
+        """The terms' values once all have run; the first failure is raised."""
+        if self._first_error is not None:
+            raise self._outcomes[self._first_error][1]
+        return [value for _, value in self._outcomes]
 
     def deliver(self) -> None:
         """Resolve every term's future (in the loop's thread) once all have run."""
@@ -255,33 +264,49 @@ class AsyncWrapperCOB(ObjectiveFunctor):
             # Nested inside a wrapper that shares our pool: waiting for free workers
             # from one of them would deadlock, so evaluate here, in order.
             return self._evaluate_inline(parameters, ctx)
-        return self._loop().run_until_complete(self._evaluate(parameters, ctx, private_loop=True))
+        if isinstance(self.executor_for(ctx), ThreadPoolExecutor):
+            return self._evaluate_blocking(parameters, ctx)  # no event loop needed
+        return self._loop().run_until_complete(self._evaluate(parameters, ctx))
 
-    async def async_call(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
-        """Evaluate all terms concurrently and return the reduced (weighted) objective."""
-        return await self._evaluate(parameters, ctx, private_loop=False)
-
-    async def _evaluate(self, parameters: Parameters, ctx: EvaluateContext | None, private_loop: bool) -> float:
-        if ctx is None:
-            ctx = EvaluateContext()
+    def _start_batch(self, parameters: Parameters, ctx: EvaluateContext, loop: asyncio.AbstractEventLoop | None):
+        """Spawn the children and start the pool's workers on them (thread pools only)."""
         ctx.parameters = parameters
         executor = self.executor_for(ctx)
         children = self.cob.spawn_term_contexts(ctx)
-        if not isinstance(executor, ThreadPoolExecutor):
-            return await self._evaluate_elsewhere(executor, parameters, ctx, children)
         run_term = functools.partial(self._run_term, executor=executor)
-        batch = _TermBatch(asyncio.get_running_loop(), run_term, parameters, children)
-        batch.loop_is_waiting = not private_loop
+        batch = _TermBatch(loop, run_term, parameters, children, loop_is_waiting=loop is not None)
         ctx.shared.cancel = batch.cancel
         for _ in range(min(len(children), _pool_size(executor, len(children)))):
-            executor.submit(batch.work)  # work starts before the bookkeeping below
+            executor.submit(batch.work)
+        return batch
+
+    def _evaluate_blocking(self, parameters: Parameters, ctx: EvaluateContext) -> float:
+        """A synchronous call on a thread pool: block on the batch (a thread-to-thread wake-up),
+        with no event loop, task or future per term."""
+        batch = self._start_batch(parameters, ctx, loop=None)
+        try:
+            if batch.n_terms:
+                batch.finished.acquire()
+            values = batch.values()
+        finally:
+            ctx.collect_child_meta_data()
+        return self.cob.reduce(values, ctx)
+
+    async def async_call(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
+        """Evaluate all terms concurrently and return the reduced (weighted) objective."""
+        return await self._evaluate(parameters, ctx)
+
+    async def _evaluate(self, parameters: Parameters, ctx: EvaluateContext | None) -> float:
+        if ctx is None:
+            ctx = EvaluateContext()
+        executor = self.executor_for(ctx)
+        if not isinstance(executor, ThreadPoolExecutor):
+            ctx.parameters = parameters
+            children = self.cob.spawn_term_contexts(ctx)
+            return await self._evaluate_elsewhere(executor, parameters, ctx, children)
+        batch = self._start_batch(parameters, ctx, asyncio.get_running_loop())
         tasks = [asyncio.ensure_future(_await(future)) for future in batch.futures]
         try:
-            if private_loop and children:
-                # Nothing else runs on the wrapper's own loop, so it may block here:
-                # a thread-to-thread wake-up is cheaper than the loop's self-pipe.
-                batch.finished.acquire()
-                batch.deliver()
             # all finish together (see _TermBatch); every outcome is retrieved
             values = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
