@@ -8,6 +8,9 @@ rule fit:
         fit="results/{fit}/fit.json",
         params="results/{fit}/params.json",
         history="results/{fit}/fit_history.csv",
+        # the fitted potential: LAMMPS include file, and the form's file (setfl, .sw, .tersoff)
+        potential="results/{fit}/potential.lammps",
+        potential_files=directory("results/{fit}/potential"),
     log:
         "logs/{fit}/fit.log",
     benchmark:

@@ -10,6 +10,8 @@ forwarded to their process groups before the fit exits, and when Snakemake itsel
 (chemfit_core.external.process).
 """
 
+from pathlib import Path
+
 from chemfit_core.cli import log_to
 from chemfit_core.external.process import exit_with_parent, stop_commands_on_signals
 from chemfit_core.stages.fit import run_fit, run_fit_under_mpi
@@ -26,6 +28,7 @@ arguments = dict(
     params_json=sm.output.params,
     history_csv=sm.output.history,
     workers=sm.threads,
+    potential_dir=str(Path(sm.output.potential).parent),  # potential.lammps and potential/ beside params.json
 )
 with stop_commands_on_signals():
     exit_with_parent()

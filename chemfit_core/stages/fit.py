@@ -52,8 +52,13 @@ def run_fit(
     history_csv: Path | str,
     workers: int | None = None,
     mpi: bool = False,
+    potential_dir: Path | str | None = None,
 ) -> dict[str, Any] | None:
     """Fit one configuration's parameters; write fit.json, params.json and the history CSV.
+
+    With ``potential_dir`` (``results/<fit>``) the fitted potential is written there too
+    (:func:`~chemfit_core.science.roundtrip.write_potential`: ``potential.lammps`` and the form's
+    file in ``potential/``) and named, with SHA-256 hashes, in params.json's ``potential_files``.
 
     With ``mpi`` every rank of ``MPI.COMM_WORLD`` calls this: rank 0 fits and writes, the
     others evaluate their share of the terms (:class:`MPIWrapperCOB`) and return None.
@@ -76,6 +81,7 @@ def run_fit(
             fit_json,
             params_json,
             history_csv,
+            potential_dir,
         )
     if "liquid" in fit:  # under MPI: the runs of rank 0's terms
         logger.info("fit %s: LAMMPS runs: %d read from %s, %d run", fit_name, runs.hits, runs.directory, runs.misses)
@@ -159,9 +165,10 @@ def _fit_and_write(
     fit_json: Path | str,
     params_json: Path | str,
     history_csv: Path | str,
+    potential_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """Minimise ``objective`` (rank 0 / the only process) from the config's start, replaying the
-    cache, and write the fit's three result files."""
+    cache, and write the fit's three result files (and the fitted potential into ``potential_dir``)."""
     cob = objective.cob
     parameters = fit["parameters"]
     initial = {name: p["initial"] for name, p in parameters.items()}
@@ -208,8 +215,18 @@ def _fit_and_write(
         "python": platform.python_version(),
         **result.to_dict(),
     }
+    summary = params_summary(fit_name, fit, fitted, result)
+    if potential_dir is not None:
+        from chemfit_core.science.roundtrip import write_potential
+
+        masses = {fit["element"]: fit["mass_g_mol"]} if "mass_g_mol" in fit else None
+        files = write_potential(potential_form_of(fit), fitted, potential_dir, masses)
+        summary[fit_name]["potential_files"] = files
+        logger.info(
+            "fit %s: fitted potential written to %s (%s)", fit_name, potential_dir, ", ".join(f["name"] for f in files)
+        )
     write_json(fit_json, record)
-    write_json(params_json, params_summary(fit_name, fit, fitted, result))
+    write_json(params_json, summary)
     write_csv(history_csv, result.history_frame())
     return record
 
