@@ -81,6 +81,33 @@ class QuasiNewtonState(OptimState):
             self.prev_cell_positions = torch.where(cells, positions[1], self.prev_cell_positions)
             self.prev_cell_forces = torch.where(cells, forces[1], self.prev_cell_forces)
 
+    def take_step(
+        self,
+        moving: torch.Tensor,
+        positions: tuple,
+        forces: tuple,
+        d_atoms: torch.Tensor,
+        d_cell: torch.Tensor | None,
+        step_size: torch.Tensor | None = None,
+    ) -> None:
+        """Move the ``moving`` systems by ``d_atoms``/``d_cell`` (Å), scaled so that no row moves
+        more than ``max_step`` (then times ``step_size`` per system, when given); remember this
+        step's DOF ``positions`` and ``forces`` and count the step (ASE's step-length rule)."""
+        longest = max_row_norm(self, d_atoms, d_cell)
+        scale = torch.where(
+            longest >= self.max_step, self.max_step / longest.clamp_min(1e-300), torch.ones_like(longest)
+        )
+        if step_size is not None:
+            scale = scale * step_size
+        d_atoms = d_atoms * scale[self.system_idx].unsqueeze(1)
+        if d_cell is not None:
+            d_cell = d_cell * scale.view(-1, 1, 1)
+        self.remember(moving, positions, forces)
+        move_dofs(self, d_atoms, d_cell)
+        self.n_steps = self.n_steps + moving.to(self.n_steps.dtype)
+        self.fresh = self.fresh & ~moving
+        self.evaluated = self.evaluated & ~moving
+
 
 @dataclasses.dataclass(eq=False)
 class BFGSState(QuasiNewtonState):
@@ -204,9 +231,8 @@ def move(state: BFGSState, *, active: torch.Tensor | None = None) -> None:
     moving = moving_systems(state, active)
     positions = dof_positions(state)
     forces = dof_forces(state)
-    cell_filter = positions[1] is not None
     d_atoms = torch.zeros_like(state.positions)
-    d_cell = torch.zeros_like(state.cell) if cell_filter else None
+    d_cell = torch.zeros_like(state.cell) if positions[1] is not None else None
     counts = state.n_atoms_per_system
     hessians = list(state.hessian)
     for n in torch.unique(counts[moving]).tolist():
@@ -226,14 +252,5 @@ def move(state: BFGSState, *, active: torch.Tensor | None = None) -> None:
         d_atoms, d_cell = unpack(state, systems, n, newton_step(hessian, g), d_atoms, d_cell)
         for s, h in zip(systems.tolist(), hessian.unbind(0)):
             hessians[s] = h.clone()  # own storage: a finished system must not pin the group's
-    longest = max_row_norm(state, d_atoms, d_cell)
-    scale = torch.where(longest >= state.max_step, state.max_step / longest.clamp_min(1e-300), torch.ones_like(longest))
-    d_atoms = d_atoms * scale[state.system_idx].unsqueeze(1)
-    if cell_filter:
-        d_cell = d_cell * scale.view(-1, 1, 1)
     state.hessian = hessians
-    state.remember(moving, positions, forces)
-    move_dofs(state, d_atoms, d_cell)
-    state.n_steps = state.n_steps + moving.to(state.n_steps.dtype)
-    state.fresh = state.fresh & ~moving
-    state.evaluated = state.evaluated & ~moving
+    state.take_step(moving, positions, forces, d_atoms, d_cell)

@@ -28,8 +28,6 @@ from chemfit_core.engine.cell_filter import (
     dof_positions,
     evaluate,
     make_state,
-    max_row_norm,
-    move_dofs,
     moving_systems,
 )
 from chemfit_core.engine.state import SimState
@@ -261,14 +259,4 @@ def move(state: LBFGSState, *, curvature_eps: float | None = None, active: torch
     keep = moving[state.system_idx].unsqueeze(1)
     d_atoms = torch.where(keep, -z[0], torch.zeros_like(z[0]))
     d_cell = None if z[1] is None else torch.where(moving.view(-1, 1, 1), -z[1], torch.zeros_like(z[1]))
-    longest = max_row_norm(state, d_atoms, d_cell)
-    scale = torch.where(longest >= state.max_step, state.max_step / longest.clamp_min(1e-300), torch.ones_like(longest))
-    scale = scale * state.step_size
-    d_atoms = d_atoms * scale[state.system_idx].unsqueeze(1)
-    if d_cell is not None:
-        d_cell = d_cell * scale.view(-1, 1, 1)
-    state.remember(moving, positions, forces)
-    move_dofs(state, d_atoms, d_cell)
-    state.n_steps = state.n_steps + moving.to(state.n_steps.dtype)
-    state.fresh = state.fresh & ~moving
-    state.evaluated = state.evaluated & ~moving
+    state.take_step(moving, positions, forces, d_atoms, d_cell, step_size=state.step_size)
