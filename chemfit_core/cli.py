@@ -46,10 +46,12 @@ def _cmd_check_config(args: argparse.Namespace) -> None:
     import yaml
 
     from chemfit_core.stages.config import load_config, read_config_file
+    from chemfit_core.stages.cutoff_checks import cutoff_warnings
     from chemfit_core.stages.template_contract import config_warnings
 
     config = load_config(args.config)
-    for warning in config_warnings(config, args.config, given=read_config_file(args.config)):
+    warnings = config_warnings(config, args.config, given=read_config_file(args.config))
+    for warning in [*warnings, *cutoff_warnings(config, args.config)]:
         print(f"chemfit check-config: warning: {warning}", file=sys.stderr)
     print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
