@@ -13,7 +13,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 from lammps_reference import lammps_reference
-from test_pair_models import distort
+from test_pair_models import distort, evaluate, relative_differences
 
 from chemfit_core import Fitter
 from chemfit_core.engine.state import atoms_to_state
@@ -94,34 +94,6 @@ def mixed_structures() -> list[Atoms]:
     molecule.set_cell(np.zeros((3, 3)))
     molecule.pbc = False
     return [crystal, slab, rod, cluster, molecule]
-
-
-def evaluate(model, structures: list[Atoms]) -> list[dict]:
-    out = model(atoms_to_state(structures, dtype=torch.float64))
-    bounds = np.cumsum([0] + [len(s) for s in structures])
-    return [
-        {
-            "energy": out["energy"][k].item(),
-            "forces": out["forces"][bounds[k] : bounds[k + 1]].detach().numpy(),
-            "stress": out["stress"][k].detach().numpy(),
-        }
-        for k in range(len(structures))
-    ]
-
-
-def relative_differences(got: list[dict], ref: list[dict]) -> dict[str, float]:
-    """Largest |Δ| over the structures, relative to each structure's energy, to its largest
-    force component and to its largest stress component."""
-    worst = {"energy": 0.0, "forces": 0.0, "stress": 0.0}
-    for g, r in zip(got, ref):
-        worst["energy"] = max(worst["energy"], abs(g["energy"] - r["energy"]) / abs(r["energy"]))
-        worst["forces"] = max(worst["forces"], np.abs(g["forces"] - r["forces"]).max() / np.abs(r["forces"]).max())
-        if r["stress"] is not None:
-            scale = np.abs(r["stress"]).max()
-            worst["stress"] = max(worst["stress"], np.abs(g["stress"] - r["stress"]).max() / scale)
-        else:
-            assert not g["stress"].any()  # not periodic in all directions: no stress
-    return worst
 
 
 # -- against LAMMPS -----------------------------------------------------------------------------

@@ -119,6 +119,22 @@ def evaluate(model, structures: list[Atoms], dtype=torch.float64) -> list[dict]:
     ]
 
 
+def relative_differences(got: list[dict], ref: list[dict]) -> dict[str, float]:
+    """Largest |Δ| over the structures, relative to each structure's energy, to its largest
+    force component and to its largest stress component (a structure LAMMPS gives no stress,
+    not periodic in every direction, must have none from the model either)."""
+    worst = {"energy": 0.0, "forces": 0.0, "stress": 0.0}
+    for g, r in zip(got, ref):
+        worst["energy"] = max(worst["energy"], abs(g["energy"] - r["energy"]) / abs(r["energy"]))
+        worst["forces"] = max(worst["forces"], np.abs(g["forces"] - r["forces"]).max() / np.abs(r["forces"]).max())
+        if r["stress"] is not None:
+            scale = np.abs(r["stress"]).max()
+            worst["stress"] = max(worst["stress"], np.abs(g["stress"] - r["stress"]).max() / scale)
+        else:
+            assert not g["stress"].any()
+    return worst
+
+
 def assert_matches(got: list[dict], ref: list[dict], rtol: float = 1e-6, atol_forces: float = 1e-8) -> None:
     for k, (g, r) in enumerate(zip(got, ref)):
         assert g["energy"] == pytest.approx(r["energy"], rel=rtol), f"energy of structure {k}"

@@ -22,9 +22,10 @@ import torch
 
 from chemfit_core.models.base import PairModel
 from chemfit_core.models.coulomb import dsf_pair_terms, dsf_self_energy
-from chemfit_core.models.forms import PotentialForm, atomic_number, register_form
+from chemfit_core.models.forms import atomic_number, register_form
 from chemfit_core.models.pair import _pair_coeff_lines, _pair_table
 from chemfit_core.models.registry import register_model
+from chemfit_core.models.species_pairs import SpeciesPairForm, scalar
 
 
 class Buckingham(PairModel):
@@ -145,10 +146,11 @@ _PAIR_PARAMETERS = (("A_eV", "A", 0.0), ("rho_A", "rho", 1.0), ("C_eVA6", "C", 0
 
 @register_form
 @dataclasses.dataclass(frozen=True)
-class BuckinghamForm(PotentialForm):
+class BuckinghamForm(SpeciesPairForm):
     """``buck``: ``A_eV:<X>-<Y>`` (eV), ``rho_A:<X>-<Y>`` (Å), ``C_eVA6:<X>-<Y>`` (eV·Å⁶) per
-    species pair; with charges DSF Coulomb too (LAMMPS ``born/coul/dsf``), fixed
-    (``charges: {Mg: 2, O: -2}``, e) or fitted (``fit_charges: true``: ``q_e:<X>``, e).
+    species pair (bare ``A_eV``... with one species); with charges DSF Coulomb too (LAMMPS
+    ``born/coul/dsf``), fixed (``charges: {Mg: 2, O: -2}``, e) or fitted (``fit_charges: true``:
+    ``q_e:<X>``, e).
 
     Options: ``species`` (list, the order of LAMMPS types), ``cutoff_A`` (Buckingham cutoff, Å),
     ``pairs`` (``all``, or the pairs ``X-Y`` that have a Buckingham term; the others have
@@ -157,6 +159,7 @@ class BuckinghamForm(PotentialForm):
     parameters are named.
     """
 
+    pair_parameters = tuple(fit_name for fit_name, _, _ in _PAIR_PARAMETERS)
     option_defaults = {
         "species": None,
         "cutoff_A": None,
@@ -171,12 +174,9 @@ class BuckinghamForm(PotentialForm):
     name = "buck"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         species = self.species
-        if len(set(species)) != len(species) or not species:
-            raise ValueError(f"buck: species must be distinct chemical symbols, got {species}")
-        for symbol in species:
-            atomic_number(symbol)
-        _ = self.buck_pairs  # checks the pairs
+        _ = self.named_pairs  # checks the pairs
         charges = self.options.get("charges") or {}
         if not isinstance(charges, Mapping):
             raise ValueError(f"buck: charges must map each species to its charge in e, got {charges!r}")
@@ -188,84 +188,30 @@ class BuckinghamForm(PotentialForm):
             raise ValueError("buck: cutoff_A must be > 0 and coulomb_cutoff_A >= 0 (Å)")
 
     @property
-    def species(self) -> list[str]:
-        """The species, in the order of the model's tables and LAMMPS's types."""
-        species = self.option("species")
-        return [species] if isinstance(species, str) else list(species)
-
-    @property
-    def all_pairs(self) -> list[tuple[int, int]]:
-        """Every pair of species indices (a ≤ b)."""
-        n = len(self.species)
-        return [(a, b) for a in range(n) for b in range(a, n)]
-
-    def pair_name(self, a: int, b: int) -> str:
-        """``X-Y`` of a pair of species indices, in species order."""
-        return f"{self.species[a]}-{self.species[b]}"
-
-    @property
-    def buck_pairs(self) -> list[tuple[int, int]]:
+    def named_pairs(self) -> list[tuple[int, int]]:
         """The pairs with a Buckingham term (option ``pairs``); an unknown pair is an error."""
         pairs = self.options.get("pairs", "all")
-        if pairs == "all":
-            return self.all_pairs
-        index = {s: k for k, s in enumerate(self.species)}
-        chosen = set()
-        for pair in [pairs] if isinstance(pairs, str) else pairs:
-            parts = str(pair).split("-")
-            if len(parts) != 2 or any(p not in index for p in parts):
-                raise ValueError(f"buck: unknown species pair {pair!r} in pairs; species are {self.species}")
-            a, b = sorted(index[p] for p in parts)
-            if (a, b) in chosen:
-                raise ValueError(f"buck: pair {pair!r} given twice in pairs")
-            chosen.add((a, b))
-        return [p for p in self.all_pairs if p in chosen]
+        return self.all_pairs if pairs == "all" else self.pairs_of("pairs", pairs)
 
     @property
     def fitted_charges(self) -> bool:
         """Whether the charges are fitted parameters ``q_e:<X>``."""
         return bool(self.options.get("fit_charges", False))
 
-    @property
-    def parameter_names(self) -> tuple[str, ...]:  # type: ignore[override]
-        names = [f"{name}:{self.pair_name(a, b)}" for a, b in self.buck_pairs for name, _, _ in _PAIR_PARAMETERS]
-        if self.fitted_charges:
-            names += [f"q_e:{s}" for s in self.species]
-        return tuple(names)
+    def extra_parameter_names(self) -> tuple[str, ...]:
+        return tuple(f"q_e:{s}" for s in self.species) if self.fitted_charges else ()
 
-    def check(self, params: Mapping[str, Any]) -> None:
-        """Raise naming unknown species pairs and missing pair parameters of ``params``."""
-        known = set(self.parameter_names)
-        unknown = [n for n in params if n not in known]
-        missing = [n for n in self.parameter_names if n not in params]
-        if unknown or missing:
-            pairs = ", ".join(self.pair_name(a, b) for a, b in self.buck_pairs) or "none"
-            raise ValueError(
-                f"buck (species {self.species}; Buckingham pairs {pairs}; charges "
-                f"{'fitted' if self.fitted_charges else 'fixed'}): unknown parameters {unknown}"
-                f"{' (a species pair must be X-Y in species order, with a Buckingham term)' if unknown else ''}, "
-                f"missing parameters {missing}"
-            )
+    def pairs_note(self) -> str:
+        return f" (the others have no Buckingham term); charges {'fitted' if self.fitted_charges else 'fixed'}"
 
     def _tables(self, params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """``A``, ``rho``, ``C`` tables (and ``charges`` when fitted), differentiable in ``params``."""
-        n, chosen = len(self.species), set(self.buck_pairs)
         out = {}
         for fit_name, model_name, absent in _PAIR_PARAMETERS:
-            rows = []
-            for a in range(n):
-                row = []
-                for b in range(n):
-                    pair = (min(a, b), max(a, b))
-                    key = f"{fit_name}:{self.pair_name(*pair)}"
-                    value = params[key] if pair in chosen else absent
-                    row.append(torch.as_tensor(value, dtype=torch.float64).reshape(()))
-                rows.append(torch.stack(row))
-            out[model_name] = torch.stack(rows)
+            values = {pair: scalar(absent) for pair in self.all_pairs}
+            out[model_name] = self.table({**values, **self.named_values(params, fit_name)})
         if self.fitted_charges:
-            out["charges"] = torch.stack(
-                [torch.as_tensor(params[f"q_e:{s}"], dtype=torch.float64).reshape(()) for s in self.species]
-            )
+            out["charges"] = torch.stack([scalar(params[f"q_e:{s}"]) for s in self.species])
         return out
 
     def _charges(self, params: Mapping[str, Any]) -> list[float] | None:
@@ -292,9 +238,6 @@ class BuckinghamForm(PotentialForm):
 
     def model_tensors(self, params):
         return self._tables(params)
-
-    def lammps_commands(self, params, workdir=None):
-        return self.model(params).lammps_commands(self.species)
 
     def nearest_neighbour_A(self, params) -> float:
         """Where the deepest pair well lies, Å: the first minimum beyond the short-range maximum

@@ -62,7 +62,9 @@ class PotentialForm:
     expression) defines ``parameter_names`` as a property, and checks its options in
     ``__post_init__`` (raising ValueError naming what is wrong): the config check makes the form
     and reports that error against ``potential``. Species-pair parameters are named
-    ``<name>:<A>-<B>`` (``A_eV:Cu-O``), triplets ``<name>:<A>-<B>-<C>``.
+    ``<name>:<A>-<B>`` (``A_eV:Cu-O``; bare ``<name>`` with one species), triplets
+    ``<name>:<A>-<B>-<C>``; pair forms get that naming, their tables and the checks from
+    :class:`chemfit_core.models.species_pairs.SpeciesPairForm`.
 
     ``option_defaults`` lists every option the form uses with its default (``None``:
     required); :meth:`spec` records exactly those.

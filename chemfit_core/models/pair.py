@@ -8,13 +8,15 @@ are per pair of species: a scalar for one species, or a symmetric
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 
 from chemfit_core.models.base import PairModel
-from chemfit_core.models.forms import PotentialForm, atomic_number, register_form
+from chemfit_core.models.forms import atomic_number, register_form
 from chemfit_core.models.registry import register_model
+from chemfit_core.models.species_pairs import SpeciesPairForm
 from chemfit_core.units import KB_EV_PER_K
 
 
@@ -184,58 +186,161 @@ def _build_morse(spec: dict) -> Morse:
     return Morse(spec.pop("D"), spec.pop("alpha"), spec.pop("r0"), spec.pop("cutoff"), **spec)
 
 
-@register_form
-class LennardJonesForm(PotentialForm):
-    """``lj/cut``: ``epsilon_K`` (ε/k_B, K) and ``sigma_A`` (σ, Å); cutoff ``cutoff_sigma``·σ."""
+MIXING_RULES = ("none", "geometric", "arithmetic", "lorentz-berthelot", "sixthpower")
+"""``lj/cut`` option ``mixing``: LAMMPS's ``pair_modify mix`` rules (``lorentz-berthelot`` is
+LAMMPS's ``arithmetic``), or ``none`` (every pair named)."""
 
-    parameter_names = ("epsilon_K", "sigma_A")
-    option_defaults = {"cutoff_sigma": 3.0, "shift": False, "tail_correction": True}
+
+def mix_lennard_jones(
+    rule: str, eps_i: torch.Tensor, eps_j: torch.Tensor, sig_i: torch.Tensor, sig_j: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ε_ij (eV) and σ_ij (Å) of an unlike pair from the like pairs' by ``rule``, as LAMMPS's
+    ``pair_modify mix`` does: ``geometric`` ε = √(ε_iε_j), σ = √(σ_iσ_j); ``arithmetic`` (=
+    ``lorentz-berthelot``) ε = √(ε_iε_j), σ = (σ_i + σ_j)/2; ``sixthpower`` ε = 2√(ε_iε_j)σ_i³σ_j³/(σ_i⁶
+    + σ_j⁶), σ = ((σ_i⁶ + σ_j⁶)/2)^(1/6). Differentiable in all four."""
+    eps = torch.sqrt(eps_i * eps_j)
+    if rule == "geometric":
+        return eps, torch.sqrt(sig_i * sig_j)
+    if rule in ("arithmetic", "lorentz-berthelot"):
+        return eps, 0.5 * (sig_i + sig_j)
+    if rule == "sixthpower":
+        s6 = sig_i**6 + sig_j**6
+        return 2 * eps * sig_i**3 * sig_j**3 / s6, (0.5 * s6) ** (1 / 6)
+    raise ValueError(f"mixing: expected one of {', '.join(MIXING_RULES[1:])}, got {rule!r}")
+
+
+@register_form
+@dataclasses.dataclass(frozen=True)
+class LennardJonesForm(SpeciesPairForm):
+    """``lj/cut``: ``epsilon_K`` (ε/k_B, K) and ``sigma_A`` (σ, Å); with several ``species``
+    per pair, ``epsilon_K:Cu-Ni``. Cutoff ``cutoff_sigma`` × the largest σ of the pairs.
+
+    With ``mixing`` (:data:`MIXING_RULES`) only the like pairs' parameters are fitted and the
+    unlike pairs follow the rule (:func:`mix_lennard_jones`), except the unlike pairs listed in
+    ``explicit_pairs``, which keep parameters of their own. LAMMPS gets every pair's coefficients
+    written out (the same numbers its ``pair_modify mix`` would give).
+    """
+
+    pair_parameters = ("epsilon_K", "sigma_A")
+    option_defaults = {
+        "cutoff_sigma": 3.0,
+        "shift": False,
+        "tail_correction": True,
+        "species": (),
+        "mixing": "none",
+        "explicit_pairs": (),
+    }
+    single_species_options = ("species", "mixing", "explicit_pairs")
     name = "lj/cut"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        mixing = self.option("mixing")
+        if mixing not in MIXING_RULES:
+            raise ValueError(f"lj/cut: mixing: expected one of {', '.join(MIXING_RULES)}, got {mixing!r}")
+        explicit = self.explicit_pairs
+        if explicit and mixing == "none":
+            raise ValueError(
+                "lj/cut: explicit_pairs needs a mixing rule (with mixing: none every pair has its own parameters)"
+            )
+        if like := [self.pair_name(a, b) for a, b in explicit if a == b]:
+            raise ValueError(f"lj/cut: explicit_pairs: {like} are like pairs, whose parameters are always fitted")
+
+    @property
+    def explicit_pairs(self) -> list[tuple[int, int]]:
+        """Unlike pairs with their own parameters despite the mixing rule (option ``explicit_pairs``)."""
+        return self.pairs_of("explicit_pairs", self.option("explicit_pairs"))
+
+    @property
+    def named_pairs(self) -> list[tuple[int, int]]:
+        if self.option("mixing") == "none":
+            return self.all_pairs
+        explicit = set(self.explicit_pairs)
+        return [(a, b) for a, b in self.all_pairs if a == b or (a, b) in explicit]
+
+    def pairs_note(self) -> str:
+        mixing = self.option("mixing")
+        if mixing == "none" or len(self.species) == 1:
+            return ""
+        return f"; the other unlike pairs mixed by {mixing} (list a pair in explicit_pairs to fit it)"
+
+    def _tables(self, params) -> dict[str, torch.Tensor]:
+        """``epsilon`` (eV) and ``sigma`` (Å) tables, differentiable in ``params``."""
+        eps = {p: v * KB_EV_PER_K for p, v in self.named_values(params, "epsilon_K").items()}
+        sig = self.named_values(params, "sigma_A")
+        for a, b in self.all_pairs:
+            if (a, b) not in eps:
+                eps[a, b], sig[a, b] = mix_lennard_jones(
+                    self.option("mixing"), eps[a, a], eps[b, b], sig[a, a], sig[b, b]
+                )
+        return {"epsilon": self.table(eps), "sigma": self.table(sig)}
 
     def model(self, params, dtype=torch.float64):
         self.check(params)
+        tables = self._tables({k: float(v) for k, v in params.items()})
         return LennardJones(
-            params["epsilon_K"] * KB_EV_PER_K,
-            params["sigma_A"],
-            cutoff=self.option("cutoff_sigma") * params["sigma_A"],
-            species=(atomic_number(self.element),),
+            tables["epsilon"],
+            tables["sigma"],
+            cutoff=self.option("cutoff_sigma") * float(tables["sigma"].max()),
+            species=[atomic_number(s) for s in self.species],
             shift=self.option("shift"),
             tail_correction=self.option("tail_correction"),
         ).to(dtype)
 
     def model_tensors(self, params):
-        return {"epsilon": (params["epsilon_K"] * KB_EV_PER_K).reshape(1, 1), "sigma": params["sigma_A"].reshape(1, 1)}
+        return self._tables(params)
 
     def nearest_neighbour_A(self, params):
-        return 2 ** (1 / 6) * float(params["sigma_A"])  # the pair minimum
+        """The minimum of the element's own pair, 2^(1/6) σ, Å."""
+        own = self.species.index(self.element)
+        return 2 ** (1 / 6) * float(params[self.parameter_name("sigma_A", own, own)])
 
 
 @register_form
-class MorseForm(PotentialForm):
-    """``morse``: ``D_eV`` (eV), ``alpha_invA`` (1/Å), ``r0_A`` (Å); cutoff ``cutoff_A``."""
+@dataclasses.dataclass(frozen=True)
+class MorseForm(SpeciesPairForm):
+    """``morse``: ``D_eV`` (eV), ``alpha_invA`` (1/Å), ``r0_A`` (Å); with several ``species``
+    per pair, ``D_eV:Cu-Ni``; cutoff ``cutoff_A``.
 
-    parameter_names = ("D_eV", "alpha_invA", "r0_A")
-    option_defaults = {"cutoff_A": None, "shift": False}
+    No mixing: LAMMPS's ``morse`` has no mixing rule (its unlike pairs must be given), and none is
+    accepted for Morse, so every pair's parameters are named.
+    """
+
+    pair_parameters = ("D_eV", "alpha_invA", "r0_A")
+    option_defaults = {"cutoff_A": None, "shift": False, "species": ()}
     option_help = {"cutoff_A": "a cutoff radius in Å"}
     name = "morse"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if "mixing" in self.options:
+            raise ValueError(
+                "morse: no mixing rule (LAMMPS morse mixes nothing): name D_eV, alpha_invA and r0_A of every pair"
+            )
+
+    def _tables(self, params) -> dict[str, torch.Tensor]:
+        """``D`` (eV), ``alpha`` (1/Å), ``r0`` (Å) tables, differentiable in ``params``."""
+        return {
+            model_name: self.table(self.named_values(params, fit_name))
+            for fit_name, model_name in zip(self.pair_parameters, ("D", "alpha", "r0"))
+        }
+
     def model(self, params, dtype=torch.float64):
         self.check(params)
+        tables = self._tables({k: float(v) for k, v in params.items()})
         return Morse(
-            params["D_eV"],
-            params["alpha_invA"],
-            params["r0_A"],
+            tables["D"],
+            tables["alpha"],
+            tables["r0"],
             cutoff=self.option("cutoff_A"),
-            species=(atomic_number(self.element),),
+            species=[atomic_number(s) for s in self.species],
             shift=self.option("shift"),
         ).to(dtype)
 
     def model_tensors(self, params):
-        return {
-            "D": params["D_eV"].reshape(1, 1),
-            "alpha": params["alpha_invA"].reshape(1, 1),
-            "r0": params["r0_A"].reshape(1, 1),
-        }
+        return self._tables(params)
 
     def nearest_neighbour_A(self, params):
-        return float(params["r0_A"])
+        """The element's own equilibrium distance r0, Å."""
+        own = self.species.index(self.element)
+        return float(params[self.parameter_name("r0_A", own, own)])
