@@ -19,6 +19,8 @@ EV_PER_ATOM_TO_KJ_PER_MOL = constants.e * constants.N_A / 1000.0
 """1 eV per atom (or molecule) in kJ/mol."""
 GAS_CONSTANT_KJ_PER_MOL_K = constants.R / 1000.0
 """Molar gas constant, kJ/(mol K)."""
+EV_PER_K_TO_J_PER_MOL_K = constants.e * constants.N_A
+"""1 eV/K per atom (or molecule) in J/(mol K) (heat capacities)."""
 BAR_A3_TO_KJ_PER_MOL = 1e5 * 1e-30 * constants.N_A / 1000.0
 """1 bar·Å³ per atom (or molecule) in kJ/mol."""
 ATM_IN_BAR = constants.atm / constants.bar

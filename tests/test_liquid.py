@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from liquid_runs import ARGON_THETA, argon_md, argon_term
 
 from chemfit_core import ChemFitError, EvaluateContext
-from chemfit_core.science.liquid import (
-    LiquidStatePointTerm,
-    Reference,
-    block_average,
-    liquid_properties,
-)
-from chemfit_core.stages.config import TEMPLATE_DIR
+from chemfit_core.science.liquid import block_average, liquid_properties
 from chemfit_core.units import EV_PER_ATOM_TO_KJ_PER_MOL
 
 
@@ -76,31 +71,14 @@ def test_liquid_properties_detect_lost_atoms_and_missing_columns():
         liquid_properties(base, 87.0)
 
 
-def test_short_npt_run_gives_a_liquid_argon_density(tmp_path, repo):
-    term = LiquidStatePointTerm(
-        name="nbp",
-        template=TEMPLATE_DIR / "lj_liquid_npt.lammps.j2",
-        workdir=tmp_path,
-        temperature_K=87.302,
-        pressure_bar=1.01325,
-        references={"density_kg_m3": Reference(1395.4, 10.0), "hvap_kJ_mol": Reference(6.437, 0.1)},
+def test_short_npt_run_gives_a_liquid_argon_density(tmp_path):
+    term = argon_term(
+        tmp_path,
         seed=12345,
-        template_variables={
-            "n_cells": 4,
-            "mass_g_mol": 39.948,
-            "cutoff_sigma": 3.0,
-            "tail_correction": True,
-            "start_reduced_density": 0.8,
-            "timestep_fs": 5.0,
-            "thermo_every": 10,
-            "melt_temperature_K": 300.0,
-            "melt_steps": 500,
-            "equilibration_steps": 1000,
-            "production_steps": 1000,
-        },
+        variables=argon_md(thermo_every=10, equilibration_steps=1000, production_steps=1000),
     )
     ctx = EvaluateContext()
-    loss = term({"epsilon_K": 116.79, "sigma_A": 3.3952}, ctx)
+    loss = term(ARGON_THETA, ctx)
     props = ctx.result.properties
     # published LJ argon: 1393.6 kg/m3 and 6.467 kJ/mol (long runs); short runs scatter more
     assert props["density_kg_m3"] == pytest.approx(1393.6, rel=0.02)

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from liquid_runs import ARGON_THETA, SHIPPED, argon_form, argon_md, pair_lines
 
 from chemfit_core import ChemFitError, EvaluateContext
 from chemfit_core.errors import ConfigError
 from chemfit_core.file_based_computer import render_template
-from chemfit_core.models.forms import potential_form
 from chemfit_core.science.fluctuation import ModelDerivatives
 from chemfit_core.science.liquid import LiquidStatePointTerm, Reference, liquid_properties, run_template_variables
 from chemfit_core.science.molecules import (
@@ -29,7 +29,7 @@ from chemfit_core.science.molecules import (
     molecule_file_error,
 )
 from chemfit_core.science.rerun import RerunDerivatives, check_rerun_energies, rerun_input
-from chemfit_core.stages.config import TEMPLATE_DIR, load_config
+from chemfit_core.stages.config import load_config
 from chemfit_core.units import BAR_A3_TO_KJ_PER_MOL, EV_PER_ATOM_TO_KJ_PER_MOL, GAS_CONSTANT_KJ_PER_MOL_K
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,14 +135,13 @@ def test_a_data_file_with_a_partial_molecule_is_refused(tmp_path):
 
 
 def test_a_template_without_a_rerun_branch_is_named_before_any_job(tmp_path):
-    shipped = TEMPLATE_DIR / "lj_liquid_npt.lammps.j2"
     variables = {
         **run_template_variables(87.3, 1.0, 1, 40, ARGON_VARIABLES),
-        "epsilon_K": 116.79,
-        "sigma_A": 3.3952,
+        **ARGON_THETA,
+        **pair_lines(argon_form(2.5), ARGON_THETA),
     }
     with pytest.raises(ChemFitError, match=r"rerun_dump set .* still runs MD: line \d+: `run "):
-        rerun_input(str(shipped), variables, "frames.dump", ["id", "type", "x", "y", "z"])
+        rerun_input(str(SHIPPED), variables, "frames.dump", ["id", "type", "x", "y", "z"])
     path = example_project(tmp_path / "project")
     (path.parent / "n2_liquid_npt.lammps.j2").write_text(
         (EXAMPLE / "n2_liquid_npt.lammps.j2").read_text().replace("{% if not rerun_dump %}", "{% if True %}")
@@ -152,29 +151,19 @@ def test_a_template_without_a_rerun_branch_is_named_before_any_job(tmp_path):
 
 
 # -- rerun machinery on a tiny atomic box -----------------------------------------------------
-ARGON_VARIABLES = {
-    "n_cells": 2,
-    "mass_g_mol": 39.948,
-    "cutoff_sigma": 2.5,
-    "tail_correction": True,
-    "shift": False,
-    "start_reduced_density": 0.8,
-    "timestep_fs": 5.0,
-    "thermo_every": 10,
-    "melt_temperature_K": 300.0,
-    "melt_steps": 100,
-    "equilibration_steps": 200,
-    "production_steps": 400,
-}
+ARGON_VARIABLES = argon_md(
+    n_cells=2, cutoff_sigma=2.5, thermo_every=10, melt_steps=100, equilibration_steps=200, production_steps=400
+)
 
 
 def rerun_argon_template(fixed_cutoff: bool) -> str:
     """The shipped argon template with its MD wrapped in ``{% if not rerun_dump %}`` (and optionally
     a fixed cutoff ``rc_A``, where the torch model's derivatives are taken)."""
-    text = (TEMPLATE_DIR / "lj_liquid_npt.lammps.j2").read_text()
+    text = SHIPPED.read_text()
     text = text.replace("timestep        {{", "{% if not rerun_dump %}\ntimestep        {{", 1) + "{% endif %}\n"
     if fixed_cutoff:
-        text = text.replace("lj/cut {{ cutoff_sigma * sigma_A }}", "lj/cut {{ rc_A }}")
+        lines = "pair_style lj/cut {{ rc_A }}\npair_coeff 1 1 {{ epsilon_K * kB_eV_per_K }} {{ sigma_A }}"
+        text = text.replace("{{ pair_lines }}", lines + "\npair_modify shift no tail yes")
     return text
 
 
@@ -193,7 +182,7 @@ def test_rerun_derivatives_equal_the_torch_models_on_the_same_frames(tmp_path):
     )
     rows = check_rerun_energies("argon", steps, energy, thermo["Step"], thermo["PotEng"])
     assert len(rows) == 21 and set(p.name for p in tmp_path.iterdir()) >= {"rerun-base", "rerun-1-down"}
-    form = potential_form({"form": "lj/cut", "element": "Ar", "cutoff_sigma": 2.5, "tail_correction": True})
+    form = argon_form(2.5)
     model_steps, model_energy, d_model = ModelDerivatives(form)(theta, run / "frames.dump")
     np.testing.assert_array_equal(steps, model_steps)
     np.testing.assert_allclose(energy, model_energy, rtol=1e-9)
@@ -205,7 +194,7 @@ def test_rerun_derivatives_equal_the_torch_models_on_the_same_frames(tmp_path):
 def test_auto_takes_the_model_and_switches_to_reruns_where_the_template_is_not_the_form(tmp_path, caplog):
     """A template whose pair cutoff is not the form's (2.4 σ instead of 2.5 σ): the torch model's
     energies differ, so ``auto`` continues with LAMMPS reruns and says so."""
-    form = potential_form({"form": "lj/cut", "element": "Ar", "cutoff_sigma": 2.5, "tail_correction": True})
+    form = argon_form(2.5)
     template = rerun_argon_template(fixed_cutoff=True)
     term = LiquidStatePointTerm(
         name="argon",

@@ -95,3 +95,39 @@ def test_only_keys_the_user_wrote_are_reported_not_the_schemas_defaults(tmp_path
     warnings = config_warnings(config, "fit.yaml", given=given)
     assert not any("n_cells" in w for w in warnings)
     assert config_warnings(config, "fit.yaml") and "n_cells" in config_warnings(config, "fit.yaml")[0]
+
+
+HAND_CODED_LJ = """pair_style      lj/cut {{ cutoff_sigma * sigma_A }}
+pair_coeff      1 1 {{ epsilon_K * kB_eV_per_K }} {{ sigma_A }}
+pair_modify     shift {{ "yes" if shift | default(false) else "no" }} tail {{ "yes" if tail_correction else "no" }}"""
+"""The lines the shipped template wrote before it took the form's ``pair_lines``."""
+
+
+def test_pair_lines_give_the_default_fit_the_lines_the_template_hand_coded(tmp_path):
+    from chemfit_core.file_based_computer import render_template
+    from chemfit_core.stages.objective import fit_template_contexts
+
+    config = load_config(project(tmp_path, SHIPPED, jacobian="fluctuation"))
+    for _, variables in fit_template_contexts(config["fits"]["argon"]):
+        rendered = render_template(SHIPPED, variables).splitlines()
+        pair = [line.split() for line in rendered if line.startswith("pair_")]
+        expected = [line.split() for line in render_template(HAND_CODED_LJ, variables).splitlines()]
+        assert pair == expected and pair[0][:2] == ["pair_style", "lj/cut"]
+
+
+def test_a_column_an_observable_reads_must_be_printed_and_is_named(tmp_path):
+    path = project(tmp_path, SHIPPED)
+    config = yaml.safe_load(path.read_text())
+    sp = config["fits"]["argon"]["liquid"]["state_points"][0]
+    sp["observables"] = {"energy_eV": {"column": "etotal", "per": "atom", "value": -0.06, "denominator": 0.01}}
+    sp["cp_J_mol_K"] = {"value": 40.0, "denominator": 5.0}
+    path.write_text(yaml.safe_dump(config))
+    load_config(path)  # the shipped template prints them: thermo_columns
+    (tmp_path / "mine.lammps.j2").write_text(
+        SHIPPED.replace("{% for keyword in thermo_columns", "{% for keyword in []")
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "fits.argon.liquid.template" in message and "mine.lammps.j2" in message
+    assert "got no ke, etotal" in message and "line " in message

@@ -6,7 +6,9 @@ Units at the edges are the user's (kg/m³, kJ/mol, K, bar); LAMMPS runs in
 for exactness), N the atoms of an atomic liquid or the molecules of a molecular one
 (:mod:`chemfit_core.science.molecules`; ⟨U_gas⟩ = 0 unless a gas-phase run gives it).
 Statistical errors are standard errors of the mean from block averages, so correlated MD
-frames are not counted as independent.
+frames are not counted as independent. Further targets (thermo columns, κ_T, α_P, c_P) are in
+:mod:`chemfit_core.science.observables`; the template gets the potential's LAMMPS lines as
+``pair_lines`` (:func:`chemfit_core.science.rerun.form_template_variables`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,16 @@ import numpy as np
 
 from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
 from chemfit_core.errors import ChemFitError
-from chemfit_core.external.lammps import LammpsQuantityComputer, read_thermo
+from chemfit_core.external.lammps import read_thermo
 from chemfit_core.science.molecules import RIGID, GasPhaseResult, Molecules
+from chemfit_core.science.observables import (
+    RESPONSE_UNITS,
+    ThermoObservable,
+    finite_difference_gradients,
+    observable_gradients,
+    response_properties,
+)
+from chemfit_core.science.rerun import FormLammpsComputer
 from chemfit_core.term_result import TermResult
 from chemfit_core.units import (
     BAR_A3_TO_KJ_PER_MOL,
@@ -37,6 +47,9 @@ GRADIENT_METHODS = ("model", "rerun", "auto")
 """Where ∂U/∂θ of the frames comes from: the torch model, LAMMPS reruns, or the model where it
 reproduces LAMMPS's energies and reruns otherwise."""
 PROPERTY_UNITS = {"density_kg_m3": "kg/m³", "hvap_kJ_mol": "kJ/mol"}
+"""The properties every liquid run reports."""
+TARGET_UNITS = {**PROPERTY_UNITS, **RESPONSE_UNITS}
+"""The built-in liquid targets (besides thermo-column observables), with their units."""
 
 
 def block_average(samples: Sequence[float] | np.ndarray, n_blocks: int = 5) -> tuple[float, float]:
@@ -63,10 +76,13 @@ class LiquidProperties:
     n_frames: int
     n_molecules: int
     """Molecules in the box (the atoms of an atomic liquid): the N of the per-molecule ΔHvap."""
+    observables: Mapping[str, float] = field(default_factory=dict)
+    """Response functions and thermo-column observables asked for: ``name`` and ``name_sem``."""
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain dict (for JSON, CSV and ``ctx.meta``)."""
-        return asdict(self)
+        """Plain dict (for JSON, CSV and ``ctx.meta``), the observables at the top level."""
+        out = asdict(self)
+        return {**out, **out.pop("observables")}
 
 
 def liquid_properties(
@@ -76,8 +92,12 @@ def liquid_properties(
     pressure_bar: float | None = None,
     molecules: Molecules | None = None,
     gas: GasPhaseResult = RIGID,
+    responses: Sequence[str] = (),
+    observables: Mapping[str, ThermoObservable] | None = None,
 ) -> LiquidProperties:
-    """Density and ΔHvap from a production thermo table.
+    """Density and ΔHvap from a production thermo table, and the response functions ``responses``
+    (:data:`~chemfit_core.science.observables.RESPONSE_UNITS`) and thermo-column ``observables``
+    asked for, each with its block standard error.
 
     ΔHvap = ⟨U_gas⟩ − U/N − p V/N + RT (ideal gas), N the atoms, or with ``molecules`` the
     molecules (the run's atom count is checked against them), ⟨U_gas⟩ per molecule from
@@ -105,6 +125,9 @@ def liquid_properties(
     n = molecules.count if molecules is not None else n_atoms
     density, density_sem = block_average(thermo["Density"] * G_CM3_TO_KG_M3, n_blocks)
     hvap, hvap_sem = block_average(hvap_samples(thermo, temperature_K, n, pressure_bar), n_blocks)
+    extra = response_properties(thermo, temperature_K, n, responses, pressure_bar, n_blocks)
+    for name, observable in (observables or {}).items():
+        extra[name], extra[f"{name}_sem"] = block_average(observable.samples(thermo, n_atoms, n), n_blocks)
     return LiquidProperties(
         density_kg_m3=density,
         density_kg_m3_sem=density_sem,
@@ -115,6 +138,7 @@ def liquid_properties(
         n_atoms=n_atoms,
         n_frames=int(len(thermo["PotEng"])),
         n_molecules=n,
+        observables=extra,
     )
 
 
@@ -135,9 +159,12 @@ def properties_from_log(
     pressure_bar: float | None = None,
     molecules: Molecules | None = None,
     gas: GasPhaseResult = RIGID,
+    responses: Sequence[str] = (),
+    observables: Mapping[str, ThermoObservable] | None = None,
 ) -> LiquidProperties:
     """:func:`liquid_properties` of the last ``run`` in a LAMMPS log."""
-    return liquid_properties(read_thermo(log_path)[-1], temperature_K, n_blocks, pressure_bar, molecules, gas)
+    thermo = read_thermo(log_path)[-1]
+    return liquid_properties(thermo, temperature_K, n_blocks, pressure_bar, molecules, gas, responses, observables)
 
 
 def run_template_variables(
@@ -204,6 +231,10 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         molecules: the box's molecules (per-molecule ΔHvap); None: an atomic liquid.
         gas: gas-phase run giving ⟨U_gas⟩ per molecule (and its gradient) at each evaluation;
             None: U_gas = 0 (atoms, rigid molecules).
+        observables: thermo-column targets by name (their references in ``references``).
+        lammps_form: the form whose LAMMPS lines the template gets as ``pair_lines`` (and reruns).
+        fd_step: relative step of the forward finite differences (runs at θ + h, same seed) of
+            observables whose ∂A/∂θ is unknown, when gradients are asked for.
     """
 
     def __init__(
@@ -226,6 +257,9 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         rerun_step: float = 1e-3,
         molecules: Molecules | None = None,
         gas: Any | None = None,
+        observables: Mapping[str, ThermoObservable] | None = None,
+        lammps_form: Any | None = None,
+        fd_step: float = 0.01,
     ):
         from chemfit_core.science.fluctuation import FrameDerivatives, ModelDerivatives
         from chemfit_core.science.rerun import RerunDerivatives
@@ -235,9 +269,13 @@ class LiquidStatePointTerm(ObjectiveFunctor):
             raise ValueError(f"{name}: gradients must be one of {GRADIENT_METHODS} or None, got {method!r}")
         if method == "model" and form is None:
             raise ValueError(f"{name}: gradients from the torch model need the potential form")
-        unknown = set(references) - set(PROPERTY_UNITS)
+        self.observables = dict(observables or {})
+        known = set(TARGET_UNITS) | set(self.observables)
+        unknown = set(references) - known
         if unknown:
-            raise ValueError(f"{name}: unknown liquid properties {sorted(unknown)}; known: {sorted(PROPERTY_UNITS)}")
+            raise ValueError(f"{name}: unknown liquid properties {sorted(unknown)}; known: {sorted(known)}")
+        self.responses = [key for key in RESPONSE_UNITS if key in references]
+        self.fd_step = fd_step
         self.name = name
         self.temperature_K = temperature_K
         self.pressure_bar = pressure_bar
@@ -253,7 +291,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         )
         if method is not None and dump_every % int(variables.get("thermo_every", 1)):
             raise ValueError(f"{name}: dump_every ({dump_every}) must be a multiple of thermo_every")
-        self.computer = LammpsQuantityComputer(
+        self.computer = FormLammpsComputer(
             template,
             workdir,
             output_parsers=[self._parse],
@@ -264,6 +302,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
             output_files=["frames.dump"] if method is not None else [],  # cached with the log
             output_cache=output_cache,
             presubmit_hook=self._copy_files if files else None,
+            form=lammps_form,
         )
         self.files = [Path(f) for f in files]
         names = [f.name for f in self.files]
@@ -272,7 +311,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         self.frame_derivatives = FrameDerivatives(
             name,
             ModelDerivatives(form) if form is not None and method in ("model", "auto") else None,
-            RerunDerivatives(template, variables, self.files, rerun_step, command_timeout, name)
+            RerunDerivatives(template, variables, self.files, rerun_step, command_timeout, name, lammps_form)
             if method in ("rerun", "auto")
             else None,
         )
@@ -289,7 +328,13 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         log = next(p for p in output_files if p.name == "log.lammps")
         thermo = read_thermo(log)[-1]
         properties = liquid_properties(
-            thermo, self.temperature_K, self.n_blocks, self.pressure_bar, self.molecules
+            thermo,
+            self.temperature_K,
+            self.n_blocks,
+            self.pressure_bar,
+            self.molecules,
+            responses=self.responses,
+            observables=self.observables,
         ).as_dict()
         properties["_thermo"] = thermo
         return properties
@@ -317,6 +362,8 @@ class LiquidStatePointTerm(ObjectiveFunctor):
             )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        if self.gradient_method is not None:
+            gradients.update(finite_difference_gradients(self, parameters, quantities))
         if self.gas is not None:  # ⟨U_gas⟩ per molecule: a separate ensemble, added to the liquid's part
             quantities["hvap_kJ_mol"] += gas.energy_kJ_mol
             quantities["hvap_kJ_mol_sem"] = math.hypot(quantities["hvap_kJ_mol_sem"], gas.energy_kJ_mol_sem)
@@ -349,8 +396,9 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         dump: Path,
         gas: GasPhaseResult = RIGID,
     ) -> dict[str, dict[str, float]]:
-        """d⟨density⟩/dθ (kg/m³ per unit) and d⟨ΔHvap⟩/dθ (kJ/mol per unit) by the fluctuation formula,
-        with block standard errors (keys ``..._sem``); ΔHvap's includes d⟨U_gas⟩/dθ of ``gas``."""
+        """d⟨density⟩/dθ (kg/m³ per unit), d⟨ΔHvap⟩/dθ (kJ/mol per unit), and those of the response
+        functions and of the thermo observables whose ∂A/∂θ is known, by the fluctuation formula, with
+        block standard errors (keys ``..._sem``); ΔHvap's includes d⟨U_gas⟩/dθ of ``gas``."""
         from chemfit_core.science.fluctuation import property_gradients
 
         rows, d_energy = self.frame_derivatives(parameters, thermo, dump)
@@ -364,6 +412,18 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         }
         direct = {"hvap_kJ_mol": -d_energy / n * EV_PER_ATOM_TO_KJ_PER_MOL}
         out = property_gradients(samples, direct, d_energy, beta, list(parameters), self.n_blocks)
+        out.update(
+            observable_gradients(
+                self.observables,
+                self.responses,
+                frames,
+                d_energy,
+                (self.temperature_K, self.pressure_bar),
+                (int(thermo["Atoms"][-1]), n),
+                list(parameters),
+                self.n_blocks,
+            )
+        )
         if gas.gradient is not None:
             for name in parameters:
                 out["hvap_kJ_mol"][name] += gas.gradient[name]

@@ -37,7 +37,7 @@ import numpy as np
 
 from chemfit_core.errors import ChemFitError
 from chemfit_core.external import lammps
-from chemfit_core.external.lammps import read_thermo, run_lammps
+from chemfit_core.external.lammps import LammpsQuantityComputer, read_thermo, run_lammps
 from chemfit_core.file_based_computer import flatten_parameters, load_template, render_template
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,34 @@ ENERGY_RTOL = 1e-7
 """Largest relative difference allowed between a rerun's energy at θ and the MD run's."""
 _MD_COMMAND = re.compile(r"^[ \t]*(run|minimize|rerun|prd|tad|neb|temper)[ \t]", re.M)
 """Commands that run dynamics or minimisation: a rerun input must have none of its own."""
+
+
+def form_template_variables(form: Any, parameters: Mapping[str, float], workdir: Path | str) -> dict[str, Any]:
+    """What a liquid template gets from the potential form at ``parameters``: ``pair_lines`` (the form's
+    LAMMPS lines, one per line; files a form writes land in ``workdir`` and are named relative to
+    it) and ``nearest_neighbour_A`` (its nearest-neighbour distance, Å, for the starting lattice)."""
+    folder = f"{Path(workdir).resolve()}/"
+    lines = [line.replace(folder, "") for line in form.lammps_commands(dict(parameters), workdir)]
+    out: dict[str, Any] = {"pair_lines": "\n".join(lines)}
+    try:
+        out["nearest_neighbour_A"] = float(form.nearest_neighbour_A(dict(parameters)))
+    except NotImplementedError:
+        pass
+    return out
+
+
+class FormLammpsComputer(LammpsQuantityComputer):
+    """A :class:`LammpsQuantityComputer` that renders its template with the potential form's
+    :func:`form_template_variables` at each evaluation's parameters (``form`` None: none)."""
+
+    def __init__(self, *args: Any, form: Any | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.form = form
+
+    def render_inputs(self, parameters: Mapping[str, Any], workdir: Path) -> None:
+        """Render with ``pair_lines`` of the parameters (the form's files written into ``workdir``)."""
+        extra = form_template_variables(self.form, parameters, workdir) if self.form is not None else {}
+        super().render_inputs({**parameters, **extra}, workdir)
 
 
 def rerun_commands(dump: str, columns: Sequence[str]) -> str:
@@ -103,11 +131,16 @@ def rerun_energies(
     workdir: Path,
     files: Sequence[Path] = (),
     timeout: float | None = None,
+    form: Any | None = None,
+    parameters: Mapping[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(timesteps, potential energies in eV) of every frame of ``dump``, recomputed by LAMMPS with
     ``template`` rendered at ``variables`` (parameters included) in the fresh folder ``workdir``,
-    where ``files`` are copied first."""
+    where ``files`` are copied first; with ``form``, also with its :func:`form_template_variables`
+    at ``parameters``."""
     workdir.mkdir(parents=True)
+    if form is not None:
+        variables = {**variables, **form_template_variables(form, parameters or {}, workdir)}
     for path in files:
         shutil.copyfile(path, workdir / Path(path).name)
     frames = workdir / RERUN_DUMP
@@ -144,6 +177,7 @@ class RerunDerivatives:
             error is ~1e-6 relative, far below the statistical noise).
         timeout: seconds one rerun may take.
         label: the term's name, for logs and errors.
+        form: the potential form whose LAMMPS lines the template gets as ``pair_lines`` (or None).
     """
 
     method = "rerun"
@@ -156,6 +190,7 @@ class RerunDerivatives:
         relative_step: float = 1e-3,
         timeout: float | None = 600.0,
         label: str = "rerun",
+        form: Any | None = None,
     ):
         if not relative_step > 0:
             raise ValueError(f"{label}: relative_step must be > 0, got {relative_step}")
@@ -165,6 +200,7 @@ class RerunDerivatives:
         self.relative_step = relative_step
         self.timeout = timeout
         self.label = label
+        self.form = form
 
     def __call__(
         self, parameters: Mapping[str, float], dump: Path, workdir: Path
@@ -176,7 +212,8 @@ class RerunDerivatives:
 
         def energies(theta: Mapping[str, float], tag: str) -> tuple[np.ndarray, np.ndarray]:
             variables = {**self.variables, **flatten_parameters(theta)}
-            return rerun_energies(self.template, variables, dump, workdir / f"rerun-{tag}", self.files, self.timeout)
+            folder = workdir / f"rerun-{tag}"
+            return rerun_energies(self.template, variables, dump, folder, self.files, self.timeout, self.form, theta)
 
         steps, energy = energies(parameters, "base")
         derivatives = np.empty((len(steps), len(names)))

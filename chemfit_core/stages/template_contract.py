@@ -12,7 +12,7 @@ keys a template never reads, which then do not describe the run.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import jinja2
 import jinja2.meta
@@ -32,6 +32,11 @@ TEMPLATE_VARIABLES: Mapping[str, str] = {
     "equilibration_steps": "md.equilibration_steps: NPT steps before averaging",
     "production_steps": "md.production_steps (validation runs: liquid.validation.production_steps): NPT steps averaged",
     "thermo_every": "md.thermo_every: steps between thermo rows (dump_every is a multiple of it)",
+    "pair_lines": "the potential form's LAMMPS lines at the run's parameters (pair_style, pair_coeff, "
+    "pair_modify ...; files a form writes lie in the run folder), one per line",
+    "nearest_neighbour_A": "the form's nearest-neighbour distance at the run's parameters, Å (a starting lattice)",
+    "thermo_columns": "thermo keywords the state points' targets need beyond the required ones (ke for "
+    "alpha_P_1_K and cp_J_mol_K, the observables' columns): append them to the production thermo_style",
     "<parameter>": "each fitted parameter by its config name, in its unit (epsilon_K in K, sigma_A in Å ...)",
     "<option>": "each option of the potential form (cutoff_sigma, tail_correction, shift, cutoff_A ...)",
 }
@@ -51,10 +56,11 @@ def _template_line(source: str, pattern: str) -> str:
     return f"line {lines[-1]}" if lines else "no line"
 
 
-def output_problems(rendered: str, dump_every: int, source: str = "") -> list[str]:
+def output_problems(rendered: str, dump_every: int, source: str = "", columns: Sequence[str] = ()) -> list[str]:
     """What the rendered input ``rendered`` lacks of the outputs the workflow reads, each naming
-    the template line (``source`` is the template text)."""
-    problems = []
+    the template line (``source`` is the template text); ``columns``: further thermo keywords the
+    targets read (:func:`column_problems`)."""
+    problems = column_problems(rendered, columns, source) if columns else []
     styles = _THERMO_STYLE.findall(rendered)
     if not styles:
         problems.append(
@@ -90,6 +96,23 @@ def output_problems(rendered: str, dump_every: int, source: str = "") -> list[st
                     f"({_template_line(source, 'frames.dump')}), got every {every} with {columns.strip()}"
                 )
     return problems
+
+
+def column_problems(rendered: str, columns: Sequence[str], source: str = "") -> list[str]:
+    """The thermo keywords of ``columns`` that the last ``thermo_style custom`` of ``rendered`` does not
+    print (the targets' observables and response functions read them), naming the template line."""
+    styles = _THERMO_STYLE.findall(rendered)
+    keywords = styles[-1].split("#")[0].split() if styles else []
+    missing = [c for c in columns if c not in keywords]
+    if not missing:
+        return []
+    return [
+        f"expected the last thermo_style ({_template_line(source, 'thermo_style')}) to print the column"
+        f"{'s' if len(missing) > 1 else ''} {' '.join(missing)} the state points' targets read (observables, "
+        "alpha_P_1_K / cp_J_mol_K: ke), got no "
+        + ", ".join(missing)
+        + " (append {{ thermo_columns | join(' ') }} to it, as the shipped template does)"
+    ]
 
 
 def referenced_variables(source: str) -> set[str]:
@@ -131,7 +154,10 @@ def config_warnings(
             written = {f"liquid.md.{k}" for k in mine.get("liquid", {}).get("md", {})}
             written |= {f"potential.{k}" for k in mine.get("potential", {})} | ({"mass_g_mol"} & set(mine))
             keys = {name: key for name, key in keys.items() if key in written}
-        unused = unused_keys(Path(template).read_text(), keys)
+        text = Path(template).read_text()
+        if "pair_lines" in referenced_variables(text):  # the form's options are in its LAMMPS lines
+            keys = {name: key for name, key in keys.items() if not key.startswith("potential.")}
+        unused = unused_keys(text, keys)
         if unused:
             warnings.append(
                 f"{source}: fits.{fit_name}: {', '.join(unused)} not read by the template {template}: "

@@ -21,13 +21,14 @@ import pandas as pd
 
 from chemfit_core.file_based_computer import render_template
 from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
-from chemfit_core.science.liquid import PROPERTY_UNITS, properties_from_log
+from chemfit_core.science.liquid import PROPERTY_UNITS, TARGET_UNITS, properties_from_log
 from chemfit_core.science.molecules import RIGID, GasPhaseResult
 from chemfit_core.science.targets import propagate
 from chemfit_core.stages.config import derived_seed
 from chemfit_core.stages.objective import (
     gas_phase_run,
     molecules_of,
+    observables_of,
     potential_form_of,
     targets_from_config,
     validation_template_variables,
@@ -65,6 +66,10 @@ def render_validation_input(
         **validation_template_variables(fit, sp, validation_seed(master_seed, fit_name, state, replica)),
         **fitted,
     }
+    if "pair_lines" in Path(template).read_text():  # the form's lines, its files beside the input
+        from chemfit_core.science.rerun import form_template_variables
+
+        variables.update(form_template_variables(potential_form_of(fit), fitted, Path(out_path).parent))
     atomic_write_text(out_path, render_template(template, variables))
     for path in map(Path, fit["liquid"]["files"]):  # the run reads them from its own folder
         shutil.copyfile(path, Path(out_path).parent / path.name)
@@ -143,7 +148,7 @@ def _liquid_gradients(record: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         result = TermResult.from_dict(data)
         if result is None or "state_point" not in info or info.get("replica") is None:
             continue
-        for key in PROPERTY_UNITS:
+        for key in result.derivatives:
             g = [result.derivatives.get(key, {}).get(name) for name in names]
             if None not in g:
                 g = np.array(g, dtype=float)
@@ -180,13 +185,24 @@ def _liquid_rows(
     for state, paths in logs.items():
         sp = state_point(fit, state)
         n_blocks = fit["liquid"]["md"]["n_blocks"]
+        observables = observables_of(sp)
+        responses = [key for key in TARGET_UNITS if key in sp and key not in PROPERTY_UNITS]
         measured = [
             properties_from_log(
-                p, sp["temperature_K"], n_blocks, sp["pressure_bar"], molecules, gas.get(state, RIGID)
+                p,
+                sp["temperature_K"],
+                n_blocks,
+                sp["pressure_bar"],
+                molecules,
+                gas.get(state, RIGID),
+                responses,
+                observables,
             ).as_dict()
             for p in paths
         ]
-        for key, unit in PROPERTY_UNITS.items():
+        units = {**PROPERTY_UNITS, **{k: TARGET_UNITS[k] for k in responses}}
+        units.update({name: o.unit for name, o in observables.items()})
+        for key, unit in units.items():
             values = np.array([m[key] for m in measured])
             sems = np.array([m[f"{key}_sem"] for m in measured])
             # replicas are independent: combine their standard errors, and do not
@@ -194,7 +210,7 @@ def _liquid_rows(
             sem = float(np.sqrt(np.sum(sems**2)) / len(values))
             if len(values) > 1:
                 sem = max(sem, float(values.std(ddof=1) / np.sqrt(len(values))))
-            spec = sp.get(key)
+            spec = sp.get(key) or sp.get("observables", {}).get(key)
             rows.append(
                 _row(
                     fit_name,
