@@ -85,3 +85,35 @@ def test_a_potential_lammps_rejects_is_named_before_any_job(tmp_path):
     spec["files"] = ["missing.eam.alloy"]
     with pytest.raises(ConfigError, match=r"structures\.lammps\.files\[0\]: expected a potential file"):
         load_config(recovery_config(tmp_path, spec))
+
+
+def test_charged_ionic_cells_are_labelled_with_the_charges_the_commands_set():
+    """Charges in ``structures.lammps``: a Coulomb pair style makes the data files
+    ``atom_style charge`` and the commands' ``set type`` lines give each type its charge
+    (e), so an ionic potential labels its cells; the labels equal our own Buckingham +
+    DSF model, and halving the charges (a different potential) changes them."""
+    model = build_model(
+        {
+            "form": "buck",
+            "A": [[0.0, 1280.0], [1280.0, 9547.96]],
+            "rho": [[0.3, 0.29969], [0.29969, 0.21916]],
+            "C": [[0.0, 0.0], [0.0, 32.0]],
+            "cutoff": 6.0,
+            "species": ["Mg", "O"],
+            "charges": {"Mg": 2.0, "O": -2.0},
+            "coulomb_cutoff": 6.0,
+        }
+    )
+    commands = model.lammps_commands(["Mg", "O"])
+    assert any(line.startswith("set type 1 charge") for line in commands)
+    cells = {"lattice": "rocksalt", "formula": "MgO", "a_A": 4.21, "n_structures": 3, "vacancies": False}
+    spec = {"commands": commands, "species": ["Mg", "O"], "files": [], "cells": cells}
+    structures = lammps_labelled_structures(spec)
+    for atoms in structures:
+        with torch.no_grad():
+            out = model(atoms_to_state(atoms))
+        assert out["energy"].item() == pytest.approx(atoms.get_potential_energy(), rel=1e-10)
+        np.testing.assert_allclose(out["forces"].numpy(), atoms.get_forces(), atol=1e-9)
+    halved = [line.replace("charge 2.0", "charge 1.0").replace("charge -2.0", "charge -1.0") for line in commands]
+    other = lammps_labelled_structures({**spec, "commands": halved})
+    assert other[0].get_potential_energy() != pytest.approx(structures[0].get_potential_energy(), rel=1e-3)
