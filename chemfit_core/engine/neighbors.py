@@ -16,6 +16,7 @@ little, so most steps reuse the list: only the distances are recomputed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -29,46 +30,177 @@ MAX_ATOMS_PER_A3 = 0.5
 
 @dataclasses.dataclass
 class SystemPairs:
-    """Half neighbour list of one system, in local atom indices."""
+    """Half neighbour list of one system, in local atom indices, stored compactly.
 
-    i: torch.Tensor  # [n_pairs] long
-    j: torch.Tensor  # [n_pairs] long
-    shifts: torch.Tensor  # [n_pairs, 3] integer lattice shifts (as float)
+    ``i``/``j`` are int32; only the pairs whose image has a nonzero lattice shift
+    keep their shift (``image``: their positions in the list, ascending;
+    ``image_shifts``: their integer shifts, as float). In a large cell most pairs
+    are inside the box, so the list costs about 8 bytes a pair.
+    """
+
+    i: torch.Tensor  # [n_pairs] int32
+    j: torch.Tensor  # [n_pairs] int32
+    image: torch.Tensor  # [n_image] long, pairs with a nonzero shift
+    image_shifts: torch.Tensor  # [n_image, 3] integer lattice shifts (as float)
     ref_positions: torch.Tensor  # [n_atoms, 3] positions when built
     ref_cell: torch.Tensor  # [3, 3]
     list_cutoff: float
     max_shift: float  # largest |shift| component, for the cell-change bound
 
 
+PAIR_BLOCK_CPU = 16_384
+"""Pairs evaluated at once on a CPU: a block's temporaries (~200 bytes a pair) stay in the L2 cache."""
+PAIR_BLOCK_MEMORY_BYTES = 256 * 2**20
+"""Memory a block's temporaries may take on a GPU (bytes); blocks are as large as this allows."""
+BYTES_PER_PAIR = 256
+"""Temporary bytes one pair costs while a block is evaluated (vectors, distances, terms, indices)."""
+
+
+def pair_block_size(device: torch.device, memory_bytes: float | None = None) -> int:
+    """Pairs per block: :data:`PAIR_BLOCK_CPU` on a CPU, else what ``memory_bytes`` (bytes,
+    default :data:`PAIR_BLOCK_MEMORY_BYTES`) holds at :data:`BYTES_PER_PAIR`; at least 1."""
+    if memory_bytes is None and torch.device(device).type == "cpu":
+        return PAIR_BLOCK_CPU
+    budget = PAIR_BLOCK_MEMORY_BYTES if memory_bytes is None else memory_bytes
+    return max(1, int(budget // BYTES_PER_PAIR))
+
+
 @dataclasses.dataclass
-class Pairs:
-    """Flat pairs of a whole batch (global atom indices), with their systems and shifts."""
+class PairBlock:
+    """One block of pairs: global atom indices (long), systems (None: a single system), vectors."""
 
     i: torch.Tensor
     j: torch.Tensor
-    system: torch.Tensor
-    shifts: torch.Tensor  # integer shifts [n_pairs, 3]
-    _offsets: tuple[torch.Tensor, torch.Tensor] | None = None  # (cell, shifts @ cell) cache
+    system: torch.Tensor | None
+    vectors: torch.Tensor  # [3, n] r_j - r_i (image included), Å
+    r2: torch.Tensor | None = None  # [n] squared distances, Å², once computed
+
+    def inside(self, cutoff: float) -> PairBlock:
+        """The pairs of this block closer than ``cutoff`` (Å), with their squared distances."""
+        v = self.vectors
+        r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2]
+        near = r2 < cutoff * cutoff
+        if bool(near.all()):
+            return dataclasses.replace(self, r2=r2)
+        keep = torch.nonzero(near).squeeze(1)
+        system = None if self.system is None else self.system[keep]
+        return PairBlock(self.i[keep], self.j[keep], system, v[:, keep], r2[keep])
+
+
+@dataclasses.dataclass
+class Pairs:
+    """Flat half list of a whole batch (global atom indices), compact like :class:`SystemPairs`.
+
+    :meth:`blocks` yields the pairs block by block (what the pair and EAM models
+    evaluate); ``i``, ``j``, ``system``, ``shifts`` and :meth:`vectors` give the
+    whole list at once (long indices, every pair's shift), made on first use.
+    """
+
+    pi: torch.Tensor  # [n_pairs] int32
+    pj: torch.Tensor  # [n_pairs] int32
+    image: torch.Tensor  # [n_image] long, ascending
+    image_shifts: torch.Tensor  # [n_image, 3]
+    image_system: torch.Tensor  # [n_image] long
+    counts: list[int]  # pairs per system
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of pairs (within ``cutoff + skin``)."""
+        return self.pi.numel()
+
+    @property
+    def i(self) -> torch.Tensor:
+        """``[n_pairs]`` first atom of every pair (long)."""
+        return self._full("i", lambda: self.pi.long())
+
+    @property
+    def j(self) -> torch.Tensor:
+        """``[n_pairs]`` second atom of every pair (long)."""
+        return self._full("j", lambda: self.pj.long())
+
+    @property
+    def system(self) -> torch.Tensor:
+        """``[n_pairs]`` system of every pair."""
+        device = self.pi.device
+        sizes = torch.tensor(self.counts, device=device)
+        return self._full(
+            "system", lambda: torch.repeat_interleave(torch.arange(len(self.counts), device=device), sizes)
+        )
+
+    @property
+    def shifts(self) -> torch.Tensor:
+        """``[n_pairs, 3]`` integer lattice shift of every pair (as float)."""
+
+        def make() -> torch.Tensor:
+            out = torch.zeros((self.n_pairs, 3), dtype=self.image_shifts.dtype, device=self.pi.device)
+            out[self.image] = self.image_shifts
+            return out
+
+        return self._full("shifts", make)
+
+    def _full(self, name: str, make) -> torch.Tensor:
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
 
     def offsets(self, cell: torch.Tensor) -> torch.Tensor:
-        """Cartesian image offsets ``shift · cell`` of every pair, ``[3, n_pairs]``.
+        """Cartesian image offsets ``shift · cell`` of every pair, ``[3, n_pairs]`` Å (cached per cell tensor)."""
+        cached = self._cache.get("offsets")
+        if cached is not None and cached[0] is cell:
+            return cached[1]
+        offsets = torch.zeros((3, self.n_pairs), dtype=cell.dtype, device=cell.device)
+        offsets[:, self.image] = self.image_offsets(cell)
+        self._cache["offsets"] = (cell, offsets)
+        return offsets
 
-        Cached while the cell tensor is the same object (no cell relaxation).
-        """
-        if self._offsets is not None and self._offsets[0] is cell:
-            return self._offsets[1]
-        offsets = torch.einsum("pk,pkl->lp", self.shifts, cell[self.system]).contiguous()
-        self._offsets = (cell, offsets)
+    def image_offsets(self, cell: torch.Tensor) -> torch.Tensor:
+        """``[3, n_image]`` offsets of the pairs with a nonzero shift, Å (cached per cell tensor)."""
+        cached = self._cache.get("image_offsets")
+        if cached is not None and cached[0] is cell:
+            return cached[1]
+        shifts = self.image_shifts.to(cell.dtype)
+        if len(self.counts) == 1:
+            offsets = (shifts @ cell[0]).T.contiguous()
+        else:
+            offsets = torch.einsum("pk,pkl->lp", shifts, cell[self.image_system]).contiguous()
+        self._cache["image_offsets"] = (cell, offsets)
         return offsets
 
     def vectors(self, state: SimState) -> torch.Tensor:
-        """``r_j - r_i`` including the periodic image, component-major ``[3, n_pairs]`` Å.
-
-        Component-major (one row per x, y, z) makes the gathers and the per-pair
-        reductions that follow several times faster on CPU than ``[n_pairs, 3]``.
-        """
+        """``r_j - r_i`` including the periodic image, component-major ``[3, n_pairs]`` Å, all pairs at once."""
         pos = state.positions.T.contiguous()
         return pos[:, self.j] - pos[:, self.i] + self.offsets(state.cell)
+
+    def blocks(self, state: SimState, block_size: int | None = None) -> Iterator[PairBlock]:
+        """The pairs in blocks of at most ``block_size`` (default :func:`pair_block_size`); all at once with 0.
+
+        Vectors stay differentiable with respect to positions and cell.
+        """
+        size = pair_block_size(state.device) if block_size is None else block_size
+        size = self.n_pairs if size <= 0 else size
+        pos = state.positions.T.contiguous()
+        offsets = self.image_offsets(state.cell)
+        graph = torch.is_grad_enabled() and (pos.requires_grad or offsets.requires_grad)
+        single = len(self.counts) == 1
+        starts = list(range(0, self.n_pairs, max(size, 1)))
+        bounds = torch.searchsorted(self.image, torch.tensor(starts + [self.n_pairs], device=self.image.device))
+        bounds = bounds.tolist()
+        for k, a in enumerate(starts):
+            b = min(a + size, self.n_pairs)
+            i, j = self.pi[a:b].long(), self.pj[a:b].long()
+            if graph:
+                vectors = torch.stack([pos[c].index_select(0, j) - pos[c].index_select(0, i) for c in range(3)])
+            else:  # gathered into one buffer, no stacking copy
+                vectors = torch.empty((3, b - a), dtype=pos.dtype, device=pos.device)
+                for c in range(3):
+                    torch.index_select(pos[c], 0, j, out=vectors[c])
+                    vectors[c].sub_(pos[c].index_select(0, i))
+            lo, hi = bounds[k], bounds[k + 1]
+            if hi > lo:
+                vectors = vectors.index_add(1, self.image[lo:hi] - a, offsets[:, lo:hi])
+            system = None if single else state.system_idx.index_select(0, i)
+            yield PairBlock(i, j, system, vectors)
 
 
 class NeighborList:
@@ -112,22 +244,25 @@ class NeighborList:
             import vesin
 
             calculator = vesin.NeighborList(cutoff=list_cutoff, full_list=False)
-            i, j, shifts = (
-                torch.from_numpy(np.asarray(a))
-                for a in calculator.compute(
-                    pos.cpu().numpy().astype(np.float64), box.cpu().numpy().astype(np.float64), pbc.cpu().numpy(), "ijS"
-                )
+            i, j, shifts = calculator.compute(
+                pos.cpu().numpy().astype(np.float64), box.cpu().numpy().astype(np.float64), pbc.cpu().numpy(), "ijS"
             )
-        shifts = shifts.to(dtype=pos.dtype, device=pos.device)
+            # int32 at once: vesin's uint64 indices would double the list while it is converted
+            i, j = torch.from_numpy(i.astype(np.int32)), torch.from_numpy(j.astype(np.int32))
+            shifts = torch.from_numpy(shifts)
+        shifts = shifts.to(device=pos.device)
+        image = torch.nonzero(shifts.any(dim=1)).flatten()
+        image_shifts = shifts[image].to(pos.dtype)
         self.builds += 1
         return SystemPairs(
-            i=i.to(device=pos.device, dtype=torch.long),
-            j=j.to(device=pos.device, dtype=torch.long),
-            shifts=shifts,
+            i=i.to(device=pos.device, dtype=torch.int32),
+            j=j.to(device=pos.device, dtype=torch.int32),
+            image=image,
+            image_shifts=image_shifts,
             ref_positions=pos.clone(),
             ref_cell=box.clone(),
             list_cutoff=list_cutoff,
-            max_shift=float(shifts.abs().max()) if shifts.numel() else 0.0,
+            max_shift=float(image_shifts.abs().max()) if image_shifts.numel() else 0.0,
         )
 
     def _stale(self, state: SimState, entries: list[SystemPairs | None]) -> list[int]:
@@ -168,16 +303,29 @@ class NeighborList:
         cached = getattr(state, "_flat_pairs", None)
         if cached is not None and len(cached[0]) == len(entries) and all(a is b for a, b in zip(cached[0], entries)):
             return cached[1]
-        offsets = (torch.cumsum(state.n_atoms_per_system, 0) - state.n_atoms_per_system).tolist()
-        sizes = [e.i.numel() for e in entries]
-        device = state.device
-        flat = Pairs(
-            i=torch.cat([e.i.to(device) + o for e, o in zip(entries, offsets)]),
-            j=torch.cat([e.j.to(device) + o for e, o in zip(entries, offsets)]),
-            system=torch.repeat_interleave(
-                torch.arange(state.n_systems, device=device), torch.tensor(sizes, device=device)
-            ),
-            shifts=torch.cat([e.shifts.to(device) for e in entries]),
-        )
+        flat = _join(entries, state)
         state._flat_pairs = (tuple(entries), flat)  # holding the entries keeps identity checks sound
         return flat
+
+
+def _join(entries: list[SystemPairs], state: SimState) -> Pairs:
+    """One flat list of the systems' lists (a single system's arrays are used as they are)."""
+    device = state.device
+    counts = [e.i.numel() for e in entries]
+    if len(entries) == 1:
+        e = entries[0]
+        system = torch.zeros(e.image.numel(), dtype=torch.long, device=device)
+        return Pairs(e.i.to(device), e.j.to(device), e.image.to(device), e.image_shifts.to(device), system, counts)
+    atom_offsets = (torch.cumsum(state.n_atoms_per_system, 0) - state.n_atoms_per_system).tolist()
+    pair_offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+    return Pairs(
+        pi=torch.cat([e.i.to(device) + o for e, o in zip(entries, atom_offsets)]),
+        pj=torch.cat([e.j.to(device) + o for e, o in zip(entries, atom_offsets)]),
+        image=torch.cat([e.image.to(device) + o for e, o in zip(entries, pair_offsets)]),
+        image_shifts=torch.cat([e.image_shifts.to(device) for e in entries]),
+        image_system=torch.repeat_interleave(
+            torch.arange(len(entries), device=device),
+            torch.tensor([e.image.numel() for e in entries], device=device),
+        ),
+        counts=counts,
+    )

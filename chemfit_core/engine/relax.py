@@ -75,6 +75,7 @@ def _singles(structures: Any, device: torch.device, dtype: torch.dtype) -> Itera
             yield atoms_to_state(item, device=device, dtype=dtype)
 
 
+@torch.no_grad()  # a relaxation needs forces, never a graph: models evaluate in blocks, in place
 def relax_structures(
     structures: Iterable[Any] | SimState,
     model: Any,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from chemfit_core.engine.neighbors import NeighborList, Pairs
+from chemfit_core.engine.neighbors import NeighborList, PairBlock, Pairs
 from chemfit_core.engine.state import SimState
 
 
@@ -26,6 +26,7 @@ class Model(torch.nn.Module):
         self.species = [int(z) for z in species]
         self.compute_stress = compute_stress
         self.neighbor_list = NeighborList(self.cutoff, skin)
+        self.block_size: int | None = None  # pairs per block without a graph; None: pair_block_size()
         table = torch.full((119,), -1, dtype=torch.long)
         table[torch.tensor(self.species)] = torch.arange(len(self.species))
         self.register_buffer("_type_of_z", table, persistent=False)
@@ -87,29 +88,92 @@ class PairModel(Model):
         return self.assemble(state, pairs, stress)
 
     def assemble(self, state: SimState, pairs: Pairs, compute_stress: bool = True) -> dict[str, torch.Tensor]:
-        """Sum pair terms into per-system energies, per-atom forces and stresses."""
-        vectors = pairs.vectors(state)  # [3, n_pairs]
-        r2 = vectors[0] * vectors[0] + vectors[1] * vectors[1] + vectors[2] * vectors[2]
-        inside = torch.nonzero(r2 < self.cutoff**2).squeeze(1)
-        vectors, r2 = vectors[:, inside], r2[inside]
-        i, j, system = pairs.i[inside], pairs.j[inside], pairs.system[inside]
-        if len(self.species) == 1:
-            self.types(state)  # still reject unknown elements
-            ti = tj = None
+        """Sum pair terms into per-system energies, per-atom forces and stresses.
+
+        Without an autograd graph to keep (no gradient wanted, see :func:`tracks_graph`)
+        the pairs are evaluated block by block (:meth:`Pairs.blocks`) and summed in
+        place, so memory beyond the list stays that of one block; with one, all pairs
+        are evaluated at once, out of place, and every result stays differentiable.
+        """
+        graph = tracks_graph(self, state)
+        single_species = len(self.species) == 1
+        types = self.types(state)  # also rejects unknown elements
+        sums = Sums(state, state.dtype, compute_stress, graph)
+        for block in pairs.blocks(state, 0 if graph else self.block_size):
+            block = block.inside(self.cutoff)
+            ti, tj = (None, None) if single_species else (types[block.i], types[block.j])
+            energy_pair, dedr_over_r = self.pair_terms(block.r2, ti, tj)
+            sums.add_energy(block, energy_pair)
+            sums.add_pair_gradient(block, dedr_over_r * block.vectors)  # dE/d(r_j - r_i)
+        return sums.result()
+
+
+def tracks_graph(model: torch.nn.Module, state: SimState) -> bool:
+    """Whether a forward pass must keep its autograd graph: grad mode is on and a parameter,
+    the positions or the cell require gradients (fits, Jacobians). Otherwise (relaxations)
+    models evaluate in blocks and accumulate in place."""
+    if not torch.is_grad_enabled():
+        return False
+    return state.positions.requires_grad or state.cell.requires_grad or any(p.requires_grad for p in model.parameters())
+
+
+class Sums:
+    """Per-system energies, per-atom forces and the virial, summed over blocks of pairs.
+
+    Forces are kept component-major (``[3, n_atoms]``, fast scatters); with ``graph``
+    every sum is out of place (differentiable), otherwise in place.
+    """
+
+    def __init__(self, state: SimState, dtype: torch.dtype, compute_stress: bool, graph: bool):
+        self.state, self.graph, self.compute_stress = state, graph, compute_stress
+        device = state.device
+        self.energy = torch.zeros(state.n_systems, dtype=dtype, device=device)
+        self.forces = torch.zeros((3, state.n_atoms), dtype=dtype, device=device)
+        self.virial = torch.zeros((state.n_systems, 3, 3), dtype=dtype, device=device) if compute_stress else None
+
+    def add_energy(self, block: PairBlock, energy: torch.Tensor) -> None:
+        """Add per-pair energies ``[n]`` (eV) of ``block`` to their systems."""
+        if block.system is None:
+            self.energy = self.energy + energy.sum() if self.graph else self.energy.add_(energy.sum())
+        elif self.graph:
+            self.energy = self.energy.index_add(0, block.system, energy)
         else:
-            types = self.types(state)
-            ti, tj = types[i], types[j]
-        energy_pair, dedr_over_r = self.pair_terms(r2, ti, tj)
-        grad = dedr_over_r * vectors  # dE/d(r_j - r_i), [3, n_pairs]
-        energy = torch.zeros(state.n_systems, dtype=energy_pair.dtype, device=state.device)
-        energy = energy.index_add(0, system, energy_pair)
-        forces = torch.zeros((3, state.n_atoms), dtype=grad.dtype, device=state.device)
-        forces = forces.index_add(1, i, grad).index_add(1, j, -grad).T
-        out = {"energy": energy, "forces": forces}
-        if compute_stress:
-            virial = torch.zeros(state.n_systems, 3, 3, dtype=grad.dtype, device=state.device)
-            virial = virial.index_add(0, system, torch.einsum("ap,bp->pab", vectors, grad))
+            self.energy.index_add_(0, block.system, energy)
+
+    def add_atom_energy(self, energy: torch.Tensor) -> None:
+        """Add per-atom energies ``[n_atoms]`` (eV) to their systems."""
+        if self.graph:
+            self.energy = self.energy.index_add(0, self.state.system_idx, energy)
+        else:
+            self.energy.index_add_(0, self.state.system_idx, energy)
+
+    def add_pair_gradient(self, block: PairBlock, grad: torch.Tensor) -> None:
+        """Add dE/d(r_j − r_i) ``[3, n]`` (eV/Å) of ``block``: +grad on atom i, −grad on atom j, and the virial."""
+        if self.virial is not None:
+            # one pair at a time into its system's row (index_add), the same order alone and in a batch
+            system = block.system if block.system is not None else self._zeros(block.i.numel())
+            term = torch.einsum("ap,bp->pab", block.vectors, grad)
+            if self.graph:
+                self.virial = self.virial.index_add(0, system, term)
+            else:
+                self.virial.index_add_(0, system, term)
+        if self.graph:
+            self.forces = self.forces.index_add(1, block.i, grad).index_add(1, block.j, -grad)
+        else:
+            self.forces.index_add_(1, block.i, grad)
+            self.forces.index_add_(1, block.j, grad.neg_())  # grad is this block's own temporary
+
+    def _zeros(self, n: int) -> torch.Tensor:
+        if getattr(self, "_zero_index", None) is None or self._zero_index.numel() < n:
+            self._zero_index = torch.zeros(n, dtype=torch.long, device=self.state.device)
+        return self._zero_index[:n]
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """``energy`` [n_systems] eV, ``forces`` [n_atoms, 3] eV/Å and, if asked, ``stress`` [n_systems, 3, 3] eV/Å³."""
+        out = {"energy": self.energy, "forces": self.forces.T}
+        if self.virial is not None:
+            state = self.state
             volume = torch.linalg.det(state.cell).abs().clamp_min(1e-30)
-            stress = virial / volume.view(-1, 1, 1)
+            stress = self.virial / volume.view(-1, 1, 1)
             out["stress"] = torch.where(state.pbc.all(dim=1).view(-1, 1, 1), stress, torch.zeros_like(stress))
         return out

@@ -11,8 +11,8 @@ the last tabulated density, so energies and forces agree with LAMMPS to rounding
 The fittable analytic form built on the same assembly is
 :class:`chemfit_core.models.analytic_eam.AnalyticEAM`.
 
-Forces and stresses of both come from one autograd pass with respect to the pair
-vectors, assembled per atom and per system like the pair models.
+Forces and stresses of both come from each pair's dE/dr (two passes over the pairs,
+LAMMPS's scheme), assembled per atom and per system like the pair models.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from chemfit_core.engine.neighbors import Pairs
 from chemfit_core.engine.state import SimState
-from chemfit_core.models.base import Model
+from chemfit_core.models.base import Model, Sums, tracks_graph
 from chemfit_core.models.registry import potential_file, register_model
 from chemfit_core.units import LAMMPS_HARTREE_BOHR
 
@@ -95,36 +95,52 @@ class _EAMBase(Model):
         return self.assemble(state, pairs, stress)
 
     def assemble(self, state: SimState, pairs: Pairs, compute_stress: bool = True) -> dict[str, torch.Tensor]:
-        """Per-system energies and, by one autograd pass over the pair vectors, forces and stress."""
+        """Per-system energies, forces and stresses in two passes over the pairs, as LAMMPS does.
+
+        Pass 1 sums the densities ρ_i and gives F(ρ_i) and F'(ρ_i); pass 2 gives each
+        pair's dE/dr = F'(ρ_i) ρ_j'(r) + F'(ρ_j) ρ_i'(r) + φ'(r). The radial derivatives
+        come from autograd on the pair distances alone (elementwise, one block at a
+        time), so no graph over the whole structure is built. Without a gradient to
+        keep (:func:`~chemfit_core.models.base.tracks_graph`) the pairs are evaluated in
+        blocks and summed in place; with one, all at once and differentiably (parameter
+        gradients of energies, forces and stresses).
+        """
+        graph = tracks_graph(self, state)
         types = self.types(state)
-        with torch.enable_grad():
-            vectors = pairs.vectors(state)
-            r2 = (vectors * vectors).sum(0)
-            inside = torch.nonzero(r2 < self.cutoff**2).squeeze(1)
-            i, j, system = pairs.i[inside], pairs.j[inside], pairs.system[inside]
-            vectors = vectors[:, inside].detach().requires_grad_(True)
-            r = torch.sqrt((vectors * vectors).sum(0))
-            ti, tj = types[i], types[j]
+        single = len(self.species) == 1
+        block_size = 0 if graph else self.block_size
+        rho = torch.zeros(state.n_atoms, dtype=state.dtype, device=state.device)
+        for block in pairs.blocks(state, block_size):
+            block = block.inside(self.cutoff)
+            r = torch.sqrt(block.r2)
+            ti, tj = (0, 0) if single else (types[block.i], types[block.j])
             # a half list: each pair adds to both atoms' densities (with the other's function)
-            rho = torch.zeros(state.n_atoms, dtype=r.dtype, device=state.device)
-            rho = rho.index_add(0, i, self.density(r, tj)).index_add(0, j, self.density(r, ti))
-            atom_energy = self.embedding(rho, types)
-            energy = torch.zeros(state.n_systems, dtype=r.dtype, device=state.device)
-            energy = energy.index_add(0, state.system_idx, atom_energy)
-            energy = energy.index_add(0, system, self.pair(r, ti, tj))
-            needs_graph = any(p.requires_grad for p in self.parameters()) and torch.is_grad_enabled()
-            (grad,) = torch.autograd.grad(energy.sum(), vectors, create_graph=needs_graph)
-        forces = torch.zeros((3, state.n_atoms), dtype=grad.dtype, device=state.device)
-        forces = forces.index_add(1, i, grad).index_add(1, j, -grad).T
-        out = {"energy": energy if needs_graph else energy.detach(), "forces": forces}
-        if compute_stress:
-            virial = torch.zeros(state.n_systems, 3, 3, dtype=grad.dtype, device=state.device)
-            virial = virial.index_add(0, system, torch.einsum("ap,bp->pab", vectors.detach(), grad))
-            volume = torch.linalg.det(state.cell).abs().clamp_min(1e-30)
-            stress_tensor = virial / volume.view(-1, 1, 1)
-            periodic = state.pbc.all(dim=1).view(-1, 1, 1)
-            out["stress"] = torch.where(periodic, stress_tensor, torch.zeros_like(stress_tensor))
-        return out
+            rho_j = self.density(r, tj)
+            rho_i = rho_j if single else self.density(r, ti)
+            rho = rho.index_add(0, block.i, rho_j) if graph else rho.index_add_(0, block.i, rho_j)
+            rho = rho.index_add(0, block.j, rho_i) if graph else rho.index_add_(0, block.j, rho_i)
+        sums = Sums(state, state.dtype, compute_stress, graph)
+        with torch.enable_grad():
+            rho_in = rho if graph and rho.requires_grad else rho.detach().requires_grad_(True)
+            atom_energy = self.embedding(rho_in, types)
+            (fp,) = torch.autograd.grad(atom_energy.sum(), rho_in, create_graph=graph)
+        sums.add_atom_energy(atom_energy if graph else atom_energy.detach())
+        for block in pairs.blocks(state, block_size):
+            block = block.inside(self.cutoff)
+            ti, tj = (0, 0) if single else (types[block.i], types[block.j])
+            with torch.enable_grad():
+                r = torch.sqrt(block.r2)
+                r = r if graph and r.requires_grad else r.detach().requires_grad_(True)
+                phi = self.pair(r, ti, tj)
+                fp_i, fp_j = fp[block.i], fp[block.j]
+                if single:
+                    embedded = (fp_i + fp_j) * self.density(r, tj)
+                else:
+                    embedded = fp_i * self.density(r, tj) + fp_j * self.density(r, ti)
+                (dedr,) = torch.autograd.grad((embedded + phi).sum(), r, create_graph=graph)
+            sums.add_energy(block, phi if graph else phi.detach())
+            sums.add_pair_gradient(block, dedr / (r if graph else r.detach()) * block.vectors)
+        return sums.result()
 
 
 class EAM(_EAMBase):
