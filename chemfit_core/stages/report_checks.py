@@ -42,6 +42,8 @@ def denominators(config: Mapping[str, Any]) -> dict[tuple[str, str], float]:
         for key, spec in sp.items():
             if isinstance(spec, Mapping) and "denominator" in spec:
                 out[(sp["name"], key)] = float(spec["denominator"])
+        for key, spec in sp.get("observables", {}).items():  # thermo-column targets, by their names
+            out[(sp["name"], key)] = float(spec["denominator"])
     for key, spec in config.get("crystal", {}).get("references", {}).items():
         out[("crystal", key)] = float(spec["denominator"])
     structures = config.get("structures", {})
