@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from liquid_runs import ARGON_THETA, argon_md, argon_term
+from liquid_runs import ARGON_THETA, SHIPPED, argon_md, argon_term
 
 from chemfit_core import ChemFitError, EvaluateContext
 from chemfit_core.science.liquid import block_average, liquid_properties
@@ -87,3 +87,31 @@ def test_short_npt_run_gives_a_liquid_argon_density(tmp_path):
     assert loss == pytest.approx(
         ((props["density_kg_m3"] - 1395.4) / 10) ** 2 + ((props["hvap_kJ_mol"] - 6.437) / 0.1) ** 2
     )
+
+
+def test_the_shipped_template_runs_any_form_through_its_pair_lines(tmp_path):
+    """Morse copper in the argon template: LAMMPS runs the form's own lines (``pair_lines``), so the
+    torch model's energies of the dumped frames equal LAMMPS's (the model-gradient check, 1e-7)."""
+    from chemfit_core.models.forms import potential_form
+    from chemfit_core.science.liquid import LiquidStatePointTerm, Reference
+
+    form = potential_form({"form": "morse", "element": "Cu", "cutoff_A": 6.0})
+    variables = argon_md(n_cells=3, mass_g_mol=63.546, melt_temperature_K=3000.0, thermo_every=10)
+    variables.update(melt_steps=200, equilibration_steps=200, production_steps=400, timestep_fs=2.0)
+    term = LiquidStatePointTerm(
+        name="cu",
+        template=SHIPPED,
+        workdir=tmp_path,
+        temperature_K=1800.0,
+        pressure_bar=1.0,
+        references={"density_kg_m3": Reference(7900.0, 100.0)},
+        seed=5,
+        template_variables=variables,
+        form=form,
+        lammps_form=form,
+        dump_every=20,
+    )
+    ctx = EvaluateContext()
+    term({"D_eV": 0.3429, "alpha_invA": 1.3588, "r0_A": 2.866}, ctx)
+    assert ctx.meta["gradient_source"] == "model" and set(ctx.result.jacobian) == {"D_eV", "alpha_invA", "r0_A"}
+    assert 3000 < ctx.result.properties["density_kg_m3"] < 12000 and ctx.result.properties["n_atoms"] == 108
