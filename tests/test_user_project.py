@@ -23,7 +23,7 @@ def user_project(root: Path) -> Path:
     (root / "templates").mkdir()
     (root / "inputs").mkdir()
     shipped = (TEMPLATE_DIR / "lj_liquid_npt.lammps.j2").read_text()
-    neighbour_lines = "neighbor        {{ 0.3 * sigma_A }} bin\nneigh_modify    every 1 delay 0 check yes\n"
+    neighbour_lines = "neighbor        {{ 0.3 * length_A }} bin\nneigh_modify    every 1 delay 0 check yes\n"
     assert neighbour_lines in shipped
     (root / "templates" / "argon.lammps.j2").write_text(shipped.replace(neighbour_lines, "include neighbours.in\n"))
     (root / "inputs" / "neighbours.in").write_text("neighbor 1.0 bin\nneigh_modify every 1 delay 0 check yes\n")

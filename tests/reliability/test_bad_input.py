@@ -418,6 +418,7 @@ def test_sandbox_refuses_unsafe_template(tmp_path):
 
 def test_validation_renders_the_template_with_the_variables_the_pipeline_sets(tmp_path):
     """The check's fit-run variables are the ones each LiquidStatePointTerm renders with."""
+    from chemfit_core.science.rerun import form_template_variables
     from chemfit_core.stages.objective import build_liquid_objective, fit_template_contexts
 
     config = validate_config(argon(), SOURCE)
@@ -428,7 +429,9 @@ def test_validation_renders_the_template_with_the_variables_the_pipeline_sets(tm
             "argon", fit, config["seed"], TEMPLATE_DIR / fit["liquid"]["template"], tmp_path
         )
         term = cob.objective_functions[0]
-        rendered = {**term.computer.template_variables, **{n: p["initial"] for n, p in fit["parameters"].items()}}
+        initial = {n: p["initial"] for n, p in fit["parameters"].items()}
+        rendered = {**term.computer.template_variables, **initial}
+        rendered.update(form_template_variables(term.computer.form, initial, tmp_path))  # per evaluation
         checked = dict(fit_template_contexts(fit))["state point normal_boiling_point, fit run"]
         assert {k: v for k, v in checked.items() if k != "seed"} == {k: v for k, v in rendered.items() if k != "seed"}
 
