@@ -8,7 +8,7 @@ Workloads (one structure each, N = 4 n³ atoms):
   wheel; LAMMPS ``eam/alloy``).
 
 Each cell is rattled by 0.05 Å (seed 0) and relaxed until the largest force is at most
-0.01 eV/Å: ours with ``relax_structures(engine="torch")`` (FIRE, ``--fire-flavour``), LAMMPS
+0.01 eV/Å: ours with ``relax_structures(engine="torch")`` (FIRE, ``--fire-flavor``), LAMMPS
 with ``min_style fire`` (FIRE 2.0, ``min_modify norm max``). With ``--cell`` the cell is
 also strained by +1 % and relaxed with it to zero pressure: ours with the cell filter
 (ASE's UnitCellFilter, FIRE), LAMMPS with ``fix box/relax aniso 0.0`` under ``min_style
@@ -27,7 +27,7 @@ its ``Loop time`` / force evaluations), µs per atom per step, peak memory per a
 final energy per atom, and the ratios ours / LAMMPS.
 
 Usage: python bench/relax_scaling.py [--quick] [--sizes 256 2048 10976 108000 1048576]
-       [--potentials lj eam] [--cell] [--threads 1] [--fire-flavour fire2] [--skip-lammps]
+       [--potentials lj eam] [--cell] [--threads 1] [--fire-flavor fire2] [--skip-lammps]
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def case_ours(potential: str, n_atoms: int, cell: bool, flavour: str | None) -> 
     atoms = structure(potential, n_atoms, 0.01 if cell else 0.0)
     m = model(potential)
     relax_structures([structure(potential, 256)], model(potential), fmax=FMAX, engine="torch", progress_every_s=None)
-    options = {"fire_flavour": flavour} if flavour else {}
+    options = {"fire_flavor": flavour} if flavour and not cell else {}  # FIRE 2.0: fixed cells
     before = peak_rss_bytes()
     start = time.perf_counter()
     res = relax_structures(
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--potentials", nargs="+", choices=sorted(LATTICE), default=["lj", "eam"])
     parser.add_argument("--cell", action="store_true", help="also relax the strained cell (ours vs fix box/relax)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (LAMMPS stays serial)")
-    parser.add_argument("--fire-flavour", default=None, help="our FIRE flavour (default: relax_structures's)")
+    parser.add_argument("--fire-flavor", default=None, help="our FIRE flavour (default: relax_structures's)")
     parser.add_argument("--skip-lammps", action="store_true")
     parser.add_argument("--skip-force", action="store_true", help="no single force-call cases")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -257,7 +257,7 @@ def main() -> None:
                 f"{'µs/atom/st':>11}{'kB/atom':>10}{'E/atom (eV)':>16}"
             )
             for n in sizes:
-                ours = run_case(args, kind="ours", potential=potential, n_atoms=n, cell=cell, flavour=args.fire_flavour)
+                ours = run_case(args, kind="ours", potential=potential, n_atoms=n, cell=cell, flavour=args.fire_flavor)
                 print(fmt_row("ours", n, ours, "peak_added"), flush=True)
                 if args.skip_lammps:
                     continue

@@ -37,6 +37,8 @@ LAMMPS_EV_PER_A3_IN_BAR = 1.6021765e6
 """1 eV/Å³ in bar as LAMMPS's ``metal`` units have it (``nktv2p``; CODATA: 1602176.634)."""
 LAMMPS_HARTREE_BOHR = 27.2 * 0.529
 """Hartree·Bohr in eV·Å as LAMMPS's ``pair_style eam`` uses it for funcfl charges."""
+LAMMPS_METAL_FTM2V = 1.0 / 1.0364269e-4
+"""(eV/Å)/amu in Å/ps² as LAMMPS's ``metal`` units have it (``ftm2v``: force × time / mass → velocity)."""
 
 VOIGT_INDEX = ((0, 1, 2, 1, 0, 0), (0, 1, 2, 2, 2, 1))
 """Row and column of each Voigt component (xx, yy, zz, yz, xz, xy) in a 3×3 tensor."""

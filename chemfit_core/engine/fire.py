@@ -1,4 +1,4 @@
-"""Batched FIRE relaxation, ASE's flavour, with the cell filter as an option.
+"""Batched FIRE relaxation: ASE's flavour (with the cell filter as an option) and FIRE 2.0.
 
 Each system of a batch runs its own FIRE exactly as ``ase.optimize.FIRE`` does
 (unit masses; dt, α and the step counter per system; the step vector of a system
@@ -10,6 +10,13 @@ or ``relax_cell=True``) the degrees of freedom are those of ASE's ``UnitCellFilt
 Systems may join a running batch at any time: a joining system first gets its
 forces evaluated, then starts FIRE from scratch (zero velocity, ``dt_start``), as
 a fresh ASE optimiser would — no halved time step, no lost steps.
+
+FIRE 2.0 (Guénolé et al., Comput. Mater. Sci. 175, 109584 (2020)) is LAMMPS's
+``min_style fire`` with its defaults (:class:`Fire2Parameters`: semi-implicit Euler,
+real masses, dt and dmax in LAMMPS ``metal`` units, the half step back after an uphill
+step, no ABC), per system; a structure takes LAMMPS's steps (``tests/test_fire2.py``).
+It relaxes fixed cells. Choose it with ``fire_flavor="fire2"`` or by passing
+:class:`Fire2Parameters`.
 
 Functional style, torch-sim's signatures: :func:`fire_init` makes a
 :class:`FireState`, :func:`fire_step` advances it by one step.
@@ -35,8 +42,20 @@ from chemfit_core.engine.cell_filter import (
     per_system_sum,
 )
 from chemfit_core.engine.state import SimState
+from chemfit_core.units import LAMMPS_METAL_FTM2V
 
-__all__ = ["FireParameters", "FireState", "evaluate", "fire_init", "fire_step", "max_force", "move"]
+__all__ = [
+    "FIRE_FLAVORS",
+    "Fire2Parameters",
+    "FireParameters",
+    "FireState",
+    "evaluate",
+    "fire_init",
+    "fire_step",
+    "max_force",
+    "move",
+    "move_fire2",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +73,30 @@ class FireParameters:
 
 
 DEFAULT_PARAMETERS = FireParameters()
+
+
+@dataclasses.dataclass(frozen=True)
+class Fire2Parameters:
+    """FIRE 2.0's constants, LAMMPS's ``min_style fire`` defaults (``min_modify``'s names).
+
+    ``dt_start`` is LAMMPS's ``timestep`` (ps, metal units' default); ``tmax``/``tmin``
+    bound dt as multiples of it; ``dmax`` (Å) caps the largest displacement component.
+    """
+
+    dt_start: float = 0.001
+    tmax: float = 10.0
+    tmin: float = 0.02
+    delaystep: int = 20
+    dtgrow: float = 1.1
+    dtshrink: float = 0.5
+    alpha0: float = 0.25
+    alphashrink: float = 0.99
+    dmax: float = 0.1
+    halfstepback: bool = True
+
+
+FIRE_FLAVORS = {"ase_fire": FireParameters, "ase": FireParameters, "fire2": Fire2Parameters}
+"""FIRE flavours by name (``"ase"`` is short for torch-sim's ``"ase_fire"``) and their constants."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -105,14 +148,15 @@ def fire_init(
         relax_cell / cell_filter: relax the cell too (ASE's UnitCellFilter).
         pressure: target pressure for the cell filter, eV/Å³ (torch-sim: ``scalar_pressure``).
         dt_start, alpha_start: this state's first time step and mixing (default: the step's parameters).
-        fire_flavor: only ``"ase_fire"`` is implemented.
+        fire_flavor: ``"ase_fire"`` (``"ase"``) or ``"fire2"`` (fixed cells only).
         filter_kwargs: torch-sim's cell-filter options (``scalar_pressure``, ``cell_factor``,
             ``hydrostatic_strain``, ``constant_volume``).
     """
-    _check_flavor(fire_flavor)
-    fire_state = make_state(
-        FireState, state, model, cell_filter=cell_filter, relax_cell=relax_cell, pressure=pressure, **filter_kwargs
-    )
+    _check_flavor(fire_flavor, relax_cell or cell_filter not in (None, False))
+    with torch.no_grad():
+        fire_state = make_state(
+            FireState, state, model, cell_filter=cell_filter, relax_cell=relax_cell, pressure=pressure, **filter_kwargs
+        )
     for name, value in (("dt", dt_start), ("alpha", alpha_start)):
         if value is not None:
             current = getattr(fire_state, name)
@@ -120,36 +164,47 @@ def fire_init(
     return fire_state
 
 
-def _check_flavor(fire_flavor: str) -> None:
-    if fire_flavor != "ase_fire":
-        raise ValueError(f"only fire_flavor='ase_fire' is implemented, got {fire_flavor!r}")
+def _check_flavor(fire_flavor: str, relax_cell: bool = False) -> type:
+    if fire_flavor not in FIRE_FLAVORS:
+        raise ValueError(f"fire_flavor must be one of {sorted(FIRE_FLAVORS)}, got {fire_flavor!r}")
+    if relax_cell and FIRE_FLAVORS[fire_flavor] is Fire2Parameters:
+        raise ValueError("fire_flavor='fire2' relaxes fixed cells; relax cells with fire_flavor='ase_fire'")
+    return FIRE_FLAVORS[fire_flavor]
 
 
 def fire_step(
     state: FireState,
     model: Any,
-    params: FireParameters | None = None,
+    params: FireParameters | Fire2Parameters | None = None,
     *,
     active: torch.Tensor | None = None,
-    fire_flavor: str = "ase_fire",
+    fire_flavor: str | None = None,
     **overrides: float,
 ) -> FireState:
     """Move every evaluated system by one FIRE step, then evaluate the whole batch; return ``state``.
 
-    Systems that joined without results are only evaluated. ``active`` (bool per
-    system) can hold systems still. ``overrides`` are torch-sim's keywords for the
-    constants (``dt_max``, ``n_min``, ``f_inc``, ``f_dec``, ``alpha_start``,
-    ``f_alpha``, ``max_step``), applied on top of ``params``.
+    The flavour is that of ``params`` (:class:`FireParameters`: ASE's, :class:`Fire2Parameters`:
+    FIRE 2.0), else ``fire_flavor`` (default ``"ase_fire"``). Systems that joined without
+    results are only evaluated. ``active`` (bool per system) can hold systems still.
+    ``overrides`` set the flavour's constants by name (torch-sim's keywords for ASE's:
+    ``dt_max``, ``n_min``, ``f_inc``, ``f_dec``, ``alpha_start``, ``f_alpha``, ``max_step``),
+    applied on top of ``params``.
     """
-    _check_flavor(fire_flavor)
-    params = params or DEFAULT_PARAMETERS
+    kind = type(params) if params is not None else _check_flavor(fire_flavor or "ase_fire")
+    if fire_flavor is not None and _check_flavor(fire_flavor) is not kind:
+        raise ValueError(f"fire_flavor={fire_flavor!r} does not match the {kind.__name__} given")
+    params = params or kind()
     if overrides:
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(FireParameters)}
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(kind)}
         if unknown:
             raise TypeError(f"fire_step got unknown parameters {sorted(unknown)}")
-        params = dataclasses.replace(params, **{k: float(v) for k, v in overrides.items()})
-    move(state, params, active=active)
-    evaluate(state, model)
+        params = dataclasses.replace(params, **{k: type(getattr(params, k))(v) for k, v in overrides.items()})
+    with torch.no_grad():  # forces only: no autograd graph is kept (see models.base.tracks_graph)
+        if isinstance(params, Fire2Parameters):
+            move_fire2(state, model, params, active=active)
+        else:
+            move(state, params, active=active)
+        evaluate(state, model)
     return state
 
 
@@ -216,4 +271,72 @@ def move(state: FireState, params: FireParameters = DEFAULT_PARAMETERS, *, activ
         dr_cell = torch.where(moving.view(-1, 1, 1), dr_cell * limit.view(-1, 1, 1), torch.zeros_like(dr_cell))
         state.cell_velocities = torch.where(moving.view(-1, 1, 1), v_cell, state.cell_velocities)
     move_dofs(state, dr_atoms, dr_cell)
+    state.evaluated = state.evaluated & ~moving
+
+
+def move_fire2(
+    state: FireState, model: Any, params: Fire2Parameters = Fire2Parameters(), *, active: torch.Tensor | None = None
+) -> None:
+    """The position update of one FIRE 2.0 step per system, LAMMPS's ``MinFire::iterate``.
+
+    Velocities are in Å/ps with the atoms' masses (amu), dt in ps. After an uphill step
+    (P = v·f ≤ 0) a system steps back by ½·dt·v, and the model is evaluated there
+    (as LAMMPS does) before the next move; this costs one more batched evaluation when
+    any system needs it.
+    """
+    if state.relax_cell:
+        raise ValueError("FIRE 2.0 relaxes fixed cells; relax cells with ASE's flavour (FireParameters)")
+    n_sys, sys_idx = state.n_systems, state.system_idx
+    moving = moving_systems(state, active)
+    fresh = state.fresh & moving
+    start = torch.where(torch.isnan(state.dt), torch.full_like(state.dt, params.dt_start), state.dt)
+    state.dt = torch.where(fresh, start, state.dt)
+    state.alpha = torch.where(fresh, torch.full_like(state.alpha, params.alpha0), state.alpha)
+    state.n_pos = torch.where(fresh, torch.zeros_like(state.n_pos), state.n_pos)
+    state.velocities = torch.where(fresh[sys_idx].unsqueeze(1), torch.zeros_like(state.velocities), state.velocities)
+    atom_moving = moving[sys_idx].unsqueeze(1)
+
+    v, f = state.velocities, state.forces
+    vf = per_system_sum((v * f).sum(1), sys_idx, n_sys)
+    vv = per_system_sum((v * v).sum(1), sys_idx, n_sys)
+    ff = per_system_sum((f * f).sum(1), sys_idx, n_sys)
+    since_negative = state.n_pos + 1  # LAMMPS: ntimestep - last_negative
+    uphill_free = moving & (vf > 0)
+    uphill = moving & ~(vf > 0)
+    scale1 = 1.0 - state.alpha
+    scale2 = torch.where(ff <= 1e-20, torch.zeros_like(ff), state.alpha * torch.sqrt(vv / ff.clamp_min(1e-300)))
+    grow = uphill_free & (since_negative > params.delaystep)
+    dt, alpha = state.dt, state.alpha
+    dt = torch.where(grow, torch.clamp(dt * params.dtgrow, max=params.tmax * params.dt_start), dt)
+    alpha = torch.where(grow, alpha * params.alphashrink, alpha)
+    settled = uphill & (state.n_steps + 1 >= params.delaystep)  # no resets in the first delaystep steps
+    alpha = torch.where(settled, torch.full_like(alpha, params.alpha0), alpha)
+    dt = torch.where(settled & (dt * params.dtshrink >= params.tmin * params.dt_start), dt * params.dtshrink, dt)
+    state.n_pos = torch.where(
+        uphill, torch.zeros_like(since_negative), torch.where(moving, since_negative, state.n_pos)
+    )
+    back = uphill[sys_idx].unsqueeze(1)
+    if params.halfstepback and bool((back & (v != 0)).any()):
+        # LAMMPS steps back by half the new (shrunk) dt times v, not by half the last move
+        step_back = torch.where(back, -0.5 * dt[sys_idx].unsqueeze(1) * v, torch.zeros_like(v))
+        move_dofs(state, step_back, None)
+        evaluate(state, model)  # LAMMPS evaluates at the stepped-back positions
+        f = state.forces
+    v = torch.where(back, torch.zeros_like(v), v)
+    accel = LAMMPS_METAL_FTM2V * f / state.masses.unsqueeze(1)  # Å/ps² per eV/Å
+    # dmax: no component moves further than dmax, judged on v (or on dt·a after a reset)
+    probe = torch.where(back, dt[sys_idx].unsqueeze(1) * accel, v).abs().amax(dim=1)
+    vmax = torch.zeros(n_sys, dtype=v.dtype, device=v.device).scatter_reduce(0, sys_idx, probe, reduce="amax")
+    dtv = torch.where(dt * vmax > params.dmax, params.dmax / vmax.clamp_min(1e-300), dt)
+    v = v + dtv[sys_idx].unsqueeze(1) * accel
+    mixed = scale1[sys_idx].unsqueeze(1) * v + scale2[sys_idx].unsqueeze(1) * f
+    v = torch.where(uphill_free[sys_idx].unsqueeze(1), mixed, v)
+    dx = torch.where(atom_moving, dtv[sys_idx].unsqueeze(1) * v, torch.zeros_like(v))
+
+    state.velocities = torch.where(atom_moving, v, state.velocities)
+    state.dt = torch.where(moving, dt, state.dt)
+    state.alpha = torch.where(moving, alpha, state.alpha)
+    state.n_steps = state.n_steps + moving.to(state.n_steps.dtype)
+    state.fresh = state.fresh & ~moving
+    move_dofs(state, dx, None)
     state.evaluated = state.evaluated & ~moving

@@ -28,7 +28,7 @@ import torch
 
 from chemfit_core.engine.autobatching import InFlightAutoBatcher, MemoryScaling
 from chemfit_core.engine.cell_filter import OptimState, call_model, max_force
-from chemfit_core.engine.fire import FireParameters
+from chemfit_core.engine.fire import FIRE_FLAVORS, Fire2Parameters, FireParameters
 from chemfit_core.engine.optimizers import OPTIM_REGISTRY, OPTIMIZER_OPTIONS, STATE_TYPES, Optimizer
 from chemfit_core.engine.optimizers import optimizer as find_optimizer
 from chemfit_core.engine.state import SimState, atoms_to_state
@@ -88,7 +88,8 @@ def relax_structures(
     dtype: torch.dtype | None = None,
     max_memory_scaler: float | None = None,
     memory_scales_with: MemoryScaling = "n_atoms",
-    fire: FireParameters = DEFAULT_FIRE,
+    fire: FireParameters | Fire2Parameters = DEFAULT_FIRE,
+    fire_flavor: str | None = None,
     progress_every_s: float | None = 10.0,
     engine: str = "auto",
     workers: int | None = None,
@@ -112,7 +113,11 @@ def relax_structures(
         dtype: float64 (default, or a fixed-dtype model's) or float32.
         max_memory_scaler: batch budget in ``memory_scales_with`` units; default:
             probed on CUDA, a fixed atom budget on CPU.
-        fire: FIRE's constants (ASE's defaults).
+        fire: FIRE's constants: :class:`FireParameters` (ASE's flavour, its defaults) or
+            :class:`~chemfit_core.engine.fire.Fire2Parameters` (FIRE 2.0, LAMMPS's ``min_style fire``).
+        fire_flavor: ``"ase_fire"`` (default) or ``"fire2"`` (fixed cells; its defaults unless
+            ``fire`` gives Fire2Parameters). See bench/README.md (``relax_scaling.py``) for
+            the step counts of both.
         progress_every_s: seconds between progress log lines (None: silent).
         engine: ``"torch"`` (batched FIRE, any device), ``"lammps"`` (LAMMPS workers,
             one per core; fixed cells, models with ``lammps_commands``) or ``"auto"``:
@@ -129,6 +134,7 @@ def relax_structures(
     if engine not in ("auto", "torch", "lammps"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'lammps', got {engine!r}")
     method = find_optimizer(optimizer)
+    fire = _fire_parameters(fire, fire_flavor, relax_cell)
     options = dict(optimizer_options or {})
     unknown = set(options) - set(OPTIMIZER_OPTIONS[method])
     if unknown:
@@ -190,6 +196,23 @@ def relax_structures(
             n_calls,
         )
     return result
+
+
+def _fire_parameters(
+    fire: FireParameters | Fire2Parameters, flavor: str | None, relax_cell: bool
+) -> FireParameters | Fire2Parameters:
+    """The FIRE constants ``fire_flavor`` asks for, checked against ``fire`` and ``relax_cell``."""
+    if flavor is not None:
+        if flavor not in FIRE_FLAVORS:
+            raise ValueError(f"fire_flavor must be one of {sorted(FIRE_FLAVORS)}, got {flavor!r}")
+        kind = FIRE_FLAVORS[flavor]
+        if not isinstance(fire, kind):
+            if fire is not DEFAULT_FIRE:
+                raise ValueError(f"fire_flavor={flavor!r} does not match fire={type(fire).__name__}(...)")
+            fire = kind()
+    if relax_cell and isinstance(fire, Fire2Parameters):
+        raise ValueError("fire_flavor='fire2' relaxes fixed cells; relax cells with fire_flavor='ase_fire'")
+    return fire
 
 
 def place_model(
