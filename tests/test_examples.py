@@ -49,3 +49,29 @@ def test_the_ionic_example_reports_unfitted_properties_next_to_fitted_ones(tmp_p
     assert not table.loc["a0_A", "fitted_to"] and table.loc["a0_A", "target"] == 4.212  # weight 0: reported only
     assert abs(table.loc["a0_A", "fitted"] / 4.212 - 1) < 0.05 and table.loc["C44_GPa", "fitted"] > 0
     assert table.loc["max_relative_difference_energy", "fitted"] < 1e-8  # LAMMPS born/coul/dsf round trip
+
+
+@pytest.mark.slow
+def test_the_covalent_example_fits_sw_silicon_to_tersoff_cells_and_writes_the_potential(tmp_path, venv_env):
+    def reduce(fit):
+        fit["optimizer"]["max_evaluations"] = 4
+        fit["structures"]["lammps"]["cells"]["n_structures"] = 2
+        fit["crystal"]["validate"] = ["C44_GPa", "E_bcc_eV"]
+
+    results = run_reduced(tmp_path, "silicon_sw.yaml", reduce, venv_env)
+    params = json.loads((results / "params.json").read_text())["silicon_sw"]
+    assert params["potential"]["form"] == "sw" and set(params["parameters"]) == {
+        "epsilon:Si-Si-Si",
+        "sigma:Si-Si-Si",
+        "B:Si-Si-Si",
+    }
+    table = pd.read_csv(results / "properties.csv").set_index("property")
+    assert table.loc["a0_A", "fitted_to"] and table.loc["a0_A", "target"] == 5.431
+    assert abs(table.loc["a0_A", "fitted"] / 5.431 - 1) < 0.02 and abs(table.loc["Ec_eV", "fitted"] / 4.63 - 1) < 0.1
+    assert not table.loc["C44_GPa", "fitted_to"] and table.loc["C44_GPa", "target"] == 79.5  # reported only
+    assert table.loc["C44_GPa", "fitted"] > 0 and table.loc["E_bcc_eV", "fitted"] > 0  # diamond stays the ground state
+    assert table.loc["max_relative_difference_energy", "fitted"] < 1e-8  # LAMMPS sw round trip
+    # the fitted potential beside the results, named in params.json, runs in LAMMPS as fitted.sw
+    names = [f["name"] for f in params["potential_files"]]
+    assert names == ["potential.lammps", "potential/fitted.sw"]
+    assert "pair_coeff * * potential/fitted.sw Si" in (results / "silicon_sw" / "potential.lammps").read_text()
