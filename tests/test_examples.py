@@ -52,6 +52,24 @@ def test_the_ionic_example_reports_unfitted_properties_next_to_fitted_ones(tmp_p
 
 
 @pytest.mark.slow
+def test_the_binary_alloy_example_fits_per_pair_morse_and_reports_the_compound(tmp_path, venv_env):
+    def reduce(fit):
+        fit["optimizer"]["max_evaluations"] = 2
+        fit["structures"]["lammps"]["cells"].update(n_structures=2, repeat=[3, 3, 3])
+        fit["crystal"]["validate"] = ["a0_A", "C44_GPa"]
+
+    results = run_reduced(tmp_path, "cuni_morse.yaml", reduce, venv_env)
+    params = json.loads((results / "params.json").read_text())["cuni"]
+    assert params["potential"]["form"] == "morse" and params["potential"]["species"] == ["Cu", "Ni"]
+    assert {"D_eV:Cu-Cu", "D_eV:Cu-Ni", "r0_A:Ni-Ni"} <= set(params["parameters"])
+    table = pd.read_csv(results / "properties.csv").set_index("property")
+    assert table.loc["formation_eV", "fitted_to"] and table.loc["formation_eV", "target"] == 0.1118
+    assert not table.loc["a0_A", "fitted_to"] and abs(table.loc["a0_A", "fitted"] / 2.8925 - 1) < 0.1  # reported only
+    assert table.loc["C44_GPa", "fitted"] > 0
+    assert table.loc["max_relative_difference_forces", "fitted"] < 1e-8  # LAMMPS morse, two types, round trip
+
+
+@pytest.mark.slow
 def test_the_covalent_example_fits_sw_silicon_to_tersoff_cells_and_writes_the_potential(tmp_path, venv_env):
     def reduce(fit):
         fit["optimizer"]["max_evaluations"] = 4

@@ -8,19 +8,23 @@ differences, and a binary fit recovers the parameters that labelled its data. No
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from ase import Atoms
 from ase.build import bulk
 from lammps_reference import lammps_reference
 from test_pair_models import KINDS, distort, evaluate, relative_differences
 
-from chemfit_core import Fitter
+from chemfit_core import ConfigError, Fitter
 from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.models.forms import potential_form
 from chemfit_core.models.pair import LennardJones
 from chemfit_core.science.targets import StructureTarget, label
+from chemfit_core.stages.config import validate_config
 from chemfit_core.units import KB_EV_PER_K
 
 LJ_LIKE = {"epsilon_K:Ar-Ar": 119.8, "sigma_A:Ar-Ar": 3.405, "epsilon_K:Kr-Kr": 164.0, "sigma_A:Kr-Kr": 3.63}
@@ -265,6 +269,24 @@ def test_single_element_forms_keep_their_names_options_and_numbers(ar_kr):
     assert lj_form().nearest_neighbour_A({**LJ_LIKE, **LJ_UNLIKE}) == pytest.approx(2 ** (1 / 6) * 3.405)
 
 
+def test_one_naming_convention_for_every_pair_form():
+    """``<name>:<A>-<B>`` in species order with several species, bare names with one, in every pair form."""
+    buck = {"form": "buck", "element": "O", "cutoff_A": 6.0}
+    assert potential_form({**buck, "species": ["Mg", "O"]}).parameter_names[:3] == (
+        "A_eV:Mg-Mg",
+        "rho_A:Mg-Mg",
+        "C_eVA6:Mg-Mg",
+    )
+    assert potential_form({**buck, "species": ["O"]}).parameter_names == ("A_eV", "rho_A", "C_eVA6")
+    assert lj_form().parameter_names == tuple(
+        f"{p}:{pair}" for pair in ("Ar-Ar", "Ar-Kr", "Kr-Kr") for p in ("epsilon_K", "sigma_A")
+    )
+    assert lj_form(mixing="arithmetic").parameter_names == tuple(LJ_LIKE)
+    assert morse_form().parameter_names == tuple(MORSE)
+    lepton = {"form": "lepton", "element": "Cu", "cutoff_A": 6.0, "expression": "D*exp(-a*r)"}
+    assert potential_form({**lepton, "species": ["Cu", "Ni"]}).parameter_names[:2] == ("D:Cu-Cu", "a:Cu-Cu")
+
+
 # -- bad input ----------------------------------------------------------------------------------------
 def test_unknown_species_pairs_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown parameters \['D_eV:Cu-Fe'\].*species pair"):
@@ -307,3 +329,32 @@ def test_bad_options_are_clear_errors():
     model = morse_form().model(MORSE)
     with pytest.raises(ValueError, match=r"no parameters for atomic numbers \[26\]"):
         model(atoms_to_state(bulk("Fe", "bcc", a=2.87)))
+
+
+def test_the_config_check_names_the_key_of_a_bad_pair(repo):
+    """Through ``chemfit check-config``'s validation of the binary example: each problem names its key."""
+    base = yaml.safe_load((repo / "config" / "examples" / "cuni_morse.yaml").read_text())
+    cases = [
+        (
+            lambda fit: fit["parameters"].__setitem__("D_eV:Ni-Cu", fit["parameters"].pop("D_eV:Cu-Ni")),
+            "fits.cuni.parameters: expected exactly",
+            "'D_eV:Ni-Cu'",
+        ),
+        (lambda fit: fit["parameters"].pop("r0_A:Ni-Ni"), "fits.cuni.parameters: expected exactly", "'r0_A:Ni-Ni'"),
+        (
+            lambda fit: fit["potential"].__setitem__("mixing", "geometric"),
+            "fits.cuni.potential: form morse takes",
+            "['mixing'], which it does not use",
+        ),
+        (
+            lambda fit: fit["potential"].__setitem__("species", ["Ni", "Fe"]),
+            "fits.cuni.potential: morse: species",
+            "do not hold the fit's element Cu",
+        ),
+    ]
+    for edit, key, detail in cases:
+        config = copy.deepcopy(base)
+        edit(config["fits"]["cuni"])
+        with pytest.raises(ConfigError) as info:
+            validate_config(config, "alloy.yaml")
+        assert key in str(info.value) and detail in str(info.value), str(info.value)
