@@ -16,11 +16,13 @@ cg`` (LAMMPS's FIRE cannot drive box/relax), to the same force tolerance.
 
 Every case runs in a fresh subprocess (``--case``), torch on one intra-op thread
 (``--threads``) and LAMMPS serial with ``OMP_NUM_THREADS=1``, so that peak memory is the
-case's own: ``resource.getrusage`` maxrss (tracemalloc does not see torch's allocations).
+case's own: the peak resident size, VmHWM (tracemalloc does not see torch's allocations).
 For ours the peak *above* the process's size before the relaxation is reported (Python,
-torch and the structure are already there); for LAMMPS the whole ``lmp`` process. A
-``force`` case times one model call with the neighbour list built and then reused
-(median of 5) and the memory the calls add.
+torch and the structure are already there); for LAMMPS the memory it reports allocating
+("Per MPI rank memory allocation", avg). A ``force`` case times one model call with the
+neighbour list built and then reused (median of 5) and the memory each adds: the build
+above the size before it, the reused calls above the size with the list kept (the peak
+is restarted with Linux's ``clear_refs``).
 
 Printed per case: steps, total time, time per step (ours: wall / force calls; LAMMPS:
 its ``Loop time`` / force evaluations), µs per atom per step, peak memory per atom, the
@@ -33,6 +35,7 @@ Usage: python bench/relax_scaling.py [--quick] [--sizes 256 2048 10976 108000 10
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -50,6 +53,7 @@ LATTICE = {"lj": ("Ar", 5.26), "eam": ("Cu", 3.615)}
 EAM_FILE = "Cu_mishin1.eam.alloy"
 DEFAULT_SIZES = [256, 2048, 10976, 108000]
 QUICK_SIZES = [256, 2048, 8788]
+MEMORY_LINE = r"memory allocation \(min/avg/max\) = \S+ \| (\S+) \|"  # LAMMPS's log, Mbytes
 
 
 def structure(potential: str, n_atoms: int, strain: float = 0.0):
@@ -85,9 +89,20 @@ def pair_lines(potential: str) -> list[str]:
     return ["pair_style eam/alloy", f"pair_coeff * * {potentials_dir() / EAM_FILE} Cu"]
 
 
-def peak_rss_bytes(who: int = resource.RUSAGE_SELF) -> int:
-    """Peak resident memory (Linux reports kB)."""
-    return resource.getrusage(who).ru_maxrss * 1024
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process since start or :func:`reset_peak` (Linux: VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak() -> None:
+    """Start the peak over from the current size (Linux ``clear_refs`` 5); a no-op elsewhere."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def write_data(atoms, path: Path) -> None:
@@ -114,6 +129,8 @@ def case_ours(potential: str, n_atoms: int, cell: bool, flavour: str | None) -> 
     m = model(potential)
     relax_structures([structure(potential, 256)], model(potential), fmax=FMAX, engine="torch", progress_every_s=None)
     options = {"fire_flavor": flavour} if flavour and not cell else {}  # FIRE 2.0: fixed cells
+    gc.collect()
+    reset_peak()
     before = peak_rss_bytes()
     start = time.perf_counter()
     res = relax_structures(
@@ -149,12 +166,17 @@ def case_force(potential: str, n_atoms: int) -> dict:
     m = model(potential).to(torch.float64)
     state = atoms_to_state(structure(potential, n_atoms))
     m(atoms_to_state(structure(potential, 256)))  # warm-up
-    before = peak_rss_bytes()
+    gc.collect()
+    reset_peak()
+    start_size = before = peak_rss_bytes()
     with torch.no_grad():
         start = time.perf_counter()
         m(state, compute_stress=False)
         built = time.perf_counter() - start
         after_build = peak_rss_bytes()
+        gc.collect()
+        reset_peak()
+        before = peak_rss_bytes()  # the list is built and kept: what a reused call adds beyond it
         times = []
         for _ in range(5):
             start = time.perf_counter()
@@ -164,7 +186,7 @@ def case_force(potential: str, n_atoms: int) -> dict:
         "built": built,
         "reused": float(np.median(times)),
         "peak_added": peak_rss_bytes() - before,
-        "peak_added_build": after_build - before,
+        "peak_added_build": after_build - start_size,
     }
 
 
@@ -197,7 +219,7 @@ def case_lammps(potential: str, n_atoms: int, cell: bool) -> dict:
         "wall": wall,
         "loop": loop,
         "per_step": loop / max(evaluations, 1),
-        "peak_total": peak_rss_bytes(resource.RUSAGE_CHILDREN),
+        "peak_total": 2**20 * float(re.search(MEMORY_LINE, log).group(1)),
         "e_atom": final / n_atoms,
         "converged": criterion == "force tolerance",
     }

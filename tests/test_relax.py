@@ -249,3 +249,15 @@ def test_fire_takes_torch_sims_cell_filter_and_step_keywords():
     assert float(slow.dt[0]) == pytest.approx(0.01) and not torch.equal(slow.cell, ours.cell)
     with pytest.raises(ValueError, match="ase_fire"):
         fire_step(slow, shifted_lj(), fire_flavor="vv_fire")
+
+
+def test_threads_option_sets_torch_threads_for_the_run_only():
+    structures = workload()[:2]
+    before = torch.get_num_threads()
+    one = relax_structures(structures, shifted_lj(), engine="torch", threads=1, progress_every_s=None)
+    assert torch.get_num_threads() == before
+    default = relax_structures(structures, shifted_lj(), engine="torch", progress_every_s=None)
+    np.testing.assert_allclose(one.energies, default.energies, rtol=1e-12)
+    assert one.n_steps.tolist() == default.n_steps.tolist()
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        relax_structures(structures, shifted_lj(), engine="torch", threads=0)

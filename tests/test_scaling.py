@@ -83,7 +83,7 @@ def test_blocks_cover_every_pair_once_within_the_memory_budget():
     budget = 100 * BYTES_PER_PAIR + 17  # bytes: room for 100 pairs
     size = pair_block_size(torch.device("cuda"), memory_bytes=budget)
     assert size == 100
-    assert pair_block_size(torch.device("cpu")) == PAIR_BLOCK_CPU
+    assert pair_block_size(torch.device("cpu")) == PAIR_BLOCK_CPU * torch.get_num_threads()
     assert pair_block_size(torch.device("cpu"), memory_bytes=1) == 1
     blocks = list(pairs.blocks(state, size))
     assert all(b.i.numel() <= size for b in blocks) and len(blocks) == -(-pairs.n_pairs // size)

@@ -57,10 +57,11 @@ BYTES_PER_PAIR = 256
 
 
 def pair_block_size(device: torch.device, memory_bytes: float | None = None) -> int:
-    """Pairs per block: :data:`PAIR_BLOCK_CPU` on a CPU, else what ``memory_bytes`` (bytes,
+    """Pairs per block: on a CPU :data:`PAIR_BLOCK_CPU` per intra-op thread (``torch.get_num_threads``:
+    each thread's share of an operation stays in its cache), else what ``memory_bytes`` (bytes,
     default :data:`PAIR_BLOCK_MEMORY_BYTES`) holds at :data:`BYTES_PER_PAIR`; at least 1."""
     if memory_bytes is None and torch.device(device).type == "cpu":
-        return PAIR_BLOCK_CPU
+        return PAIR_BLOCK_CPU * torch.get_num_threads()
     budget = PAIR_BLOCK_MEMORY_BYTES if memory_bytes is None else memory_bytes
     return max(1, int(budget // BYTES_PER_PAIR))
 
@@ -74,17 +75,30 @@ class PairBlock:
     system: torch.Tensor | None
     vectors: torch.Tensor  # [3, n] r_j - r_i (image included), Å
     r2: torch.Tensor | None = None  # [n] squared distances, Å², once computed
+    near: torch.Tensor | None = None  # [n] bool: inside the cutoff (None: every pair is)
 
-    def inside(self, cutoff: float) -> PairBlock:
-        """The pairs of this block closer than ``cutoff`` (Å), with their squared distances."""
+    def inside(self, cutoff: float, compact: bool = True) -> PairBlock:
+        """The pairs of this block closer than ``cutoff`` (Å), with their squared distances.
+
+        ``compact`` drops the others; otherwise they stay, marked by ``near``, and their
+        terms must be zeroed with :meth:`masked` (cheaper than gathering the rest on a CPU,
+        but the terms are then also evaluated beyond the cutoff: only for finite ones, never
+        under autograd, where a masked NaN would still reach the gradients).
+        """
         v = self.vectors
         r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2]
         near = r2 < cutoff * cutoff
         if bool(near.all()):
             return dataclasses.replace(self, r2=r2)
+        if not compact:
+            return dataclasses.replace(self, r2=r2, near=near)
         keep = torch.nonzero(near).squeeze(1)
         system = None if self.system is None else self.system[keep]
         return PairBlock(self.i[keep], self.j[keep], system, v[:, keep], r2[keep])
+
+    def masked(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (per pair, last axis) with the pairs beyond the cutoff set to 0."""
+        return values if self.near is None else torch.where(self.near, values, torch.zeros_like(values))
 
 
 @dataclasses.dataclass

@@ -95,6 +95,7 @@ def relax_structures(
     workers: int | None = None,
     optimizer: Optimizer | str = "fire",
     optimizer_options: Mapping[str, Any] | None = None,
+    threads: int | None = None,
 ) -> RelaxResult:
     """Relax structures with batched FIRE (or BFGS, L-BFGS); return them in input order.
 
@@ -128,6 +129,11 @@ def relax_structures(
             engine; ``"auto"`` then means torch).
         optimizer_options: BFGS: ``alpha`` (eV/Å², 70), ``max_step`` (Å, 0.2); L-BFGS: these
             and ``step_size`` (damping, 1), ``max_history`` (memory, 100).
+        threads: intra-op threads the torch engine uses on a CPU while it runs
+            (``torch.set_num_threads``; restored afterwards); default: torch's setting.
+            One large structure is evaluated by all of them in one process (larger pair
+            blocks, :func:`~chemfit_core.engine.neighbors.pair_block_size`); it is never
+            split across processes. LAMMPS workers are one single-threaded process each.
     """
     if not (math.isfinite(fmax) and fmax > 0):
         raise ValueError(f"fmax must be a finite number > 0 eV/Å, got {fmax}")
@@ -150,6 +156,49 @@ def relax_structures(
         raise ValueError("the LAMMPS engine needs FIRE, fixed cells, ase.Atoms input and a model LAMMPS can express")
     if engine == "lammps" or (engine == "auto" and target.type == "cpu" and lammps_possible):
         return _relax_lammps(list(structures), model, fmax, max_steps, workers, progress_every_s)
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _relax_torch(
+            structures,
+            model,
+            fmax,
+            max_steps,
+            relax_cell,
+            pressure,
+            device,
+            dtype,
+            max_memory_scaler,
+            memory_scales_with,
+            fire,
+            progress_every_s,
+            method,
+            options,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _relax_torch(
+    structures,
+    model,
+    fmax,
+    max_steps,
+    relax_cell,
+    pressure,
+    device,
+    dtype,
+    max_memory_scaler,
+    memory_scales_with,
+    fire,
+    progress_every_s,
+    method,
+    options,
+) -> RelaxResult:
+    """The torch engine's loop (see :func:`relax_structures`)."""
     model, device, dtype = place_model(model, device, dtype)
     state_type, step = STATE_TYPES[method], OPTIM_REGISTRY[method][1]
     step_args = (fire,) if method is Optimizer.fire else ()

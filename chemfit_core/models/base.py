@@ -100,11 +100,11 @@ class PairModel(Model):
         types = self.types(state)  # also rejects unknown elements
         sums = Sums(state, state.dtype, compute_stress, graph)
         for block in pairs.blocks(state, 0 if graph else self.block_size):
-            block = block.inside(self.cutoff)
+            block = block.inside(self.cutoff, compact=graph)  # masked beyond the cutoff without a graph
             ti, tj = (None, None) if single_species else (types[block.i], types[block.j])
             energy_pair, dedr_over_r = self.pair_terms(block.r2, ti, tj)
-            sums.add_energy(block, energy_pair)
-            sums.add_pair_gradient(block, dedr_over_r * block.vectors)  # dE/d(r_j - r_i)
+            sums.add_energy(block, block.masked(energy_pair))
+            sums.add_pair_gradient(block, block.masked(dedr_over_r) * block.vectors)  # dE/d(r_j - r_i)
         return sums.result()
 
 

@@ -54,12 +54,28 @@ def lammps_spline(values: np.ndarray) -> np.ndarray:
 
 def _evaluate(coeffs: torch.Tensor, x: torch.Tensor, delta: float, table: torch.Tensor | int = 0) -> torch.Tensor:
     """Spline value at ``x`` with LAMMPS's clamping (index in [0, n−2], fraction ≤ 1)."""
+    return _spline(coeffs, x, delta, table, derivative=False)[0]
+
+
+def _spline(
+    coeffs: torch.Tensor, x: torch.Tensor, delta: float, table: torch.Tensor | int, derivative: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spline value at ``x`` and, if asked, its derivative d/dx (0 where the fraction is clamped,
+    as autograd of the value gives it)."""
     n = coeffs.shape[-2]
     p = x / delta
     m = torch.clamp(p.detach().floor().long(), 0, n - 2)
     frac = torch.clamp(p - m, max=1.0)
-    c = coeffs[table, m]
-    return ((c[..., 0] * frac + c[..., 1]) * frac + c[..., 2]) * frac + c[..., 3]
+    if isinstance(table, int):
+        c = coeffs[table].index_select(0, m)
+    else:  # one table per pair or atom: rows of the flattened tables
+        c = coeffs.reshape(-1, coeffs.shape[-1]).index_select(0, table * n + m)
+    c3, c4, c5, c6 = c.unbind(-1)
+    value = ((c3 * frac + c4) * frac + c5) * frac + c6
+    if not derivative:
+        return value, None
+    slope = ((3 * c3 * frac + 2 * c4) * frac + c5) / delta
+    return value, torch.where(p - m <= 1.0, slope, torch.zeros_like(slope))
 
 
 def _read_numbers(lines: list[str], start: int, count: int) -> tuple[np.ndarray, int]:
@@ -88,6 +104,26 @@ class _EAMBase(Model):
     def pair(self, r: torch.Tensor, ti: torch.Tensor, tj: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def embedding_and_slope(self, rho: torch.Tensor, types: torch.Tensor, graph: bool):
+        """F(ρ) (eV) and F'(ρ) per atom; by autograd unless a subclass knows them."""
+        with torch.enable_grad():
+            rho_in = rho if graph and rho.requires_grad else rho.detach().requires_grad_(True)
+            energy = self.embedding(rho_in, types)
+            (slope,) = torch.autograd.grad(energy.sum(), rho_in, create_graph=graph)
+        return (energy if graph else energy.detach()), slope
+
+    def pair_and_dedr(self, r, ti, tj, fp_i, fp_j, graph: bool):
+        """φ(r) (eV) and dE/dr = F'(ρ_i) ρ_j'(r) + F'(ρ_j) ρ_i'(r) + φ'(r) (eV/Å) per pair; by autograd on r."""
+        with torch.enable_grad():
+            r_in = r if graph and r.requires_grad else r.detach().requires_grad_(True)
+            phi = self.pair(r_in, ti, tj)
+            if isinstance(ti, int):
+                embedded = (fp_i + fp_j) * self.density(r_in, tj)
+            else:
+                embedded = fp_i * self.density(r_in, tj) + fp_j * self.density(r_in, ti)
+            (dedr,) = torch.autograd.grad((embedded + phi).sum(), r_in, create_graph=graph)
+        return (phi if graph else phi.detach()), dedr
+
     def forward(self, state: SimState, compute_stress: bool | None = None) -> dict[str, torch.Tensor]:
         """Energies (eV), forces (eV/Å) and stresses (eV/Å³) of every system of ``state``."""
         pairs = self.neighbor_list.pairs(state)
@@ -98,9 +134,10 @@ class _EAMBase(Model):
         """Per-system energies, forces and stresses in two passes over the pairs, as LAMMPS does.
 
         Pass 1 sums the densities ρ_i and gives F(ρ_i) and F'(ρ_i); pass 2 gives each
-        pair's dE/dr = F'(ρ_i) ρ_j'(r) + F'(ρ_j) ρ_i'(r) + φ'(r). The radial derivatives
-        come from autograd on the pair distances alone (elementwise, one block at a
-        time), so no graph over the whole structure is built. Without a gradient to
+        pair's dE/dr = F'(ρ_i) ρ_j'(r) + F'(ρ_j) ρ_i'(r) + φ'(r). The derivatives come
+        from :meth:`embedding_and_slope` and :meth:`pair_and_dedr`: the splines' own for
+        tabulated EAM, else autograd on ρ and on the pair distances alone (elementwise,
+        one block at a time), so no graph over the whole structure is built. Without a gradient to
         keep (:func:`~chemfit_core.models.base.tracks_graph`) the pairs are evaluated in
         blocks and summed in place; with one, all at once and differentiably (parameter
         gradients of energies, forces and stresses).
@@ -111,35 +148,24 @@ class _EAMBase(Model):
         block_size = 0 if graph else self.block_size
         rho = torch.zeros(state.n_atoms, dtype=state.dtype, device=state.device)
         for block in pairs.blocks(state, block_size):
-            block = block.inside(self.cutoff)
+            block = block.inside(self.cutoff, compact=graph)  # spline tables are finite beyond it
             r = torch.sqrt(block.r2)
             ti, tj = (0, 0) if single else (types[block.i], types[block.j])
             # a half list: each pair adds to both atoms' densities (with the other's function)
-            rho_j = self.density(r, tj)
-            rho_i = rho_j if single else self.density(r, ti)
+            rho_j = block.masked(self.density(r, tj))
+            rho_i = rho_j if single else block.masked(self.density(r, ti))
             rho = rho.index_add(0, block.i, rho_j) if graph else rho.index_add_(0, block.i, rho_j)
             rho = rho.index_add(0, block.j, rho_i) if graph else rho.index_add_(0, block.j, rho_i)
         sums = Sums(state, state.dtype, compute_stress, graph)
-        with torch.enable_grad():
-            rho_in = rho if graph and rho.requires_grad else rho.detach().requires_grad_(True)
-            atom_energy = self.embedding(rho_in, types)
-            (fp,) = torch.autograd.grad(atom_energy.sum(), rho_in, create_graph=graph)
-        sums.add_atom_energy(atom_energy if graph else atom_energy.detach())
+        atom_energy, fp = self.embedding_and_slope(rho, types, graph)
+        sums.add_atom_energy(atom_energy)
         for block in pairs.blocks(state, block_size):
-            block = block.inside(self.cutoff)
+            block = block.inside(self.cutoff, compact=graph)
             ti, tj = (0, 0) if single else (types[block.i], types[block.j])
-            with torch.enable_grad():
-                r = torch.sqrt(block.r2)
-                r = r if graph and r.requires_grad else r.detach().requires_grad_(True)
-                phi = self.pair(r, ti, tj)
-                fp_i, fp_j = fp[block.i], fp[block.j]
-                if single:
-                    embedded = (fp_i + fp_j) * self.density(r, tj)
-                else:
-                    embedded = fp_i * self.density(r, tj) + fp_j * self.density(r, ti)
-                (dedr,) = torch.autograd.grad((embedded + phi).sum(), r, create_graph=graph)
-            sums.add_energy(block, phi if graph else phi.detach())
-            sums.add_pair_gradient(block, dedr / (r if graph else r.detach()) * block.vectors)
+            r = torch.sqrt(block.r2)
+            phi, dedr = self.pair_and_dedr(r, ti, tj, fp.index_select(0, block.i), fp.index_select(0, block.j), graph)
+            sums.add_energy(block, block.masked(phi))
+            sums.add_pair_gradient(block, block.masked(dedr / (r if graph else r.detach())) * block.vectors)
         return sums.result()
 
 
@@ -258,6 +284,36 @@ class EAM(_EAMBase):
             elements=[chemical_symbols[z]],
             **options,
         )
+
+    def embedding_and_slope(self, rho, types, graph):
+        """F(ρ) and F'(ρ) from the spline's own derivative (no autograd) unless a graph is kept."""
+        if graph:
+            return super().embedding_and_slope(rho, types, graph)
+        table = 0 if len(self.species) == 1 else types
+        value, slope = _spline(self.frho_spline, rho, self.drho, table, derivative=True)
+        end_slope = self._end_slope(types)
+        beyond = rho > self.rhomax
+        value = value + end_slope * torch.clamp(rho - self.rhomax, min=0.0)
+        return value, slope + torch.where(beyond, end_slope, torch.zeros_like(end_slope))
+
+    def pair_and_dedr(self, r, ti, tj, fp_i, fp_j, graph):
+        """φ and dE/dr from the splines' own derivatives (no autograd) unless a graph is kept."""
+        if graph:
+            return super().pair_and_dedr(r, ti, tj, fp_i, fp_j, graph)
+        z2r, dz2r = _spline(self.z2r_spline, r, self.dr, ti * len(self.species) + tj, derivative=True)
+        phi = z2r / r
+        dedr = (dz2r - phi) / r
+        _, drho_j = _spline(self.rhor_spline, r, self.dr, tj, derivative=True)
+        if isinstance(ti, int):
+            return phi, dedr + (fp_i + fp_j) * drho_j
+        _, drho_i = _spline(self.rhor_spline, r, self.dr, ti, derivative=True)
+        return phi, dedr + fp_i * drho_j + fp_j * drho_i
+
+    def _end_slope(self, types):
+        n = self.frho_spline.shape[1]
+        last = self.frho_spline[:, n - 2]  # [n_species, 4]
+        slope = (3 * last[:, 0] + 2 * last[:, 1] + last[:, 2]) / self.drho
+        return slope[0] if len(self.species) == 1 else slope[types]
 
     def embedding(self, rho, types):
         value = _evaluate(self.frho_spline, rho, self.drho, types)
