@@ -29,7 +29,7 @@ its ``Loop time`` / force evaluations), µs per atom per step, peak memory per a
 final energy per atom, and the ratios ours / LAMMPS.
 
 Usage: python bench/relax_scaling.py [--quick] [--sizes 256 2048 10976 108000 1048576]
-       [--potentials lj eam] [--cell] [--threads 1] [--fire-flavor fire2] [--skip-lammps]
+       [--potentials lj eam] [--cell | --cell-only] [--threads 1] [--fire-flavor fire2] [--skip-lammps]
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ def case_ours(potential: str, n_atoms: int, cell: bool, flavour: str | None) -> 
         "wall": wall,
         "per_step": wall / max(res.n_force_calls, 1),
         "peak_added": peak_rss_bytes() - before,
+        "peak_process": peak_rss_bytes(),
         "e_atom": float(res.energies[0]) / n_atoms,
         "converged": bool(res.converged[0]),
     }
@@ -222,12 +223,14 @@ def case_lammps(potential: str, n_atoms: int, cell: bool) -> dict:
         "peak_total": 2**20 * float(re.search(MEMORY_LINE, log).group(1)),
         "e_atom": final / n_atoms,
         "converged": criterion == "force tolerance",
+        "criterion": criterion,
     }
 
 
 def run_case(args: argparse.Namespace, **case) -> dict:
     """One case in a fresh interpreter (its own peak memory), or an error line."""
     command = [sys.executable, __file__, "--case", json.dumps(case), "--threads", str(args.threads)]
+    command += ["--fmax", repr(args.fmax)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -240,7 +243,7 @@ def fmt_row(name: str, n: int, r: dict, peak_key: str) -> str:
         return f"{name:<14}{n:>9}  failed: {r['error']}"
     per_atom = r["per_step"] / n * 1e6
     peak = r[peak_key] / n / 1024
-    ok = "" if r["converged"] else "  NOT CONVERGED"
+    ok = "" if r["converged"] else f"  NOT CONVERGED ({r.get('criterion', 'max steps')})"
     return (
         f"{name:<14}{n:>9}{r['steps']:>7}{r['calls']:>7}{r['wall']:>9.2f}{r['per_step'] * 1e3:>11.2f}"
         f"{per_atom:>11.3f}{peak:>10.2f}{r['e_atom']:>16.9f}{ok}"
@@ -253,9 +256,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}")
     parser.add_argument("--potentials", nargs="+", choices=sorted(LATTICE), default=["lj", "eam"])
     parser.add_argument("--cell", action="store_true", help="also relax the strained cell (ours vs fix box/relax)")
+    parser.add_argument("--cell-only", action="store_true", help="only the cell relaxation")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (LAMMPS stays serial)")
     parser.add_argument("--fire-flavor", default=None, help="our FIRE flavour (default: relax_structures's)")
     parser.add_argument("--skip-lammps", action="store_true")
+    parser.add_argument("--fmax", type=float, default=FMAX, help="force tolerance, eV/Å")
     parser.add_argument("--skip-force", action="store_true", help="no single force-call cases")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -263,15 +268,19 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+        globals()["FMAX"] = args.fmax  # the cases read the module's tolerance
         case = json.loads(args.case)
         kind = case.pop("kind")
         run = {"ours": case_ours, "lammps": case_lammps, "force": case_force}[kind]
         print(json.dumps(run(**case)))
         return
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    print(f"{os.cpu_count()} CPUs, torch threads {args.threads}, LAMMPS serial; load {os.getloadavg()[0]:.1f}")
+    print(
+        f"{os.cpu_count()} CPUs, torch threads {args.threads}, LAMMPS serial; fmax {args.fmax} eV/Å; "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     for potential in args.potentials:
-        for cell in [False, True] if args.cell else [False]:
+        for cell in [True] if args.cell_only else [False, True] if args.cell else [False]:
             what = "cell relaxation (ours: cell filter + FIRE; LAMMPS: box/relax + cg)" if cell else "fixed cell"
             print(f"\n{potential}, {what}")
             print(
@@ -281,6 +290,8 @@ def main() -> None:
             for n in sizes:
                 ours = run_case(args, kind="ours", potential=potential, n_atoms=n, cell=cell, flavour=args.fire_flavor)
                 print(fmt_row("ours", n, ours, "peak_added"), flush=True)
+                if "peak_process" in ours:
+                    print(f"{'':<14}{'':>9}  whole process peak {ours['peak_process'] / 2**30:.2f} GiB", flush=True)
                 if args.skip_lammps:
                     continue
                 ref = run_case(args, kind="lammps", potential=potential, n_atoms=n, cell=cell)
