@@ -31,6 +31,8 @@ EV_A2_TO_J_M2 = constants.e / 1e-20
 """1 eV/Å² in J/m²."""
 G_CM3_TO_KG_M3 = 1000.0
 """1 g/cm³ (LAMMPS ``metal`` density) in kg/m³."""
+A2_PER_PS_TO_1E9_M2_S = 1e-20 / 1e-12 / 1e-9
+"""1 Å²/ps (LAMMPS ``metal`` diffusion) in 1e-9 m²/s."""
 
 # LAMMPS's own factors: results are converted back with them to recover its numbers exactly.
 LAMMPS_EV_PER_A3_IN_BAR = 1.6021765e6

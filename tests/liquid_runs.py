@@ -78,3 +78,35 @@ def argon_term(
         lammps_form=form,
         **options,
     )
+
+
+def structure_run(
+    folder: Path,
+    rdf: dict[str, Any] | None = None,
+    msd: dict[str, Any] | None = None,
+    every: int = 20,
+    seed: int = 11,
+    **md: Any,
+) -> Path:
+    """One real LAMMPS run of the shipped template for argon at 95 K and 1 bar in ``folder`` (108 atoms
+    by default) with its ``rdf`` and ``msd`` outputs, frames (``frames.dump``: id type x y z) and
+    unwrapped coordinates (``unwrapped.dump``: id xu yu zu, added before the production run) every
+    ``every`` steps; returns the log."""
+    from chemfit_core.external.lammps import run_lammps
+    from chemfit_core.file_based_computer import render_template
+    from chemfit_core.science.liquid import run_template_variables
+
+    settings = {"n_cells": 3, "melt_steps": 400, "equilibration_steps": 600, "production_steps": 2000, **md}
+    variables = {
+        **run_template_variables(95.0, 1.0, seed, every, argon_md(thermo_every=every, **settings)),
+        **ARGON_THETA,
+        **pair_lines(argon_form(), ARGON_THETA),
+        "rdf": rdf,
+        "msd": msd,
+    }
+    text = render_template(SHIPPED, variables)
+    head, production = text.rsplit("\nrun ", 1)
+    unwrapped = f"dump unwrapped all custom {every} unwrapped.dump id xu yu zu\ndump_modify unwrapped sort id"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "in.lammps").write_text(f"{head}\n{unwrapped} format float %.12g\nrun {production}")
+    return run_lammps(folder, timeout=120)

@@ -250,3 +250,57 @@ def test_the_argon_isobar_example_runs_end_to_end_through_snakemake(tmp_path, ve
     rows = fitted.set_index(["state_point", "property"])
     assert rows.loc[("T90", "density_kg_m3"), "fitted"] > rows.loc[("T110", "density_kg_m3"), "fitted"]
     assert 0.5 < rows.loc[("T100", "kappa_T_1_GPa"), "fitted"] < 20
+
+
+def test_finite_differences_of_columns_without_a_known_derivative_agree_with_independent_runs(tmp_path, caplog):
+    """``enthalpy`` (LAMMPS's, with the instantaneous pressure: ∂A/∂θ unknown), self-diffusion and the
+    RDF's bins get d/dθ from one more run per parameter at θ + 1 %·|θ| (same seed), which the log says;
+    d⟨H⟩/dε against the central difference of independent runs (own seeds) at ε ± 5 %."""
+    import logging
+
+    from chemfit_core.science.structure_observables import RdfTarget
+
+    r = np.linspace(3.0, 9.0, 61)
+    rdf = RdfTarget(np.column_stack([r, 1 + 0.3 * np.sin(2 * r)]), r_max_A=9.0, n_bins=30, denominator=0.2)
+    references = {"h_atom": Reference(-0.06, 0.01), "diffusion_1e9_m2_s": Reference(2.4, 0.5)}
+    observables = {"h_atom": ThermoObservable("enthalpy", per="atom", unit="eV")}
+
+    def run(theta, seed, gradients, production_steps=4000):
+        md = argon_md(n_cells=3, melt_steps=400, equilibration_steps=600, production_steps=production_steps)
+        term = argon_term(
+            tmp_path / f"{seed}",
+            seed=seed,
+            references=references,
+            variables={**md, "thermo_every": 20, "thermo_columns": ["enthalpy"]},
+            observables=observables,
+            gradients=gradients,
+            rdf=rdf,
+            temperature_K=T,
+            pressure_bar=1.0,
+        )
+        ctx = EvaluateContext()
+        term(theta, ctx)
+        return ctx
+
+    with caplog.at_level(logging.INFO, logger="chemfit_core.science.observables"):
+        ctx = run(ARGON_THETA, 5, True)
+    assert "h_atom, diffusion_1e9_m2_s, rdf (per bin): no known ∂A/∂θ, derivatives by finite differences" in caplog.text
+    result, gradients = ctx.result, ctx.quantities["gradients"]
+    assert len(result.residuals) == 2 + rdf.fitted.sum() and all(
+        len(c) == len(result.residuals) for c in result.jacobian.values()
+    )
+    assert set(result.derivatives) >= {"h_atom", "diffusion_1e9_m2_s"} and "rdf_g" not in result.derivatives
+    assert len(ctx.meta["rdf"]["rdf_g"]) == 30 and result.properties["rdf_rmsd"] > 0
+    step = 0.05 * ARGON_THETA["epsilon_K"]
+    high, low = (
+        run({**ARGON_THETA, "epsilon_K": ARGON_THETA["epsilon_K"] + s * step}, seed, False, 8000).result
+        for s, seed in ((1, 31), (-1, 32))
+    )
+    independent = (high.properties["h_atom"] - low.properties["h_atom"]) / (2 * step)
+    independent_sem = np.hypot(high.standard_errors["h_atom"], low.standard_errors["h_atom"]) / (2 * step)
+    fd, fd_sem = gradients["h_atom"]["epsilon_K"], gradients["h_atom_sem"]["epsilon_K"]
+    print(
+        f"dH/deps: {fd:.3g} ± {fd_sem:.2g} (same seed, +1 %), {independent:.3g} ± {independent_sem:.2g} (independent)"
+    )
+    assert abs(independent) > 4 * independent_sem  # the derivative is resolved
+    assert fd < 0 and abs(fd - independent) < 3 * np.hypot(fd_sem, independent_sem)

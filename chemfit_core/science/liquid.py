@@ -1,14 +1,11 @@
-"""Liquid-state targets from LAMMPS NPT runs: density and enthalpy of vaporisation.
+"""Liquid-state targets from LAMMPS NPT runs: the objective term of one state point.
 
-Units at the edges are the user's (kg/m³, kJ/mol, K, bar); LAMMPS runs in
-``units metal`` (eV, Å, ps, bar, g/cm³). ΔHvap assumes an ideal vapour:
-ΔHvap = ⟨U_gas⟩ − ⟨U⟩/N + RT − p⟨V⟩/N (the last term is ~0.003 kJ/mol at 1 atm, kept
-for exactness), N the atoms of an atomic liquid or the molecules of a molecular one
-(:mod:`chemfit_core.science.molecules`; ⟨U_gas⟩ = 0 unless a gas-phase run gives it).
-Statistical errors are standard errors of the mean from block averages, so correlated MD
-frames are not counted as independent. Further targets (thermo columns, κ_T, α_P, c_P) are in
-:mod:`chemfit_core.science.observables`; the template gets the potential's LAMMPS lines as
-``pair_lines`` (:func:`chemfit_core.science.rerun.form_template_variables`).
+:class:`LiquidStatePointTerm` runs the template at (T, p) and compares the averages
+(:mod:`chemfit_core.science.liquid_averages`: density, ΔHvap, response functions, thermo
+columns; :mod:`chemfit_core.science.structure_observables`: RDF, self-diffusion) with their
+references. The template gets the potential's LAMMPS lines as ``pair_lines``
+(:func:`chemfit_core.science.rerun.form_template_variables`). The averages' names are
+re-exported here, where callers import them from.
 """
 
 from __future__ import annotations
@@ -16,186 +13,55 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from chemfit_core.abstract_objective_function import EvaluateContext, ObjectiveFunctor, Parameters
-from chemfit_core.errors import ChemFitError
 from chemfit_core.external.lammps import read_thermo
+from chemfit_core.science.liquid_averages import (
+    DIFFUSION_KEY,
+    PROPERTY_UNITS,
+    TARGET_UNITS,
+    LiquidProperties,
+    Reference,
+    block_average,
+    hvap_samples,
+    liquid_properties,
+    properties_from_log,
+    run_template_variables,
+)
 from chemfit_core.science.molecules import RIGID, GasPhaseResult, Molecules
 from chemfit_core.science.observables import (
     RESPONSE_UNITS,
     ThermoObservable,
     finite_difference_gradients,
     observable_gradients,
-    response_properties,
 )
 from chemfit_core.science.rerun import FormLammpsComputer
+from chemfit_core.science.structure_observables import RdfTarget, structure_files, structure_properties
 from chemfit_core.term_result import TermResult
-from chemfit_core.units import (
-    BAR_A3_TO_KJ_PER_MOL,
-    EV_PER_ATOM_TO_KJ_PER_MOL,
-    G_CM3_TO_KG_M3,
-    GAS_CONSTANT_KJ_PER_MOL_K,
-    KB_EV_PER_K,
-)
+from chemfit_core.units import EV_PER_ATOM_TO_KJ_PER_MOL, G_CM3_TO_KG_M3, KB_EV_PER_K
+
+__all__ = [
+    "DIFFUSION_KEY",
+    "GRADIENT_METHODS",
+    "PROPERTY_UNITS",
+    "TARGET_UNITS",
+    "LiquidProperties",
+    "LiquidStatePointTerm",
+    "Reference",
+    "block_average",
+    "hvap_samples",
+    "liquid_properties",
+    "properties_from_log",
+    "run_template_variables",
+]
 
 GRADIENT_METHODS = ("model", "rerun", "auto")
 """Where ∂U/∂θ of the frames comes from: the torch model, LAMMPS reruns, or the model where it
 reproduces LAMMPS's energies and reruns otherwise."""
-PROPERTY_UNITS = {"density_kg_m3": "kg/m³", "hvap_kJ_mol": "kJ/mol"}
-"""The properties every liquid run reports."""
-TARGET_UNITS = {**PROPERTY_UNITS, **RESPONSE_UNITS}
-"""The built-in liquid targets (besides thermo-column observables), with their units."""
-
-
-def block_average(samples: Sequence[float] | np.ndarray, n_blocks: int = 5) -> tuple[float, float]:
-    """Mean and standard error of the mean of correlated samples, from ``n_blocks`` block means."""
-    x = np.asarray(samples, dtype=float)
-    if x.size < n_blocks or n_blocks < 2:
-        raise ChemFitError(f"need at least {max(n_blocks, 2)} samples for block averaging, got {x.size}")
-    usable = x.size - x.size % n_blocks
-    blocks = x[x.size - usable :].reshape(n_blocks, -1).mean(axis=1)
-    return float(x.mean()), float(blocks.std(ddof=1) / math.sqrt(n_blocks))
-
-
-@dataclass(frozen=True)
-class LiquidProperties:
-    """Averages of one NPT production run, with standard errors."""
-
-    density_kg_m3: float
-    density_kg_m3_sem: float
-    hvap_kJ_mol: float
-    hvap_kJ_mol_sem: float
-    temperature_K: float
-    pressure_bar: float
-    n_atoms: int
-    n_frames: int
-    n_molecules: int
-    """Molecules in the box (the atoms of an atomic liquid): the N of the per-molecule ΔHvap."""
-    observables: Mapping[str, float] = field(default_factory=dict)
-    """Response functions and thermo-column observables asked for: ``name`` and ``name_sem``."""
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict (for JSON, CSV and ``ctx.meta``), the observables at the top level."""
-        out = asdict(self)
-        return {**out, **out.pop("observables")}
-
-
-def liquid_properties(
-    thermo: Mapping[str, np.ndarray],
-    temperature_K: float,
-    n_blocks: int = 5,
-    pressure_bar: float | None = None,
-    molecules: Molecules | None = None,
-    gas: GasPhaseResult = RIGID,
-    responses: Sequence[str] = (),
-    observables: Mapping[str, ThermoObservable] | None = None,
-) -> LiquidProperties:
-    """Density and ΔHvap from a production thermo table, and the response functions ``responses``
-    (:data:`~chemfit_core.science.observables.RESPONSE_UNITS`) and thermo-column ``observables``
-    asked for, each with its block standard error.
-
-    ΔHvap = ⟨U_gas⟩ − U/N − p V/N + RT (ideal gas), N the atoms, or with ``molecules`` the
-    molecules (the run's atom count is checked against them), ⟨U_gas⟩ per molecule from
-    ``gas`` (kJ/mol; 0 for atoms and rigid molecules), its standard error added in quadrature.
-    ``pressure_bar`` is the barostat's set point,
-    used for p (H = U + p_ext V, the NPT enthalpy, as ForceBalance does); without it the
-    instantaneous pressure is used, which adds its fluctuations (±0.03 kJ/mol for
-    argon) and makes the parameter derivative of H depend on the virial.
-
-    The table needs the columns ``Atoms``, ``PotEng`` (total, eV: ``thermo_modify
-    norm no``), ``Density`` (g/cm³), ``Volume`` (Å³), ``Press`` (bar) and ``Temp``
-    (K). ``temperature_K`` is the thermostat's set point used in RT.
-    """
-    missing = [c for c in ("Atoms", "PotEng", "Density", "Volume", "Press", "Temp") if c not in thermo]
-    if missing:
-        raise ChemFitError(
-            f"thermo output lacks {', '.join(missing)}; the template's production run needs "
-            "`thermo_style custom step atoms temp press pe density vol` with `thermo_modify norm no`"
-        )
-    n_atoms = int(thermo["Atoms"][-1])
-    if np.any(thermo["Atoms"] != n_atoms):
-        raise ChemFitError("atoms were lost during the production run")
-    if molecules is not None:
-        molecules.check_atoms(n_atoms, "liquid run")
-    n = molecules.count if molecules is not None else n_atoms
-    density, density_sem = block_average(thermo["Density"] * G_CM3_TO_KG_M3, n_blocks)
-    hvap, hvap_sem = block_average(hvap_samples(thermo, temperature_K, n, pressure_bar), n_blocks)
-    extra = response_properties(thermo, temperature_K, n, responses, pressure_bar, n_blocks)
-    for name, observable in (observables or {}).items():
-        extra[name], extra[f"{name}_sem"] = block_average(observable.samples(thermo, n_atoms, n), n_blocks)
-    return LiquidProperties(
-        density_kg_m3=density,
-        density_kg_m3_sem=density_sem,
-        hvap_kJ_mol=hvap + gas.energy_kJ_mol,
-        hvap_kJ_mol_sem=math.hypot(hvap_sem, gas.energy_kJ_mol_sem),
-        temperature_K=float(np.mean(thermo["Temp"])),
-        pressure_bar=float(np.mean(thermo["Press"])),
-        n_atoms=n_atoms,
-        n_frames=int(len(thermo["PotEng"])),
-        n_molecules=n,
-        observables=extra,
-    )
-
-
-def hvap_samples(
-    thermo: Mapping[str, np.ndarray], temperature_K: float, n: int, pressure_bar: float | None = None
-) -> np.ndarray:
-    """Per-row −U/N − pV/N + RT (kJ/mol) of a thermo table, N atoms or molecules (⟨U_gas⟩ not included)."""
-    u_kj = thermo["PotEng"] / n * EV_PER_ATOM_TO_KJ_PER_MOL
-    pressure = thermo["Press"] if pressure_bar is None else pressure_bar
-    pv_kj = pressure * thermo["Volume"] / n * BAR_A3_TO_KJ_PER_MOL
-    return -u_kj - pv_kj + GAS_CONSTANT_KJ_PER_MOL_K * temperature_K
-
-
-def properties_from_log(
-    log_path: Path | str,
-    temperature_K: float,
-    n_blocks: int = 5,
-    pressure_bar: float | None = None,
-    molecules: Molecules | None = None,
-    gas: GasPhaseResult = RIGID,
-    responses: Sequence[str] = (),
-    observables: Mapping[str, ThermoObservable] | None = None,
-) -> LiquidProperties:
-    """:func:`liquid_properties` of the last ``run`` in a LAMMPS log."""
-    thermo = read_thermo(log_path)[-1]
-    return liquid_properties(thermo, temperature_K, n_blocks, pressure_bar, molecules, gas, responses, observables)
-
-
-def run_template_variables(
-    temperature_K: float,
-    pressure_bar: float,
-    seed: int,
-    dump_every: int = 0,
-    template_variables: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Variables of one NPT run of a :class:`LiquidStatePointTerm` besides the parameters (which
-    the computer adds when it renders): the state point, the seed, k_B, ``dump_every`` (0: no
-    frames), ``rerun_dump`` (None: an MD run; :mod:`chemfit_core.science.rerun` sets it) and the
-    fixed ``template_variables``."""
-    return {
-        "temperature_K": temperature_K,
-        "pressure_bar": pressure_bar,
-        "seed": seed,
-        "kB_eV_per_K": KB_EV_PER_K,
-        "dump_every": dump_every,
-        "rerun_dump": None,
-        **(template_variables or {}),
-    }
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A measured value the fit aims at, and the denominator that scales its residual."""
-
-    value: float
-    denominator: float
-    source: str = ""
 
 
 class LiquidStatePointTerm(ObjectiveFunctor):
@@ -234,7 +100,13 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         observables: thermo-column targets by name (their references in ``references``).
         lammps_form: the form whose LAMMPS lines the template gets as ``pair_lines`` (and reruns).
         fd_step: relative step of the forward finite differences (runs at θ + h, same seed) of
-            observables whose ∂A/∂θ is unknown, when gradients are asked for.
+            observables whose ∂A/∂θ is unknown (and of the RDF and self-diffusion), when gradients
+            are asked for.
+        rdf: a g(r) target (per-bin residuals after the scalar ones); the template gets ``rdf``
+            (:meth:`RdfTarget.template_variable`, None without one) and writes ``rdf.dat``.
+        sample_every: steps between the RDF and MSD samples (default: ``thermo_every``); with a
+            ``diffusion_1e9_m2_s`` reference the template gets ``msd`` (``every``, ``file``; else None)
+            and writes ``msd.dat``.
     """
 
     def __init__(
@@ -260,6 +132,8 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         observables: Mapping[str, ThermoObservable] | None = None,
         lammps_form: Any | None = None,
         fd_step: float = 0.01,
+        rdf: RdfTarget | None = None,
+        sample_every: int | None = None,
     ):
         from chemfit_core.science.fluctuation import FrameDerivatives, ModelDerivatives
         from chemfit_core.science.rerun import RerunDerivatives
@@ -289,6 +163,11 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         variables = run_template_variables(
             temperature_K, pressure_bar, seed, dump_every if method is not None else 0, template_variables
         )
+        self.rdf = rdf
+        self.diffusion = DIFFUSION_KEY in references
+        every = int(sample_every or variables.get("thermo_every", 10))
+        variables["rdf"] = rdf.template_variable(every) if rdf is not None else None
+        variables["msd"] = {"every": every, "file": "msd.dat"} if self.diffusion else None
         if method is not None and dump_every % int(variables.get("thermo_every", 1)):
             raise ValueError(f"{name}: dump_every ({dump_every}) must be a multiple of thermo_every")
         self.computer = FormLammpsComputer(
@@ -299,7 +178,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
             command_timeout=command_timeout,
             delete_temp_workdirs=False,  # the frames are read after parsing; removed below
             name=name,
-            output_files=["frames.dump"] if method is not None else [],  # cached with the log
+            output_files=(["frames.dump"] if method is not None else []) + list(structure_files(rdf, self.diffusion)),
             output_cache=output_cache,
             presubmit_hook=self._copy_files if files else None,
             form=lammps_form,
@@ -336,6 +215,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
             responses=self.responses,
             observables=self.observables,
         ).as_dict()
+        properties.update(structure_properties(log.parent, self.rdf, self.diffusion, self.n_blocks, self.name))
         properties["_thermo"] = thermo
         return properties
 
@@ -343,9 +223,11 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         """Σ over referenced properties of ((value − reference)/denominator)²."""
         return math.fsum(r * r for r in self.residuals(properties))
 
-    def residuals(self, properties: Mapping[str, float]) -> list[float]:
-        """(value − reference)/denominator for each referenced property, in a fixed order."""
-        return [(properties[key] - ref.value) / ref.denominator for key, ref in self.references.items()]
+    def residuals(self, properties: Mapping[str, Any]) -> list[float]:
+        """(value − reference)/denominator for each referenced property, in a fixed order, then the
+        RDF's per-bin residuals (:meth:`RdfTarget.residuals` of ``properties["rdf_g"]``)."""
+        out = [(properties[key] - ref.value) / ref.denominator for key, ref in self.references.items()]
+        return out + (self.rdf.residuals(properties["rdf_g"]) if self.rdf is not None else [])
 
     def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
         if ctx is None:
@@ -363,16 +245,23 @@ class LiquidStatePointTerm(ObjectiveFunctor):
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         if self.gradient_method is not None:
-            gradients.update(finite_difference_gradients(self, parameters, quantities))
+            extra = [DIFFUSION_KEY] * self.diffusion + ["rdf_g"] * (self.rdf is not None)
+            gradients.update(finite_difference_gradients(self, parameters, quantities, extra))
         if self.gas is not None:  # ⟨U_gas⟩ per molecule: a separate ensemble, added to the liquid's part
             quantities["hvap_kJ_mol"] += gas.energy_kJ_mol
             quantities["hvap_kJ_mol_sem"] = math.hypot(quantities["hvap_kJ_mol_sem"], gas.energy_kJ_mol_sem)
             quantities["gas_energy_kJ_mol"] = gas.energy_kJ_mol
         residuals = self.residuals(quantities)
+        rdf_g = {k: quantities.pop(k) for k in ("rdf_g", "rdf_g_sem") if k in quantities}
+        rdf_dg = {k: gradients.pop(k) for k in ("rdf_g", "rdf_g_sem") if k in gradients}
+        if rdf_g:
+            ctx.meta["rdf"] = {"r_A": self.rdf.centres.tolist(), **{k: v.tolist() for k, v in rdf_g.items()}}
         jacobian = None
         if self.gradient_method is not None:
+            rdf_rows = self.rdf.jacobian_rows(rdf_dg["rdf_g"]) if self.rdf is not None else {}
             jacobian = {
                 name: [gradients[key][name] / ref.denominator for key, ref in self.references.items()]
+                + rdf_rows.get(name, [])
                 for name in parameters
             }
             ctx.meta["gradient_source"] = self.gradient_source
@@ -386,7 +275,7 @@ class LiquidStatePointTerm(ObjectiveFunctor):
             standard_errors={k[: -len("_sem")]: v for k, v in quantities.items() if k.endswith("_sem")},
             derivatives={k: v for k, v in gradients.items() if not k.endswith("_sem")},
         )
-        ctx.loss = self.loss(quantities)
+        ctx.loss = math.fsum(r * r for r in residuals)
         return ctx.loss
 
     def property_gradients(

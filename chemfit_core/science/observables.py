@@ -293,32 +293,35 @@ def observable_gradients(
 
 
 def finite_difference_gradients(
-    term: Any, parameters: Mapping[str, float], base: Mapping[str, float]
-) -> dict[str, dict[str, float]]:
+    term: Any, parameters: Mapping[str, float], base: Mapping[str, Any], extra: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
     """d⟨A⟩/dθ of a liquid term's observables whose ∂A/∂θ is unknown (pressure, computes, variables...)
-    by forward differences of runs of ``term.computer`` at θ + h_k (h_k = ``term.fd_step``·|θ_k|, the
-    same seed: common random numbers) against ``base`` (the run at θ), standard errors from the two
-    runs' block errors. Logged, as they cost one run per parameter."""
+    and of the ``extra`` quantities of ``base`` (self-diffusion, the RDF's bins ``rdf_g``: arrays
+    give arrays) by forward differences of runs of ``term.computer`` at θ + h_k (h_k =
+    ``term.fd_step``·|θ_k|, the same seed: common random numbers) against ``base`` (the run at θ),
+    standard errors from the two runs' block errors. Logged, as they cost one run per parameter."""
     from chemfit_core.abstract_objective_function import EvaluateContext
 
     keys = [k for k, o in term.observables.items() if o.direct_derivative == NO_DIRECT_DERIVATIVE]
-    keys = [k for k in keys if k in term.references]
+    keys = [k for k in keys if k in term.references] + [k for k in extra if k in base]
     if not keys:
         return {}
     logger.info(
         "%s: %s: no known ∂A/∂θ, derivatives by finite differences (%d more runs, h = %g·|θ|)",
         term.name,
-        ", ".join(keys),
+        ", ".join("rdf (per bin)" if k == "rdf_g" else k for k in keys),
         len(parameters),
         term.fd_step,
     )
-    out: dict[str, dict[str, float]] = {k: {} for key in keys for k in (key, f"{key}_sem")}
+    out: dict[str, dict[str, Any]] = {k: {} for key in keys for k in (key, f"{key}_sem")}
     for name, value in parameters.items():
         h = term.fd_step * (abs(value) or 1.0)
         ctx = EvaluateContext()
         shifted = dict(term.computer({**parameters, name: value + h}, ctx))
         shutil.rmtree(ctx.meta.pop("workdir"), ignore_errors=True)
         for key in keys:
-            out[key][name] = (shifted[key] - base[key]) / h
-            out[f"{key}_sem"][name] = math.hypot(shifted[f"{key}_sem"], base[f"{key}_sem"]) / h
+            difference = (np.asarray(shifted[key]) - np.asarray(base[key])) / h
+            error = np.hypot(shifted[f"{key}_sem"], base[f"{key}_sem"]) / h
+            out[key][name] = float(difference) if difference.ndim == 0 else difference
+            out[f"{key}_sem"][name] = float(error) if np.ndim(error) == 0 else error
     return out
