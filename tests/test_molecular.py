@@ -378,3 +378,44 @@ def test_the_nitrogen_example_runs_end_to_end_through_snakemake(tmp_path, venv_e
     assert not (project / "results" / "nitrogen" / "solid_properties.csv").exists()  # solid stage off
     run = project / "results" / "nitrogen" / "validation" / "normal_boiling_point" / "r0"
     assert (run / "N2.mol").is_file() and "create_atoms    0 random 100" in (run / "in.lammps").read_text()
+
+
+def test_the_gas_phase_template_gets_the_forms_pair_lines(tmp_path):
+    """The gas template with ``{{ pair_lines }}`` for its hand-coded lj/cut lines: the same run (same
+    seed) gives the same energies, and its reruns (gradients) render the form's lines too."""
+    from chemfit_core.models.forms import potential_form
+
+    molecule = tmp_path / "X2.mol"
+    molecule.write_text(
+        "# flexible diatomic\n\n2 atoms\n1 bonds\n\nCoords\n\n1 0 0 -0.55\n2 0 0 0.55\n\n"
+        "Types\n\n1 1\n2 1\n\nBonds\n\n1 1 1 2\n"
+    )
+    hand = "pair_style lj/cut {{ cutoff_sigma * sigma_A }}\npair_coeff 1 1 {{ epsilon_K * kB_eV_per_K }} {{ sigma_A }}"
+    assert hand in GAS_TEMPLATE
+    form = potential_form({"form": "lj/cut", "element": "N", "cutoff_sigma": 3.0, "tail_correction": False})
+    theta = {"epsilon_K": 35.0, "sigma_A": 3.3}
+    energies = []
+    for template, lammps_form in ((GAS_TEMPLATE, None), (GAS_TEMPLATE.replace(hand, "{{ pair_lines }}"), form)):
+        gas = GasPhaseRun(
+            name="gas",
+            template=template,
+            workdir=tmp_path / f"work{len(energies)}",
+            temperature_K=77.355,
+            molecules=Molecules(20, 2),
+            seed=5,
+            template_variables={
+                "mass_g_mol": 14.0067,
+                "molecule_file": "X2.mol",
+                "cutoff_sigma": 3.0,
+                "equilibration_steps": 200,
+                "production_steps": 1000,
+            },
+            gradients=True,
+            dump_every=100,
+            files=[molecule],
+            form=lammps_form,
+        )
+        result = gas(theta)
+        energies.append(result.energy_kJ_mol)
+        assert result.gradient == {"epsilon_K": 0.0, "sigma_A": 0.0}  # intermolecular pairs excluded
+    assert energies[0] == pytest.approx(energies[1], rel=1e-10) and energies[0] > 0

@@ -116,3 +116,30 @@ def test_a_run_with_other_bins_than_the_target_is_an_error(tmp_path):
     target = RdfTarget(np.column_stack([r, np.ones(24)]), r_max_A=10.0, n_bins=N_BINS, denominator=0.1)
     with pytest.raises(ChemFitError, match="expected 48 up to 10.0 Å"):
         structure_properties(tmp_path, target, diffusion=False, where="T95")
+
+
+def test_validation_rows_report_the_rdf_and_diffusion_with_their_tolerances(tmp_path):
+    """A validation run's folder (log, rdf.dat, msd.dat of the shipped template) read through the
+    config: rdf_rmsd (target 0) and D in properties.csv's rows, their denominators for the report."""
+    from test_template_contract import SHIPPED, structure_project
+
+    from chemfit_core.stages.config import load_config
+    from chemfit_core.stages.report_checks import denominators
+    from chemfit_core.stages.validation import _liquid_rows
+
+    fit = load_config(structure_project(tmp_path, SHIPPED))["fits"]["argon"]
+    sp = fit["liquid"]["state_points"][0]
+    log = structure_run(tmp_path / "run", rdf=rdf_of_config(fit, sp), msd={"every": 20, "file": "msd.dat"})
+    rows = {row["property"]: row for row in _liquid_rows("argon", fit, {}, {sp["name"]: [log]})}
+    assert rows["rdf_rmsd"]["target"] == 0.0 and rows["rdf_rmsd"]["fitted_to"]
+    assert 0 < rows["rdf_rmsd"]["statistical_uncertainty"] < rows["rdf_rmsd"]["fitted"]
+    assert rows["diffusion_1e9_m2_s"]["unit"] == "1e-9 m²/s" and 1.0 < rows["diffusion_1e9_m2_s"]["fitted"] < 5.0
+    assert rows["diffusion_1e9_m2_s"]["error"] == pytest.approx(rows["diffusion_1e9_m2_s"]["fitted"] - 2.4)
+    limits = denominators(fit)
+    assert limits[(sp["name"], "rdf_rmsd")] == 0.1 and limits[(sp["name"], "diffusion_1e9_m2_s")] == 0.3
+
+
+def rdf_of_config(fit: dict, sp: dict) -> dict:
+    from chemfit_core.stages.objective import structure_template_variables
+
+    return structure_template_variables({**fit, "liquid": {**fit["liquid"], "md": {"thermo_every": 20}}}, sp)["rdf"]

@@ -131,3 +131,52 @@ def test_a_column_an_observable_reads_must_be_printed_and_is_named(tmp_path):
     message = str(info.value)
     assert "fits.argon.liquid.template" in message and "mine.lammps.j2" in message
     assert "got no ke, etotal" in message and "line " in message
+
+
+def structure_project(tmp_path: Path, template: str, reference: str | None = "g_ref.dat", **rdf) -> Path:
+    """``project`` with an RDF target (reference file beside the config) and a diffusion target on
+    its first state point, and a second state point with neither."""
+    import numpy as np
+
+    path = project(tmp_path, template)
+    r = np.linspace(3.0, 9.0, 61)
+    np.savetxt(tmp_path / "g_ref.dat", np.column_stack([r, 1 + np.exp(-r)]), header="r/A g(r)")
+    config = yaml.safe_load(path.read_text())
+    sp = config["fits"]["argon"]["liquid"]["state_points"][0]
+    sp["rdf"] = {"file": reference, "pairs": ["Ar", "Ar"], "r_max_A": 9.0, "n_bins": 45, "denominator": 0.1, **rdf}
+    sp["diffusion_1e9_m2_s"] = {"value": 2.4, "denominator": 0.3}
+    other = {"name": "T95", "temperature_K": 95.0, "pressure_bar": 1.0, "density_kg_m3": dict(sp["density_kg_m3"])}
+    config["fits"]["argon"]["liquid"]["state_points"].append(other)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_rdf_and_diffusion_targets_reach_the_shipped_template(tmp_path, monkeypatch):
+    from chemfit_core.file_based_computer import render_template
+    from chemfit_core.stages.objective import fit_template_contexts, rdf_of
+
+    monkeypatch.chdir(tmp_path.parent)  # the reference resolves relative to the config, not here
+    config = load_config(structure_project(tmp_path, SHIPPED))
+    fit = config["fits"]["argon"]
+    sp = fit["liquid"]["state_points"][0]
+    assert Path(sp["rdf"]["file"]).resolve() == tmp_path / "g_ref.dat"
+    assert rdf_of(fit, sp).types == "1 1" and rdf_of(fit, fit["liquid"]["state_points"][1]) is None
+    label, variables = fit_template_contexts(fit)[0]
+    rendered = render_template(TEMPLATE_DIR / "lj_liquid_npt.lammps.j2", variables)
+    assert "compute         rdf all rdf 45 1 1 cutoff 9.0" in rendered and "c_msd[4] file msd.dat" in rendered
+    _, other = fit_template_contexts(fit)[2]  # the next state point: no RDF, no MSD
+    assert "compute" not in render_template(TEMPLATE_DIR / "lj_liquid_npt.lammps.j2", other)
+
+
+def test_bad_rdf_targets_and_templates_without_the_outputs_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"state_points\[0\]\.rdf: .*missing.dat"):
+        load_config(structure_project(tmp_path, SHIPPED, reference="missing.dat"))
+    with pytest.raises(ConfigError, match=r"rdf\.pairs: expected species of the potential \['Ar'\], got \['Kr'\]"):
+        load_config(structure_project(tmp_path, SHIPPED, pairs=["Ar", "Kr"]))
+    with pytest.raises(ConfigError, match=r"rdf: no bin centre"):
+        load_config(structure_project(tmp_path, SHIPPED, r_max_A=2.0, n_bins=4))
+    start = SHIPPED.index("{% if rdf")
+    without = SHIPPED[:start] + SHIPPED[SHIPPED.index("{% if msd") :]  # the RDF block cut out
+    with pytest.raises(ConfigError, match="got no compute rdf") as info:
+        load_config(structure_project(tmp_path, without))
+    assert "msd" not in str(info.value)  # the MSD lines are still there

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from chemfit_core.errors import ChemFitError, LammpsError
-from chemfit_core.external.lammps import LammpsQuantityComputer, read_thermo, run_lammps
+from chemfit_core.external.lammps import read_thermo, run_lammps
 from chemfit_core.units import EV_PER_ATOM_TO_KJ_PER_MOL, KB_EV_PER_K
 
 _HEADER = re.compile(r"^(\d+)\s+(atoms|bonds|angles|dihedrals|impropers)$")
@@ -239,7 +239,9 @@ class GasPhaseRun:
     — here the molecules of the gas run —, MD settings...), ``temperature_K``, ``seed``,
     ``kB_eV_per_K``, ``dump_every`` (0: no frames) and ``rerun_dump`` (None), and writes thermo
     output with ``Step``, ``Atoms`` and ``PotEng`` (total eV, ``thermo_modify norm no``) for its
-    production run. With ``gradients``, frames are saved every ``dump_every`` steps and
+    production run. With ``form``, the template also gets the form's ``pair_lines`` (and
+    ``nearest_neighbour_A``) at each evaluation's parameters, as the liquid runs do. With
+    ``gradients``, frames are saved every ``dump_every`` steps and
     d⟨U_gas⟩/dθ = ⟨∂U/∂θ⟩ − β cov(U, ∂U/∂θ) comes from LAMMPS reruns of them
     (:mod:`chemfit_core.science.rerun`; the template must know ``rerun_dump``).
     """
@@ -260,8 +262,9 @@ class GasPhaseRun:
         relative_step: float = 1e-3,
         files: Sequence[Path | str] = (),
         output_cache: Any | None = None,
+        form: Any | None = None,
     ):
-        from chemfit_core.science.rerun import RerunDerivatives
+        from chemfit_core.science.rerun import FormLammpsComputer, RerunDerivatives
 
         self.name = name
         self.temperature_K = temperature_K
@@ -278,7 +281,7 @@ class GasPhaseRun:
             "dump_every": dump_every if gradients else 0,
             "rerun_dump": None,
         }
-        self.computer = LammpsQuantityComputer(
+        self.computer = FormLammpsComputer(
             template,
             workdir,
             output_parsers=[lambda outputs: {"_thermo": read_thermo(outputs[0])[-1]}],
@@ -289,9 +292,10 @@ class GasPhaseRun:
             output_files=["frames.dump"] if gradients else [],
             output_cache=output_cache,
             presubmit_hook=self._copy_files if self.files else None,
+            form=form,
         )
         self.derivatives = (
-            RerunDerivatives(template, variables, self.files, relative_step, command_timeout, name)
+            RerunDerivatives(template, variables, self.files, relative_step, command_timeout, name, form)
             if gradients
             else None
         )

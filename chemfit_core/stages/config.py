@@ -150,6 +150,9 @@ def _resolve_inputs(config: dict[str, Any], base_dir: Path, template_dir: Path) 
             if own.is_file() or not (template_dir / liquid["template"]).is_file():
                 liquid["template"] = resolved(liquid["template"])
             liquid["files"] = [resolved(f) for f in liquid["files"]]
+            for sp in liquid["state_points"]:  # reference curves of RDF targets
+                if "rdf" in sp:
+                    sp["rdf"]["file"] = resolved(sp["rdf"]["file"])
         if "file" in fit.get("structures", {}):
             fit["structures"]["file"] = resolved(fit["structures"]["file"])
         file = fit["potential"].get("file")

@@ -103,7 +103,7 @@ def gas_phase_run(
 ) -> GasPhaseRun | None:
     """The gas-phase run of ⟨U_gas⟩ at a state point's temperature (``molecule.gas``); None without one
     (rigid molecules: U_gas = 0)."""
-    from chemfit_core.stages.objective import liquid_template_variables
+    from chemfit_core.stages.objective import lammps_form_of, liquid_template_variables
 
     gas = fit["liquid"].get("molecule", {}).get("gas")
     if gas is None:
@@ -130,6 +130,7 @@ def gas_phase_run(
         relative_step=fit["liquid"]["gradients"]["relative_step"],
         files=fit["liquid"]["files"],
         output_cache=runs,
+        form=lammps_form_of(fit, gas_template_path(fit)),
     )
 
 
@@ -142,7 +143,7 @@ def liquid_problems(where: str, fit: Mapping[str, Any], checked_dir: Path | str 
     from chemfit_core.science.rerun import rerun_input
     from chemfit_core.stages.objective import gradient_method_of, liquid_template_variables, pair_variables
 
-    liquid, problems = fit["liquid"], thermo_column_problems(where, fit)
+    liquid, problems = fit["liquid"], thermo_column_problems(where, fit) + structure_target_problems(where, fit)
     molecule = liquid.get("molecule")
     method = gradient_method_of(fit)
     if molecule is not None:
@@ -232,3 +233,35 @@ def thermo_column_problems(where: str, fit: Mapping[str, Any]) -> list[str]:
             return []
         return [f"{where}.liquid.template: {path}: {p}" for p in column_problems(rendered, columns, path.read_text())]
     return []
+
+
+def structure_target_problems(where: str, fit: Mapping[str, Any]) -> list[str]:
+    """The state points' RDF targets that cannot be built (reference file, bins, weights, pairs) and
+    the RDF and MSD outputs the liquid template's fit runs do not write
+    (:func:`chemfit_core.stages.template_contract.structure_problems`), each naming its key."""
+    from chemfit_core.file_based_computer import render_template
+    from chemfit_core.stages.config import template_path
+    from chemfit_core.stages.objective import fit_template_contexts, rdf_of
+    from chemfit_core.stages.template_contract import structure_problems
+
+    problems = []
+    for index, sp in enumerate(fit["liquid"]["state_points"]):
+        if "rdf" in sp:
+            try:
+                rdf_of(fit, sp)
+            except (ChemFitError, ValueError, OSError) as exc:
+                message = str(exc) if str(exc).startswith("rdf") else f"rdf: {exc}"
+                problems.append(f"{where}.liquid.state_points[{index}].{message}")
+    if problems or not any("rdf" in sp or "diffusion_1e9_m2_s" in sp for sp in fit["liquid"]["state_points"]):
+        return problems
+    path = template_path(fit["liquid"]["template"])
+    for label, variables in fit_template_contexts(fit):
+        if not (variables.get("rdf") or variables.get("msd")) or not label.endswith("fit run"):
+            continue
+        try:
+            rendered = render_template(str(path), variables)
+        except Exception:  # noqa: BLE001 - reported by the template checks
+            return problems
+        found = structure_problems(rendered, variables.get("rdf"), variables.get("msd"))
+        problems += [f"{where}.liquid.template: {path}: {label}: {p}" for p in found]
+    return problems

@@ -20,12 +20,14 @@ from chemfit_core.file_based_computer import flatten_parameters
 from chemfit_core.models.forms import PotentialForm, potential_form
 from chemfit_core.science.crystal import CrystalSetup
 from chemfit_core.science.liquid import (
+    DIFFUSION_KEY,
     TARGET_UNITS,
     LiquidStatePointTerm,
     Reference,
     run_template_variables,
 )
 from chemfit_core.science.observables import RESPONSE_KEYWORDS, ThermoObservable
+from chemfit_core.science.structure_observables import RdfTarget, read_reference_rdf
 from chemfit_core.science.targets import (
     CrystalTarget,
     StructureTarget,
@@ -157,7 +159,45 @@ def liquid_template_variables(fit: Mapping[str, Any]) -> dict[str, Any]:
         **options,
         "kB_eV_per_K": KB_EV_PER_K,
         "thermo_columns": thermo_columns(fit),
+        "rdf": None,
+        "msd": None,
         **molecule_template_variables(fit),
+    }
+
+
+def rdf_of(fit: Mapping[str, Any], state_point: Mapping[str, Any]) -> RdfTarget | None:
+    """The RDF target of a state point (``rdf``), its ``pairs`` as LAMMPS types (the potential's
+    species order); None without one."""
+    spec = state_point.get("rdf")
+    if spec is None:
+        return None
+    species = list(fit["potential"].get("species") or [fit["element"]])
+    unknown = [s for s in spec.get("pairs", []) if s not in species]
+    if unknown:
+        raise ChemFitError(
+            f"rdf.pairs: expected species of the potential {species}, got {unknown} (state point {state_point['name']})"
+        )
+    types = " ".join(str(species.index(s) + 1) for s in spec.get("pairs", []))
+    return RdfTarget(
+        read_reference_rdf(spec["file"]),
+        r_max_A=spec["r_max_A"],
+        n_bins=spec["n_bins"],
+        denominator=spec["denominator"],
+        types=types,
+        weights=spec["weights"],
+        r_min_A=spec["r_min_A"],
+        source=spec["source"],
+    )
+
+
+def structure_template_variables(fit: Mapping[str, Any], state_point: Mapping[str, Any]) -> dict[str, Any]:
+    """The state point's ``rdf`` and ``msd`` template variables (None where it has no such target),
+    sampled every ``md.thermo_every`` steps."""
+    every = int(fit["liquid"]["md"]["thermo_every"])
+    rdf = rdf_of(fit, state_point)
+    return {
+        "rdf": rdf.template_variable(every) if rdf is not None else None,
+        "msd": {"every": every, "file": "msd.dat"} if DIFFUSION_KEY in state_point else None,
     }
 
 
@@ -228,8 +268,12 @@ def fit_template_contexts(fit: Mapping[str, Any]) -> list[tuple[str, dict[str, A
     contexts = []
     for sp in fit["liquid"]["state_points"]:
         t, p = sp["temperature_K"], sp["pressure_bar"]
+        try:
+            own = {**fixed, **structure_template_variables(fit, sp)}
+        except (OSError, ValueError, ChemFitError):  # a bad RDF reference: named by the liquid checks
+            continue
         contexts.append(
-            (f"state point {sp['name']}, fit run", {**run_template_variables(t, p, 1, dump_every, fixed), **initial})
+            (f"state point {sp['name']}, fit run", {**run_template_variables(t, p, 1, dump_every, own), **initial})
         )
         contexts.append(
             (f"state point {sp['name']}, validation run", {**validation_template_variables(fit, sp, 1), **initial})
@@ -242,6 +286,7 @@ def validation_template_variables(fit: Mapping[str, Any], state_point: Mapping[s
     fixed values with the validation's production length, no frames dumped."""
     return {
         **liquid_template_variables(fit),
+        **structure_template_variables(fit, state_point),
         "production_steps": fit["liquid"]["validation"]["production_steps"],
         "temperature_K": state_point["temperature_K"],
         "pressure_bar": state_point["pressure_bar"],
@@ -334,6 +379,8 @@ def build_liquid_objective(
                 gas=gas_phase_run(fit, sp, gas_seed, workdir, runs, gradients=method is not None),
                 observables=observables_of(sp),
                 lammps_form=lammps_form,
+                rdf=rdf_of(fit, sp),
+                sample_every=md["thermo_every"],
             )
             cob.add(term, weights=sp["weight"] / sp["replicas"], names=name)
             terms_info.append({"name": name, "state_point": sp["name"], "replica": replica, "seed": seed})

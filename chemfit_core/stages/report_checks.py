@@ -44,6 +44,8 @@ def denominators(config: Mapping[str, Any]) -> dict[tuple[str, str], float]:
                 out[(sp["name"], key)] = float(spec["denominator"])
         for key, spec in sp.get("observables", {}).items():  # thermo-column targets, by their names
             out[(sp["name"], key)] = float(spec["denominator"])
+        if "rdf" in sp:  # the RDF's property is its RMS deviation from the reference curve
+            out[(sp["name"], "rdf_rmsd")] = float(sp["rdf"]["denominator"])
     for key, spec in config.get("crystal", {}).get("references", {}).items():
         out[("crystal", key)] = float(spec["denominator"])
     structures = config.get("structures", {})

@@ -37,6 +37,11 @@ TEMPLATE_VARIABLES: Mapping[str, str] = {
     "nearest_neighbour_A": "the form's nearest-neighbour distance at the run's parameters, Å (a starting lattice)",
     "thermo_columns": "thermo keywords the state points' targets need beyond the required ones (ke for "
     "alpha_P_1_K and cp_J_mol_K, the observables' columns): append them to the production thermo_style",
+    "rdf": "None, or for a state point's rdf target: n_bins, r_max_A (Å), pairs ('' all atoms, else 'i j' "
+    "LAMMPS types), every (steps between samples), file (rdf.dat): compute rdf sampled by fix ave/time "
+    "... c_rdf[*] file rdf.dat mode vector during the production run",
+    "msd": "None, or for a diffusion_1e9_m2_s target: every (steps between samples), file (msd.dat): compute msd "
+    "com yes defined at the production start, fix ave/time ... v_<time> c_msd[4] file msd.dat (time in ps)",
     "<parameter>": "each fitted parameter by its config name, in its unit (epsilon_K in K, sigma_A in Å ...)",
     "<option>": "each option of the potential form (cutoff_sigma, tail_correction, shift, cutoff_A ...)",
 }
@@ -95,6 +100,38 @@ def output_problems(rendered: str, dump_every: int, source: str = "", columns: S
                     f"expected frames.dump every {dump_every} steps with columns id type x y z "
                     f"({_template_line(source, 'frames.dump')}), got every {every} with {columns.strip()}"
                 )
+    return problems
+
+
+_COMPUTE = re.compile(r"^\s*compute\s+(\S+)\s+\S+\s+(rdf|msd)\b(.*)$", re.M)
+_AVE_TIME = re.compile(r"^\s*fix\s+\S+\s+\S+\s+ave/time\s+(\S+)\s+\S+\s+\S+\s+(.*)$", re.M)
+
+
+def structure_problems(rendered: str, rdf: Mapping[str, object] | None, msd: Mapping[str, object] | None) -> list[str]:
+    """What the rendered input lacks of the RDF (``rdf``) and MSD (``msd``) outputs its targets read:
+    a ``compute rdf``/``compute msd`` sampled by ``fix ave/time`` into ``rdf.file``/``msd.file``."""
+    problems = []
+    computes = {style: (name, rest) for name, style, rest in _COMPUTE.findall(rendered)}
+    fixes = [(every, rest.split("#")[0].split()) for every, rest in _AVE_TIME.findall(rendered)]
+    for style, spec, needed in (("rdf", rdf, "c_{id}[*]"), ("msd", msd, "c_{id}[4]")):
+        if not spec:
+            continue
+        wanted = f"`compute <id> all {style}` sampled by `fix <id> all ave/time {{{{ {style}.every }}}} 1 "
+        wanted += f"{{{{ {style}.every }}}} ... {needed.format(id='<id>')} file {{{{ {style}.file }}}}`"
+        wanted += " mode vector" if style == "rdf" else " (with the time in ps before it, v_<time>)"
+        if style not in computes:
+            problems.append(f"expected {wanted} for the state point's {style} target, got no compute {style}")
+            continue
+        name, rest = computes[style]
+        writers = [words for _, words in fixes if "file" in words and needed.format(id=name) in words]
+        if not any(words[words.index("file") + 1] == spec["file"] for words in writers):
+            problems.append(
+                f"expected {wanted}, got no fix ave/time writing {needed.format(id=name)} to {spec['file']}"
+            )
+        if style == "rdf" and (str(spec["n_bins"]) not in rest.split()[:1] or "cutoff" not in rest.split()):
+            problems.append(
+                f"expected `compute {name} all rdf {spec['n_bins']} ... cutoff {spec['r_max_A']}`, got `{rest.strip()}`"
+            )
     return problems
 
 

@@ -21,8 +21,9 @@ import pandas as pd
 
 from chemfit_core.file_based_computer import render_template
 from chemfit_core.results import atomic_write_text, read_json, write_csv, write_json
-from chemfit_core.science.liquid import PROPERTY_UNITS, TARGET_UNITS, properties_from_log
+from chemfit_core.science.liquid import DIFFUSION_KEY, PROPERTY_UNITS, TARGET_UNITS, properties_from_log
 from chemfit_core.science.molecules import RIGID, GasPhaseResult
+from chemfit_core.science.observables import RESPONSE_UNITS
 from chemfit_core.science.targets import propagate
 from chemfit_core.stages.config import derived_seed
 from chemfit_core.stages.objective import (
@@ -30,6 +31,7 @@ from chemfit_core.stages.objective import (
     molecules_of,
     observables_of,
     potential_form_of,
+    rdf_of,
     targets_from_config,
     validation_template_variables,
 )
@@ -125,7 +127,7 @@ def _row(
         "initial": initial,
         "fitted": value,
         "error": value - target,
-        "error_percent": 100.0 * (value / target - 1.0) if spec else np.nan,
+        "error_percent": 100.0 * (value / target - 1.0) if spec and target else np.nan,
         "statistical_uncertainty": extra.pop("statistical_uncertainty", np.nan),
         "parameter_uncertainty": extra.pop("parameter_uncertainty", np.nan),
         "replicas": extra.pop("replicas", np.nan),
@@ -186,7 +188,8 @@ def _liquid_rows(
         sp = state_point(fit, state)
         n_blocks = fit["liquid"]["md"]["n_blocks"]
         observables = observables_of(sp)
-        responses = [key for key in TARGET_UNITS if key in sp and key not in PROPERTY_UNITS]
+        responses = [key for key in RESPONSE_UNITS if key in sp]
+        rdf = rdf_of(fit, sp)
         measured = [
             properties_from_log(
                 p,
@@ -197,10 +200,13 @@ def _liquid_rows(
                 gas.get(state, RIGID),
                 responses,
                 observables,
+                rdf,
+                DIFFUSION_KEY in sp,
             ).as_dict()
             for p in paths
         ]
-        units = {**PROPERTY_UNITS, **{k: TARGET_UNITS[k] for k in responses}}
+        units = {**PROPERTY_UNITS, **{k: TARGET_UNITS[k] for k in [*responses, DIFFUSION_KEY] if k in sp}}
+        units.update({"rdf_rmsd": ""} if rdf is not None else {})  # RMS deviation from the reference g(r)
         units.update({name: o.unit for name, o in observables.items()})
         for key, unit in units.items():
             values = np.array([m[key] for m in measured])
@@ -211,6 +217,8 @@ def _liquid_rows(
             if len(values) > 1:
                 sem = max(sem, float(values.std(ddof=1) / np.sqrt(len(values))))
             spec = sp.get(key) or sp.get("observables", {}).get(key)
+            if key == "rdf_rmsd":  # its target is the reference curve itself: 0
+                spec = {"value": 0.0, "source": sp["rdf"]["source"]}
             rows.append(
                 _row(
                     fit_name,
