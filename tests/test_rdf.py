@@ -143,3 +143,31 @@ def rdf_of_config(fit: dict, sp: dict) -> dict:
     from chemfit_core.stages.objective import structure_template_variables
 
     return structure_template_variables({**fit, "liquid": {**fit["liquid"], "md": {"thermo_every": 20}}}, sp)["rdf"]
+
+
+def test_the_objective_built_from_the_config_fits_the_rdf_per_bin_and_d(tmp_path):
+    """build_objective with the RDF and diffusion targets (short runs): one term's residuals are
+    density, ΔHvap, D, then one per fitted bin, and its properties carry rdf_rmsd and D."""
+    import yaml
+    from test_template_contract import SHIPPED, structure_project
+
+    from chemfit_core import EvaluateContext
+    from chemfit_core.stages.config import load_config
+    from chemfit_core.stages.objective import build_objective, rdf_of
+
+    path = structure_project(tmp_path, SHIPPED)
+    config = yaml.safe_load(path.read_text())
+    fit = config["fits"]["argon"]
+    fit["liquid"]["md"].update(n_cells=3, melt_steps=400, equilibration_steps=600, production_steps=2000)
+    fit["liquid"]["state_points"] = fit["liquid"]["state_points"][:1]
+    fit["liquid"]["state_points"][0]["replicas"] = 1
+    path.write_text(yaml.safe_dump(config))
+    fit = load_config(path)["fits"]["argon"]
+    cob, info = build_objective("argon", fit, 1, fit["liquid"]["template"], tmp_path / "work")
+    term = cob.objective_functions[0]
+    ctx = EvaluateContext()
+    term({"epsilon_K": 116.79, "sigma_A": 3.3952}, ctx)
+    n_bins = int(rdf_of(fit, fit["liquid"]["state_points"][0]).fitted.sum())
+    assert len(ctx.result.residuals) == 3 + n_bins
+    assert ctx.result.properties["rdf_rmsd"] > 0 and 0.3 < ctx.result.properties["diffusion_1e9_m2_s"] < 6.0
+    assert len(ctx.meta["rdf"]["rdf_g"]) == 45 and info[0]["state_point"] == "normal_boiling_point"
