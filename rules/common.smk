@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from chemfit_core.stages.config import read_config_file, template_path, validate_config
+from chemfit_core.stages.cutoff_checks import cutoff_warnings
 from chemfit_core.stages.solid import solid_sets
 from chemfit_core.stages.template_contract import config_warnings
 
@@ -24,11 +25,12 @@ CONFIG = validate_config(
     base_dir=Path(workflow.configfiles[0]).parent if workflow.configfiles else None,
 )
 
-for warning in config_warnings(
-    CONFIG,
-    ", ".join(map(str, workflow.configfiles)) or "the module's config",
-    given=config,
-):
+_SOURCE = ", ".join(map(str, workflow.configfiles)) or "the module's config"
+# what check-config warns about, at every start: keys the templates ignore, unsuitable cutoffs
+for warning in [
+    *config_warnings(CONFIG, _SOURCE, given=config),
+    *cutoff_warnings(CONFIG, _SOURCE),
+]:
     print(f"chemfit: warning: {warning}", file=sys.stderr)
 
 FITS = list(CONFIG["fits"])

@@ -109,7 +109,7 @@ rule provenance:
     input:
         fits=expand("results/{fit}/fit.json", fit=FITS),
         inputs=all_inputs,
-        # after the validation: its LAMMPS round trip writes the fitted potential files
+        # after the validation (its properties and round trip), so it comes last
         properties=expand("results/{fit}/properties.csv", fit=FITS),
     output:
         "results/provenance.json",

@@ -463,9 +463,13 @@ def test_paper_tables_compile_with_pdflatex(tmp_path):
 def test_provenance_paths_are_relative_and_name_what_each_hash_covers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "structures.extxyz").write_text("1\n\nCu 0 0 0\n")
-    potential = tmp_path / "work" / "recovery" / "round_trip" / "fitted.eam.alloy"
+    potential = tmp_path / "results" / "recovery" / "potential" / "fitted.eam.alloy"
     potential.parent.mkdir(parents=True)
     potential.write_text("setfl\n")
+    listed = [{"name": "potential.lammps"}, {"name": "potential/fitted.eam.alloy"}]  # the include file is missing
+    (tmp_path / "results" / "recovery" / "params.json").write_text(
+        json.dumps({"recovery": {"potential_files": listed}})
+    )
     fit_json = tmp_path / "fit.json"
     fit_json.write_text(json.dumps({"fit": "recovery", "config_sha256": "b" * 64, "terms": []}))
     config = {"seed": 1, "fits": {"recovery": {"element": "Cu", "potential": {"form": "eam/analytic"}}}}
@@ -476,9 +480,9 @@ def test_provenance_paths_are_relative_and_name_what_each_hash_covers(tmp_path, 
     assert set(files) == {
         "structures.extxyz",
         "chemfit_core/data/templates/lj_liquid_npt.lammps.j2",
-        "work/recovery/round_trip/fitted.eam.alloy",
+        "results/recovery/potential/fitted.eam.alloy",
     }
-    assert files["work/recovery/round_trip/fitted.eam.alloy"]["role"] == "fitted potential of recovery"
+    assert files["results/recovery/potential/fitted.eam.alloy"]["role"] == "fitted potential of recovery"
     assert record["fit_config_sha256"] == {"recovery": "b" * 64}
     assert "whole" in record["hashes"]["config_sha256"] and "fit.json" in record["hashes"]["fit_config_sha256"]
     assert display_path("relative/file") == "relative/file" and display_path("/elsewhere/x") == "/elsewhere/x"

@@ -225,12 +225,16 @@ def test_provenance_names_its_hashes_relative_paths_and_the_fitted_potential(run
     fit = json.loads((runs("structures") / "results" / "recovery" / "fit.json").read_text())
     assert record["fit_config_sha256"] == {"recovery": fit["config_sha256"]} != record["config_sha256"]
     paths = {f["path"]: f for f in record["files"]}
-    potential = paths["work/recovery/round_trip/fitted.eam.alloy"]
-    assert potential["role"] == "fitted potential of recovery" and len(potential["sha256"]) == 64
+    params = json.loads((runs("structures") / "results" / "recovery" / "params.json").read_text())
+    named = {f"results/recovery/{f['name']}": f["sha256"] for f in params["recovery"]["potential_files"]}
+    assert "results/recovery/potential/fitted.eam.alloy" in named  # the setfl beside the include file
+    for path, sha256 in named.items():  # provenance hashes the files params.json names
+        assert paths[path]["role"] == "fitted potential of recovery" and paths[path]["sha256"] == sha256
     default = json.loads((runs("default") / "results" / "provenance.json").read_text())
     assert {f["path"] for f in default["files"]} == {
         "chemfit_core/data/templates/lj_liquid_npt.lammps.j2",
         "vacancy.extxyz",
+        "results/argon/potential.lammps",
     }
     page = (runs("default") / "results" / "report.html").read_text()
     assert "config sha256 (whole configuration)" in page and "fit-section sha256 of argon" in page

@@ -81,20 +81,20 @@ def display_path(path: Path | str, root: Path | str | None = None) -> str:
     return path.as_posix()
 
 
-ROUND_TRIP_DIR = "work/{fit}/round_trip"
-"""Where the validation's LAMMPS round trip (rule ``validate``) writes a fit's potential files."""
+RESULTS_DIR = "results/{fit}"
+"""Where the fit stage writes a fit's params.json and its fitted potential (``potential_files``)."""
 
 
-def fitted_potential_files(config: Mapping[str, Any]) -> dict[str, str]:
-    """fit → the potential file the LAMMPS round trip writes at its fitted parameters, for forms
-    LAMMPS reads from a file (an analytic EAM's setfl file); relative to the project."""
-    from chemfit_core.stages.objective import potential_form_of
-
-    files = {}
-    for name, fit in config.get("fits", {}).items():
-        setfl = getattr(potential_form_of(fit), "setfl_name", None)
-        if setfl:
-            files[name] = f"{ROUND_TRIP_DIR.format(fit=name)}/{setfl}"
+def fitted_potential_files(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """fit → the fitted potential files params.json names (``potential_files``: the LAMMPS include
+    file and the form's own file, e.g. a setfl), relative to the project; none before the fit ran."""
+    files: dict[str, list[str]] = {}
+    for name in config.get("fits", {}):
+        folder = RESULTS_DIR.format(fit=name)
+        params = Path(folder) / "params.json"
+        if params.is_file():
+            entries = read_json(params).get(name, {}).get("potential_files", [])
+            files[name] = [f"{folder}/{entry['name']}" for entry in entries]
     return files
 
 
@@ -113,12 +113,12 @@ def write_provenance(
     inputs: Iterable[Path | str],
     fit_jsons: Iterable[Path | str],
     workflow_dir: Path | str,
-    potentials: Mapping[str, Path | str] | None = None,
+    potentials: Mapping[str, Path | str | Iterable[Path | str]] | None = None,
 ) -> dict[str, Any]:
     """Write ``provenance.json``: versions, code revision, platform, the configuration and its
     hash, each fit's own config hash (fit.json's), every seed used (master and per term), the
     SHA-256 of every input file, and of each fitted potential file ``potentials`` maps a fit to
-    (the setfl file of an analytic EAM; skipped where the file does not exist). ``files`` lists
+    (default: the files each params.json names in ``potential_files``; skipped where missing). ``files`` lists
     the files with paths relative to the project; ``hashes`` says what each hash covers."""
     seeds: dict[str, Any] = {"master": config.get("seed")}
     fit_hashes: dict[str, str] = {}
@@ -129,11 +129,11 @@ def write_provenance(
     inputs = sorted(map(str, inputs))
     potentials = fitted_potential_files(config) if potentials is None else potentials
     files = [{"path": display_path(p), "role": "input", "sha256": file_sha256(p)} for p in inputs]
-    for fit_name, path in (potentials or {}).items():
-        if Path(path).is_file():
-            files.append(
-                {"path": display_path(path), "role": f"fitted potential of {fit_name}", "sha256": file_sha256(path)}
-            )
+    for fit_name, paths in (potentials or {}).items():
+        for path in [paths] if isinstance(paths, (str, Path)) else paths:
+            if Path(path).is_file():
+                role = f"fitted potential of {fit_name}"
+                files.append({"path": display_path(path), "role": role, "sha256": file_sha256(path)})
     record = {
         "written_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
