@@ -100,6 +100,17 @@ def liquid_files(wildcards):
     return fit["liquid"]["files"] if "liquid" in fit else []
 
 
+def _reference_files(fit):
+    """Reference data files of a fit's liquid targets (each state point's ``rdf.file``)."""
+    points = fit["liquid"]["state_points"] if "liquid" in fit else []
+    return [point["rdf"]["file"] for point in points if "rdf" in point]
+
+
+def reference_files(wildcards):
+    """Reference data the objective reads (an RDF curve): a changed file reruns the fit."""
+    return _reference_files(CONFIG["fits"][wildcards.fit])
+
+
 def structure_files(wildcards):
     spec = CONFIG["fits"][wildcards.fit].get("structures", {})
     return [spec["file"]] if "file" in spec else []
@@ -198,6 +209,7 @@ def all_inputs(wildcards=None):
         if "liquid" in fit:
             files.append(str(template_path(fit["liquid"]["template"])))
             files += fit["liquid"]["files"]
+            files += _reference_files(fit)
         if "file" in fit.get("structures", {}):
             files.append(fit["structures"]["file"])
         if fit["solid"]["enabled"]:

@@ -3,6 +3,7 @@ rule fit:
     input:
         template=liquid_template,
         files=liquid_files,
+        references=reference_files,
         structures=structure_files,
     output:
         fit="results/{fit}/fit.json",

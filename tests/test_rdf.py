@@ -171,3 +171,32 @@ def test_the_objective_built_from_the_config_fits_the_rdf_per_bin_and_d(tmp_path
     assert len(ctx.result.residuals) == 3 + n_bins
     assert ctx.result.properties["rdf_rmsd"] > 0 and 0.3 < ctx.result.properties["diffusion_1e9_m2_s"] < 6.0
     assert len(ctx.meta["rdf"]["rdf_g"]) == 45 and info[0]["state_point"] == "normal_boiling_point"
+
+
+def test_the_rdf_reference_is_an_input_of_the_fit_and_of_provenance(tmp_path, venv_env):
+    """Editing the reference curve reruns the fit: rule ``fit`` lists the file among its inputs
+    (Snakemake's dry run prints them), as does ``provenance`` (hashed there)."""
+    import subprocess
+
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    config = yaml.safe_load((repo / ".test" / "config" / "config.yaml").read_text())
+    config["fits"]["argon"].pop("solid", None)
+    point = config["fits"]["argon"]["liquid"]["state_points"][0]
+    point["rdf"] = {"file": "g_of_r.dat", "r_max_A": 8.0, "n_bins": 40, "denominator": 0.1}
+    r = np.linspace(0.1, 8.0, 40)
+    np.savetxt(tmp_path / "g_of_r.dat", np.column_stack([r, np.ones_like(r)]))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [str(repo / ".venv" / "bin" / "snakemake"), "-s", str(repo / "Snakefile"), "-n", "--configfile", "config.yaml"],
+        cwd=tmp_path,
+        env=venv_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    inputs = [line for line in done.stdout.splitlines() if line.strip().startswith("input:")]
+    assert any("g_of_r.dat" in line and "fit.json" not in line for line in inputs), inputs  # rule fit
+    assert any("g_of_r.dat" in line and "results/argon/fit.json" in line for line in inputs), inputs  # provenance
