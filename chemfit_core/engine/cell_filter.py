@@ -175,10 +175,16 @@ def _takes_compute_stress(model: Any) -> bool:
 
 
 def call_model(model: Any, state: SimState, *, compute_stress: bool) -> dict[str, torch.Tensor]:
-    """``model(state)``; our models also get ``compute_stress`` (others decide by their own attribute)."""
+    """``model(state)``; our models also get ``compute_stress`` (others decide by their own attribute).
+
+    The engine runs without autograd (our models need no graph for forces); another model
+    (torch-sim's ``ModelInterface``) may take its forces by autograd, so it runs with grad mode
+    on and its outputs are detached."""
     if _takes_compute_stress(model):
         return model(state, compute_stress=compute_stress)
-    return model(state)
+    with torch.enable_grad():
+        out = model(state)
+    return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
 
 def deformation_gradient(state: OptimState) -> torch.Tensor:
