@@ -211,20 +211,6 @@ def rattled_cells(
     return cells
 
 
-def synthetic_structures(
-    form: PotentialForm,
-    parameters: Mapping[str, float],
-    n_structures: int = 8,
-    lattice_constant_A: float = 3.615,
-    seed: int = 0,
-    lattice: str = "fcc",
-) -> list[Any]:
-    """:func:`rattled_cells` (vacancies included) labelled by ``form`` at ``parameters``:
-    noise-free data for parameter recovery."""
-    cells = rattled_cells(form.element, n_structures, lattice_constant_A, seed, lattice)
-    return label(cells, form.model(parameters))
-
-
 def propagate(
     func, parameters: Mapping[str, float], covariance: np.ndarray, names: Sequence[str], rel_step: float = 1e-4
 ) -> dict[str, float]:

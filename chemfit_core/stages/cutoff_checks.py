@@ -80,8 +80,8 @@ def _defect_and_labelled_cells(fit: Mapping[str, Any]) -> list[tuple[str, list[A
     """(config key, cells) of the cells whose atoms are not all periodic images of one another's
     environment — a crystal target's vacancy supercell, the synthetic, LAMMPS-labelled or file
     structures — as the targets build them (a crystal's own cell is exempt: its images are its lattice)."""
-    from chemfit_core.science.targets import random_cells, rattled_cells
-    from chemfit_core.stages.objective import crystal_setup
+    from chemfit_core.science.targets import random_cells
+    from chemfit_core.stages.objective import crystal_setup, synthetic_cells
 
     out: list[tuple[str, list[Any]]] = []
     crystal = fit.get("crystal")
@@ -99,20 +99,7 @@ def _defect_and_labelled_cells(fit: Mapping[str, Any]) -> list[tuple[str, list[A
             ("structures.lammps.cells", random_cells(species=spec["lammps"]["species"], **spec["lammps"]["cells"]))
         )
     elif "synthetic" in spec:
-        synthetic = spec["synthetic"]
-        if "lattice" in synthetic or "formula" in synthetic:  # as the structures target builds them
-            cells = random_cells(
-                synthetic.get("lattice", "fcc"),
-                synthetic["lattice_constant_A"],
-                fit["potential"].get("species") or [fit["element"]],
-                formula=synthetic.get("formula"),
-                n_structures=synthetic["n_structures"],
-                repeat=(1, 1, 1) if "formula" in synthetic else (2, 2, 2),
-                seed=synthetic["seed"],
-            )
-        else:
-            cells = rattled_cells(fit["element"], synthetic["n_structures"], synthetic["lattice_constant_A"])
-        out.append(("structures.synthetic", cells))
+        out.append(("structures.synthetic", synthetic_cells(fit)))
     elif "file" in spec and Path(spec["file"]).is_file():
         from ase.io import read
 

@@ -34,7 +34,7 @@ from chemfit_core.science.targets import (
     label,
     label_with_lammps,
     random_cells,
-    synthetic_structures,
+    rattled_cells,
 )
 from chemfit_core.stages.config import derived_seed
 from chemfit_core.stages.molecule_inputs import (  # noqa: F401 - the stages import them from here
@@ -83,6 +83,23 @@ def lammps_labelled_structures(spec: Mapping[str, Any], n_structures: int | None
     return label_with_lammps(structures, spec["commands"], spec["species"], spec["files"])
 
 
+def synthetic_cells(fit: Mapping[str, Any]) -> list[Any]:
+    """The unlabelled cells of a fit's ``structures.synthetic`` section: any prototype or compound
+    (``lattice``/``formula``) by :func:`random_cells`, else rattled cells of the fit's element."""
+    synthetic = fit["structures"]["synthetic"]
+    if "lattice" in synthetic or "formula" in synthetic:
+        return random_cells(
+            synthetic.get("lattice", "fcc"),
+            synthetic["lattice_constant_A"],
+            fit["potential"].get("species") or [fit["element"]],
+            formula=synthetic.get("formula"),
+            n_structures=synthetic["n_structures"],
+            repeat=(1, 1, 1) if "formula" in synthetic else (2, 2, 2),
+            seed=synthetic["seed"],
+        )
+    return rattled_cells(fit["element"], synthetic["n_structures"], synthetic["lattice_constant_A"], synthetic["seed"])
+
+
 def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunctor, float]]:
     """(name, term, weight) of a fit's in-process targets: ``crystal`` and ``structures``."""
     from ase.io import read
@@ -113,26 +130,8 @@ def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunc
         elif "lammps" in spec:
             structures = lammps_labelled_structures(spec["lammps"])
         else:
-            synthetic = spec["synthetic"]
-            if "lattice" in synthetic or "formula" in synthetic:  # any prototype, compounds too
-                cells = random_cells(
-                    synthetic.get("lattice", "fcc"),
-                    synthetic["lattice_constant_A"],
-                    fit["potential"].get("species") or [fit["element"]],
-                    formula=synthetic.get("formula"),
-                    n_structures=synthetic["n_structures"],
-                    repeat=(1, 1, 1) if "formula" in synthetic else (2, 2, 2),
-                    seed=synthetic["seed"],
-                )
-                structures = label(cells, form.model(synthetic["parameters"]))
-            else:
-                structures = synthetic_structures(
-                    form,
-                    synthetic["parameters"],
-                    synthetic["n_structures"],
-                    synthetic["lattice_constant_A"],
-                    synthetic["seed"],
-                )
+            parameters = spec["synthetic"]["parameters"]
+            structures = label(synthetic_cells(fit), form.model(parameters))
         terms.append(
             (
                 "structures",
