@@ -139,20 +139,25 @@ def two_cells():
 
 def test_pbc_given_as_torch_sim_gives_it_applies_to_every_system():
     state = two_cells()
-    assert state.pbc.tolist() == [[True] * 3] * 2
+    # systems that agree read back as torch-sim's one [3] vector; system_pbc is always per system
+    assert state.pbc.tolist() == [True] * 3 and state.system_pbc.tolist() == [[True] * 3] * 2
     state.pbc = [True, False, True]  # assignment is coerced too
-    assert state.pbc.shape == (2, 3) and state.pbc.tolist() == [[True, False, True]] * 2
+    assert state.system_pbc.shape == (2, 3) and state.system_pbc.tolist() == [[True, False, True]] * 2
+    assert state.pbc.tolist() == [True, False, True]
     state.pbc = False
-    assert not state.pbc.any() and state.pbc.shape == (2, 3)
+    assert not state.pbc.any() and state.pbc.shape == (3,) and state.system_pbc.shape == (2, 3)
     state.pbc = torch.tensor([[True, True, True], [True, True, False]])  # per system, as ours
-    assert state.split()[1].pbc.tolist() == [[True, True, False]]
+    assert state.pbc.shape == (2, 3)  # a mixed batch, which one [3] vector cannot express
+    assert state.split()[1].pbc.tolist() == [True, True, False]
+    assert state.split()[1].system_pbc.tolist() == [[True, True, False]]
+    assert state[[1, 1]].pbc.tolist() == [True, True, False]
 
 
 def test_from_state_overrides_fields_and_shares_nothing():
     state = atoms_to_state(three_systems())
     state.neighbor_lists = ["built"] * 3
     mixed = SimState.from_state(state, pbc=[True, False, True])
-    assert mixed.pbc.tolist() == [[True, False, True]] * 3
+    assert mixed.system_pbc.tolist() == [[True, False, True]] * 3
     assert state.pbc.tolist() == [[True] * 3, [True, True, False], [False] * 3]  # the source is untouched
     assert mixed.neighbor_lists == [None] * 3  # lists built for the old geometry are dropped
     copy = SimState.from_state(state)

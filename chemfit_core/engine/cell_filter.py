@@ -213,7 +213,7 @@ def evaluate(state: OptimState, model: Any) -> None:
         if state.constant_volume:  # ASE: project out the trace
             virial = virial - (virial.diagonal(dim1=1, dim2=2).sum(1) / 3.0).view(-1, 1, 1) * eye
         cell_factor = state.cell_factor.view(-1, 1, 1)
-        state.cell_forces = virial * state.pbc.all(dim=1).view(-1, 1, 1) / cell_factor
+        state.cell_forces = virial * state.system_pbc.all(dim=1).view(-1, 1, 1) / cell_factor
 
 
 def dof_forces(state: OptimState) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -47,7 +47,7 @@ def edge_counts(state: SimState, cutoff: float) -> list[float]:
     starts = (torch.cumsum(state.n_atoms_per_system, 0) - state.n_atoms_per_system).tolist()
     edges = []
     for s, (start, n) in enumerate(zip(starts, counts)):
-        pairs = builder._build(state.positions[start : start + n], state.cell[s], state.pbc[s])
+        pairs = builder._build(state.positions[start : start + n], state.cell[s], state.system_pbc[s])
         edges.append(2.0 * pairs.i.numel())  # a half list: each pair is two edges
     return edges
 
@@ -78,8 +78,8 @@ def calculate_memory_scalers(
     lower = torch.full(shape, torch.inf, dtype=positions.dtype, device=positions.device)
     upper = upper.scatter_reduce(0, index, positions, reduce="amax")
     lower = lower.scatter_reduce(0, index, positions, reduce="amin")
-    box = (upper - lower).clamp_min(0.0) + BOX_PADDING * (~state.pbc).to(positions.dtype)
-    periodic = state.pbc.all(dim=1)
+    box = (upper - lower).clamp_min(0.0) + BOX_PADDING * (~state.system_pbc).to(positions.dtype)
+    periodic = state.system_pbc.all(dim=1)
     volume = torch.where(periodic, torch.linalg.det(state.cell.detach()).abs(), box.prod(dim=1)) / 1000.0
     n = counts.to(torch.float64)
     volume = volume.to(torch.float64)

@@ -312,7 +312,7 @@ class NeighborList:
             counts = state.n_atoms_per_system
             for s in stale:
                 a, n = int(offsets[s]), int(counts[s])
-                entries[s] = self._build(state.positions[a : a + n], state.cell[s], state.pbc[s])
+                entries[s] = self._build(state.positions[a : a + n], state.cell[s], state.system_pbc[s])
         state.neighbor_lists = entries
         cached = getattr(state, "_flat_pairs", None)
         if cached is not None and len(cached[0]) == len(entries) and all(a is b for a, b in zip(cached[0], entries)):

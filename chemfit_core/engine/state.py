@@ -2,8 +2,9 @@
 
 :class:`SimState` follows torch-sim's model — the only ways to change a batch are
 splitting and concatenating — with two differences: every system carries its
-own periodic boundary conditions (``pbc`` is ``[n_systems, 3]``), so a batch may
-mix bulk crystals, slabs and molecules; and ``cell`` holds the lattice vectors as
+own periodic boundary conditions (``system_pbc`` is ``[n_systems, 3]``), so a batch
+may mix bulk crystals, slabs and molecules — ``pbc`` reads as torch-sim's ``[3]``
+vector whenever the systems agree, and as ``[n_systems, 3]`` only for a mixed batch; and ``cell`` holds the lattice vectors as
 rows, as ASE and LAMMPS write them (``column_vector_cell`` gives torch-sim's
 layout). Units: Å, amu; results in eV, eV/Å, eV/Å³.
 
@@ -33,7 +34,9 @@ class SimState:
         positions: ``[n_atoms, 3]`` Cartesian positions, Å.
         masses: ``[n_atoms]`` atomic masses, amu.
         cell: ``[n_systems, 3, 3]`` lattice vectors as rows, Å.
-        pbc: ``[n_systems, 3]`` periodic along each lattice vector.
+        pbc: periodic along each lattice vector: given as a bool, a ``[3]`` vector for
+            every system or ``[n_systems, 3]``; read back as ``[3]`` when all systems
+            agree, else ``[n_systems, 3]``. ``system_pbc`` is always ``[n_systems, 3]``.
         atomic_numbers: ``[n_atoms]``.
         system_idx: ``[n_atoms]`` system of each atom, non-decreasing from 0.
         info: one dict per system (extxyz ``info``: labels, reference data...).
@@ -63,7 +66,7 @@ class SimState:
         if self.cell.ndim == 2:
             self.cell = self.cell.unsqueeze(0)
         n_systems = self.cell.shape[0]
-        self.pbc = self.pbc  # coerced to [n_systems, 3] by __setattr__ now that the cell is 3-D
+        self.pbc = self.__dict__["system_pbc"]  # coerced to [n_systems, 3] now that the cell is 3-D
         if self.info is None:
             self.info = [{} for _ in range(n_systems)]
         if self.neighbor_lists is None or len(self.neighbor_lists) != n_systems:
@@ -71,18 +74,10 @@ class SimState:
         for name in ("masses", "atomic_numbers", "system_idx"):
             if getattr(self, name).shape[0] != n_atoms:
                 raise ValueError(f"{name} has {getattr(self, name).shape[0]} entries for {n_atoms} atoms")
-        if self.pbc.shape != (n_systems, 3) or len(self.info) != n_systems:
+        if self.system_pbc.shape != (n_systems, 3) or len(self.info) != n_systems:
             raise ValueError(f"pbc must be [n_systems, 3] and info one dict per system ({n_systems})")
         if n_atoms and (int(self.system_idx.max()) != n_systems - 1 or bool((self.system_idx.diff() < 0).any())):
             raise ValueError("system_idx must run from 0 to n_systems - 1 without decreasing")
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        """Coerce ``pbc`` on every assignment: a bool or a ``[3]`` vector (torch-sim's forms)
-        applies to every system."""
-        if name == "pbc" and "cell" in self.__dict__ and "positions" in self.__dict__:
-            cell = self.__dict__["cell"]
-            value = _as_pbc(value, cell.shape[0] if cell.ndim == 3 else 1, self.__dict__["positions"].device)
-        super().__setattr__(name, value)
 
     # -- sizes ------------------------------------------------------------------------------
     @property
@@ -127,7 +122,10 @@ class SimState:
 
     # -- copying and moving ---------------------------------------------------------------
     def _fields(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Every dataclass field by name, ``pbc`` in its per-system ``[n_systems, 3]`` form."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["pbc"] = self.system_pbc
+        return values
 
     def clone(self: T) -> T:
         """Deep copy (tensors cloned, info dicts copied)."""
@@ -214,11 +212,7 @@ class SimState:
         never modified or shared: tensors are cloned, ``info`` dicts copied.
         """
         own = {f.name for f in dataclasses.fields(cls)}
-        base = {
-            f.name: _copy_value(getattr(state, f.name))
-            for f in dataclasses.fields(state)
-            if f.name in own and f.name not in extra
-        }
+        base = {k: _copy_value(v) for k, v in state._fields().items() if k in own and k not in extra}
         if "info" in base:
             base["info"] = [dict(i) for i in state.info]
         if "neighbor_lists" in base and {"positions", "cell", "pbc"} & set(extra):
@@ -239,7 +233,7 @@ class SimState:
         numbers = self.atomic_numbers.cpu().numpy()
         masses = self.masses.detach().cpu().numpy()
         cells = self.cell.detach().cpu().numpy()
-        pbcs = self.pbc.cpu().numpy()
+        pbcs = self.system_pbc.cpu().numpy()
         bounds = np.concatenate([[0], np.cumsum(self.n_atoms_per_system.cpu().numpy())])
         for s in range(self.n_systems):
             a, b = bounds[s], bounds[s + 1]
@@ -249,6 +243,27 @@ class SimState:
             atoms.info.update(self.info[s])
             out.append(atoms)
         return out
+
+
+def _get_pbc(state: SimState) -> torch.Tensor:
+    """torch-sim's ``[3]`` when every system has the same pbc, else ``[n_systems, 3]``."""
+    per_system = state.system_pbc
+    if per_system.shape[0] and bool((per_system == per_system[0]).all()):
+        return per_system[0]
+    return per_system
+
+
+def _set_pbc(state: SimState, value: Any) -> None:
+    """Store ``pbc`` per system: a bool or a ``[3]`` vector (torch-sim's forms) applies to every system."""
+    if "cell" in state.__dict__ and "positions" in state.__dict__:
+        cell = state.__dict__["cell"]
+        value = _as_pbc(value, cell.shape[0] if cell.ndim == 3 else 1, state.__dict__["positions"].device)
+    state.__dict__["system_pbc"] = value  # raw until __post_init__ knows the number of systems
+
+
+# The dataclass field ``pbc`` (constructor argument, copied by split/concatenate as
+# ``system_pbc``) reads and writes through this property.
+SimState.pbc = property(_get_pbc, _set_pbc, doc=_get_pbc.__doc__)  # type: ignore[assignment]
 
 
 def _as_pbc(value: Any, n_systems: int, device: torch.device) -> torch.Tensor:
@@ -308,8 +323,9 @@ def concatenate_states(states: Sequence[T]) -> T:
     first = states[0]
     atom_attrs, system_attrs = first._scopes()
     values: dict[str, Any] = {}
-    for key in (f.name for f in dataclasses.fields(first)):
-        items = [getattr(s, key) for s in states]
+    fields = [s._fields() for s in states]
+    for key in fields[0]:
+        items = [f[key] for f in fields]
         if any(item is None for item in items):
             if not all(item is None for item in items):
                 raise ValueError(f"cannot join states where only some have {key}")

@@ -175,5 +175,5 @@ class Sums:
             state = self.state
             volume = torch.linalg.det(state.cell).abs().clamp_min(1e-30)
             stress = self.virial / volume.view(-1, 1, 1)
-            out["stress"] = torch.where(state.pbc.all(dim=1).view(-1, 1, 1), stress, torch.zeros_like(stress))
+            out["stress"] = torch.where(state.system_pbc.all(dim=1).view(-1, 1, 1), stress, torch.zeros_like(stress))
         return out

@@ -90,7 +90,7 @@ class LennardJones(PairModel):
         pairs = counts.unsqueeze(2) * counts.unsqueeze(1)  # N_i N_j, both orders
         etail = (pairs * etail_table).sum((1, 2))
         ptail = (pairs * ptail_table).sum((1, 2))
-        periodic = state.pbc.all(dim=1)
+        periodic = state.system_pbc.all(dim=1)
         volume = torch.linalg.det(state.cell).abs().clamp_min(1e-30)
         out["energy"] = out["energy"] + torch.where(periodic, etail / volume, torch.zeros_like(etail))
         if "stress" in out:

@@ -204,7 +204,7 @@ class ThreeBodyModel(Model):
             virial = virial.index_add(0, system, torch.einsum("ap,bp->pab", vectors.detach(), grad))
             volume = torch.linalg.det(state.cell).abs().clamp_min(1e-30)
             stress = virial / volume.view(-1, 1, 1)
-            out["stress"] = torch.where(state.pbc.all(dim=1).view(-1, 1, 1), stress, torch.zeros_like(stress))
+            out["stress"] = torch.where(state.system_pbc.all(dim=1).view(-1, 1, 1), stress, torch.zeros_like(stress))
         return out
 
 
