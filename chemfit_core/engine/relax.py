@@ -387,11 +387,12 @@ def _collect(states: Sequence[OptimState], fmax: float, wall: float, n_calls: in
         final_fmax = float(max_force(state)[0])
         stress = state.stress[0].detach().cpu().numpy() if state.stress is not None else None
         results = {"energy": float(state.energy[0]), "forces": state.forces.detach().cpu().numpy()}
-        computed = stress is not None and bool(state.system_pbc.all()) and not np.isnan(stress).all()  # all NaN: not computed
+        periodic = bool(state.system_pbc.all())
+        computed = stress is not None and periodic and not np.isnan(stress).all()  # all NaN: not computed
         stress_checked = stress if computed else None
         error = _nonfinite_error(results["energy"], atoms.positions, results["forces"], stress_checked)
         ok = final_fmax <= fmax and error is None
-        if stress is not None and np.isfinite(stress).all() and bool(state.system_pbc.all()):
+        if stress is not None and np.isfinite(stress).all() and periodic:
             results["stress"] = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]  # Voigt, ASE order
         atoms.calc = SinglePointCalculator(atoms, **results)
         atoms.info.update({"relax_converged": ok, "relax_steps": int(state.n_steps[0]), "relax_fmax": final_fmax})

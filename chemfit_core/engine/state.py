@@ -4,9 +4,9 @@
 splitting and concatenating — with two differences: every system carries its
 own periodic boundary conditions (``system_pbc`` is ``[n_systems, 3]``), so a batch
 may mix bulk crystals, slabs and molecules — ``pbc`` reads as torch-sim's ``[3]``
-vector whenever the systems agree, and as ``[n_systems, 3]`` only for a mixed batch; and ``cell`` holds the lattice vectors as
-rows, as ASE and LAMMPS write them (``column_vector_cell`` gives torch-sim's
-layout). Units: Å, amu; results in eV, eV/Å, eV/Å³.
+vector whenever the systems agree, and as ``[n_systems, 3]`` only for a mixed batch;
+and ``cell`` holds the lattice vectors as rows, as ASE and LAMMPS write them
+(``column_vector_cell`` gives torch-sim's layout). Units: Å, amu; results in eV, eV/Å, eV/Å³.
 
 Subclasses (the FIRE state, say) declare extra per-atom and per-system tensors in
 ``_atom_attributes`` / ``_system_attributes``; split, concatenation, indexing and
