@@ -109,7 +109,7 @@ def _cmd_relax(args: argparse.Namespace) -> None:
     from ase.io import write
 
     from chemfit_core.engine.relax import relax_structures
-    from chemfit_core.engine.state import read_structures
+    from chemfit_core.engine.structures import read_structures
     from chemfit_core.results import atomic_write_text
 
     if not (math.isfinite(args.fmax) and args.fmax > 0):

@@ -13,8 +13,8 @@ from chemfit_core.engine.state import (
     atoms_to_state,
     concatenate_states,
     detach_state_graph,
-    read_structures,
 )
+from chemfit_core.engine.structures import read_structures
 from chemfit_core.errors import ChemFitError
 
 

@@ -27,6 +27,8 @@ MemoryScaling = Literal["n_atoms", "n_atoms_x_density", "n_edges"]
 MEMORY_SCALINGS: tuple[str, ...] = get_args(MemoryScaling)
 BOX_PADDING = 2.0
 """Å added to the bounding box along each non-periodic axis for ``n_atoms_x_density``."""
+DEFAULT_OOM_ERROR_MESSAGES = ("CUDA out of memory", "Failed to allocate")
+"""Error texts that mean the probed batch did not fit (torch-sim's defaults)."""
 
 
 def check_memory_scaling(memory_scales_with: str) -> None:

@@ -144,7 +144,7 @@ class CrystalSetup:
         from ase.build import bulk
 
         if self.lattice == "file":
-            from chemfit_core.engine.state import read_structures
+            from chemfit_core.engine.structures import read_structures
 
             return read_structures(self.structure_file)[0]
         a = self.a_guess_A if a is None else a

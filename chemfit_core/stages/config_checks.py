@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from chemfit_core.engine.state import MIN_DISTANCE_A
+from chemfit_core.engine.structures import MIN_DISTANCE_A
 
 MAX_STRUCTURE_PROBLEMS = 10
 """Problems reported per structure file; the rest are counted."""
@@ -240,6 +240,6 @@ def structure_problems(atoms: Any, element: str | Sequence[str], needed: Sequenc
             where = f" on atom {int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])}" if key == "forces" else ""
             first = values[~np.isfinite(values)][0] if values.ndim else values
             out.append(f"expected finite {key}, got {first}{where}")
-    from chemfit_core.engine.state import structure_problems as geometry_problems
+    from chemfit_core.engine.structures import structure_problems as geometry_problems
 
     return [*out, *geometry_problems(atoms)]  # the check every reader of structures applies

@@ -39,7 +39,7 @@ def set_structures(
     index for a user set that is missing, unreadable or empty, or has a structure that
     the config validation rejects (another element, overlapping atoms...).
     """
-    from chemfit_core.engine.state import read_structures
+    from chemfit_core.engine.structures import read_structures
     from chemfit_core.errors import ChemFitError
     from chemfit_core.stages.config import derived_seed, structure_problems
 
@@ -106,7 +106,7 @@ def analyse_sets(
 ) -> pd.DataFrame:
     """Lattice constant, cohesive energy (against the fitted model's isolated atom) and energy
     differences of every relaxed set."""
-    from chemfit_core.engine.state import read_structures
+    from chemfit_core.engine.structures import read_structures
     from chemfit_core.models.forms import fitted_form
     from chemfit_core.results import read_json, write_csv
     from chemfit_core.science.crystal import isolated_atom_energy

@@ -20,7 +20,7 @@ from ase.io import write
 
 from chemfit_core.cli import main
 from chemfit_core.engine.relax import relax_structures
-from chemfit_core.engine.state import read_structures, structure_problems
+from chemfit_core.engine.structures import read_structures, structure_problems
 from chemfit_core.errors import ChemFitError
 from chemfit_core.models import build_model
 
