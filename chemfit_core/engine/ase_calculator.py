@@ -15,7 +15,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from chemfit_core.engine.cell_filter import call_model
-from chemfit_core.engine.relax import place_model
+from chemfit_core.engine.placement import place_model
 from chemfit_core.engine.state import atoms_to_state
 
 __all__ = ["TorchCalculator"]

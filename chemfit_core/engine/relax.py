@@ -11,7 +11,7 @@ convergence flags.
 
 Any model with torch-sim's ``ModelInterface`` contract runs here (duck typed:
 ``model(state)`` returning ``energy``/``forces``/``stress``); one that fixes its own
-``device``/``dtype`` is run where it is (see :func:`place_model`).
+``device``/``dtype`` is run where it is (see :func:`~chemfit_core.engine.placement.place_model`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from chemfit_core.engine.cell_filter import OptimState, call_model, max_force
 from chemfit_core.engine.fire import FIRE_FLAVORS, Fire2Parameters, FireParameters
 from chemfit_core.engine.optimizers import OPTIM_REGISTRY, OPTIMIZER_OPTIONS, STATE_TYPES, Optimizer
 from chemfit_core.engine.optimizers import optimizer as find_optimizer
+from chemfit_core.engine.placement import place_model
 from chemfit_core.engine.state import SimState, atoms_to_state
 
 logger = logging.getLogger(__name__)
@@ -162,54 +163,50 @@ def relax_structures(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _relax_torch(
-            structures,
-            model,
-            fmax,
-            max_steps,
-            relax_cell,
-            pressure,
-            device,
-            dtype,
-            max_memory_scaler,
-            memory_scales_with,
-            fire,
-            progress_every_s,
-            method,
-            options,
+        settings = _TorchRelax(
+            fmax, max_steps, relax_cell, pressure, max_memory_scaler, memory_scales_with, fire, method, options
         )
+        return _relax_torch(structures, model, device, dtype, settings, progress_every_s)
     finally:
         torch.set_num_threads(previous_threads)
 
 
+@dataclasses.dataclass(frozen=True)
+class _TorchRelax:
+    """What the torch engine's loop is asked to do (checked by :func:`relax_structures`)."""
+
+    fmax: float  # eV/Å
+    max_steps: int
+    relax_cell: bool
+    pressure: float  # eV/Å³
+    max_memory_scaler: float | None
+    memory_scales_with: MemoryScaling
+    fire: FireParameters | Fire2Parameters
+    method: Optimizer
+    options: Mapping[str, Any]
+
+
 def _relax_torch(
-    structures,
-    model,
-    fmax,
-    max_steps,
-    relax_cell,
-    pressure,
-    device,
-    dtype,
-    max_memory_scaler,
-    memory_scales_with,
-    fire,
-    progress_every_s,
-    method,
-    options,
+    structures: Iterable[Any] | SimState,
+    model: Any,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    settings: _TorchRelax,
+    progress_every_s: float | None,
 ) -> RelaxResult:
     """The torch engine's loop (see :func:`relax_structures`)."""
     model, device, dtype = place_model(model, device, dtype)
+    method, fmax, relax_cell = settings.method, settings.fmax, settings.relax_cell
     state_type, step = STATE_TYPES[method], OPTIM_REGISTRY[method][1]
-    step_args = (fire,) if method is Optimizer.fire else ()
+    step_args = (settings.fire,) if method is Optimizer.fire else ()
     batcher = InFlightAutoBatcher(
         model,
-        memory_scales_with=memory_scales_with,
-        max_memory_scaler=max_memory_scaler,
-        max_iterations=max_steps + 1,  # evaluations: the first comes before any step
+        memory_scales_with=settings.memory_scales_with,
+        max_memory_scaler=settings.max_memory_scaler,
+        max_iterations=settings.max_steps + 1,  # evaluations: the first comes before any step
     )
     batcher.load_states(
-        state_type.from_state(s, relax_cell=relax_cell, pressure=pressure, **options)
+        state_type.from_state(s, relax_cell=relax_cell, pressure=settings.pressure, **settings.options)
         for s in _singles(structures, device, dtype)
     )
     start = last_report = time.monotonic()
@@ -233,7 +230,7 @@ def _relax_torch(
             )
     ordered: list[OptimState] = batcher.restore_original_order(completed) if completed else []
     if not relax_cell and getattr(model, "compute_stress", True):
-        _final_stress(ordered, model, batcher.max_memory_scaler, memory_scales_with)
+        _final_stress(ordered, model, batcher.max_memory_scaler, settings.memory_scales_with)
     result = _collect(ordered, fmax, time.monotonic() - start, n_calls)
     result.device = str(device)
     if progress_every_s is not None:
@@ -262,48 +259,6 @@ def _fire_parameters(
     if relax_cell and isinstance(fire, Fire2Parameters):
         raise ValueError("fire_flavor='fire2' relaxes fixed cells; relax cells with fire_flavor='ase_fire'")
     return fire
-
-
-def place_model(
-    model: Any, device: str | torch.device | None, dtype: torch.dtype | None
-) -> tuple[Any, torch.device, torch.dtype]:
-    """Put ``model`` on ``device``/``dtype`` (defaults: CUDA when available, float64); return where it runs.
-
-    A model is moved with ``.to`` unless it fixes its own placement: torch-sim's
-    ``ModelInterface`` (``device``/``dtype`` properties with setters that refuse) or
-    any model with plain ``device``/``dtype`` attributes and no ``.to``. A model that
-    runs elsewhere than asked explicitly is an error; otherwise it decides.
-    """
-    wanted_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    wanted_dtype = dtype or torch.float64
-    if hasattr(model, "to") and not (_fixed(model, "device") or _fixed(model, "dtype")):
-        moved = model.to(device=wanted_device, dtype=wanted_dtype)
-        model = model if moved is None else moved
-    has_device, has_dtype = getattr(model, "device", None), getattr(model, "dtype", None)
-    run_device = wanted_device if has_device is None else torch.device(has_device)
-    run_dtype = wanted_dtype if has_dtype is None else has_dtype
-    if not _same_device(run_device, wanted_device):
-        if device is not None:
-            raise ValueError(f"the model runs on {run_device} and cannot be moved to {wanted_device}")
-    else:
-        run_device = wanted_device
-    if run_dtype != wanted_dtype and dtype is not None:
-        raise ValueError(f"the model computes in {run_dtype} and cannot be converted to {wanted_dtype}")
-    return model, run_device, run_dtype
-
-
-def _fixed(model: Any, name: str) -> bool:
-    """Whether ``model`` fixes ``name``: a property with a setter (torch-sim's refuse) or a plain attribute."""
-    import inspect
-
-    declared = inspect.getattr_static(type(model), name, None)
-    if isinstance(declared, property):
-        return declared.fset is not None
-    return hasattr(model, name) and not callable(getattr(model, name))
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def _final_stress(states: list[OptimState], model: Any, budget: float | None, metric: MemoryScaling) -> None:
