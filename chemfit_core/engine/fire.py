@@ -212,14 +212,7 @@ def move(state: FireState, params: FireParameters = DEFAULT_PARAMETERS, *, activ
     """The position (and cell) update of one FIRE step, ASE's algorithm per system."""
     n_sys, sys_idx = state.n_systems, state.system_idx
     moving = moving_systems(state, active)
-    fresh = state.fresh & moving
-    # a fresh system starts as a new ASE optimiser: v = 0, dt = dt_start, a = alpha_start
-    dt_start = torch.where(torch.isnan(state.dt), torch.full_like(state.dt, params.dt_start), state.dt)
-    alpha_start = torch.where(torch.isnan(state.alpha), torch.full_like(state.alpha, params.alpha_start), state.alpha)
-    state.dt = torch.where(fresh, dt_start, state.dt)
-    state.alpha = torch.where(fresh, alpha_start, state.alpha)
-    state.n_pos = torch.where(fresh, torch.zeros_like(state.n_pos), state.n_pos)
-    state.velocities = torch.where(fresh[sys_idx].unsqueeze(1), torch.zeros_like(state.velocities), state.velocities)
+    fresh = _start_fresh(state, moving, params.dt_start, params.alpha_start)  # as a new ASE optimiser
 
     g_atoms, g_cell = dof_forces(state)
     v_atoms = state.velocities
@@ -265,11 +258,33 @@ def move(state: FireState, params: FireParameters = DEFAULT_PARAMETERS, *, activ
     state.dt = dt
     state.alpha = torch.where(moving, new_alpha, state.alpha)
     state.n_pos = torch.where(moving, new_npos, state.n_pos)
-    state.n_steps = state.n_steps + moving.to(state.n_steps.dtype)
-    state.fresh = state.fresh & ~moving
     if state.relax_cell:
         dr_cell = torch.where(moving.view(-1, 1, 1), dr_cell * limit.view(-1, 1, 1), torch.zeros_like(dr_cell))
         state.cell_velocities = torch.where(moving.view(-1, 1, 1), v_cell, state.cell_velocities)
+    _end_step(state, moving, dr_atoms, dr_cell)
+
+
+def _start_fresh(state: FireState, moving: torch.Tensor, dt_start: float, alpha_start: float) -> torch.Tensor:
+    """Start the moving systems that have not stepped yet from rest; return which those are.
+
+    v = 0, no downhill steps, and dt/α from :func:`fire_init`'s values where it set
+    them, else ``dt_start``/``alpha_start`` (both flavours start this way).
+    """
+    fresh = state.fresh & moving
+    dt0 = torch.where(torch.isnan(state.dt), torch.full_like(state.dt, dt_start), state.dt)
+    alpha0 = torch.where(torch.isnan(state.alpha), torch.full_like(state.alpha, alpha_start), state.alpha)
+    state.dt = torch.where(fresh, dt0, state.dt)
+    state.alpha = torch.where(fresh, alpha0, state.alpha)
+    state.n_pos = torch.where(fresh, torch.zeros_like(state.n_pos), state.n_pos)
+    zero = fresh[state.system_idx].unsqueeze(1)
+    state.velocities = torch.where(zero, torch.zeros_like(state.velocities), state.velocities)
+    return fresh
+
+
+def _end_step(state: FireState, moving: torch.Tensor, dr_atoms: torch.Tensor, dr_cell: torch.Tensor | None) -> None:
+    """Count the step of the moving systems and move them by ``dr`` (Å; cell DOFs too): they need forces again."""
+    state.n_steps = state.n_steps + moving.to(state.n_steps.dtype)
+    state.fresh = state.fresh & ~moving
     move_dofs(state, dr_atoms, dr_cell)
     state.evaluated = state.evaluated & ~moving
 
@@ -288,12 +303,7 @@ def move_fire2(
         raise ValueError("FIRE 2.0 relaxes fixed cells; relax cells with ASE's flavour (FireParameters)")
     n_sys, sys_idx = state.n_systems, state.system_idx
     moving = moving_systems(state, active)
-    fresh = state.fresh & moving
-    start = torch.where(torch.isnan(state.dt), torch.full_like(state.dt, params.dt_start), state.dt)
-    state.dt = torch.where(fresh, start, state.dt)
-    state.alpha = torch.where(fresh, torch.full_like(state.alpha, params.alpha0), state.alpha)
-    state.n_pos = torch.where(fresh, torch.zeros_like(state.n_pos), state.n_pos)
-    state.velocities = torch.where(fresh[sys_idx].unsqueeze(1), torch.zeros_like(state.velocities), state.velocities)
+    _start_fresh(state, moving, params.dt_start, params.alpha0)
     atom_moving = moving[sys_idx].unsqueeze(1)
 
     v, f = state.velocities, state.forces
@@ -336,7 +346,4 @@ def move_fire2(
     state.velocities = torch.where(atom_moving, v, state.velocities)
     state.dt = torch.where(moving, dt, state.dt)
     state.alpha = torch.where(moving, alpha, state.alpha)
-    state.n_steps = state.n_steps + moving.to(state.n_steps.dtype)
-    state.fresh = state.fresh & ~moving
-    move_dofs(state, dx, None)
-    state.evaluated = state.evaluated & ~moving
+    _end_step(state, moving, dx, None)
