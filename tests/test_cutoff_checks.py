@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from ase.build import bulk
 from chemfit_core.models.forms import potential_form
 from chemfit_core.stages.config import load_config
 from chemfit_core.stages.cutoff_checks import cutoff_range, cutoff_warnings, neighbour_shells, perpendicular_heights
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_lj_cutoff_moves_with_sigma_between_its_bounds():
@@ -138,3 +141,24 @@ def test_check_config_prints_the_cutoff_warnings(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "chemfit check-config: warning:" in done.stderr and "crystal.vacancy_cells" in done.stderr
+
+
+@pytest.mark.parametrize("section", [{}, {"lattice": "fcc"}])
+def test_synthetic_cells_repeated_past_twice_the_cutoff_silence_the_image_warning(tmp_path, section):
+    from chemfit_core.stages.objective import synthetic_cells
+
+    config = yaml.safe_load((REPO / "config" / "examples" / "recovery.yaml").read_text())
+    synthetic = config["fits"]["recovery"]["structures"]["synthetic"]
+    synthetic.update(section)
+    synthetic.pop("repeat")
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    small = load_config(tmp_path / "small.yaml")
+    (warning,) = cutoff_warnings(small, "small.yaml")
+    assert "fits.recovery.structures.synthetic" in warning and "repeat the cells" in warning
+    synthetic["repeat"] = [4, 4, 4]  # 14.5 Å high: more than twice the 5.5 Å cutoff
+    (tmp_path / "large.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    large = load_config(tmp_path / "large.yaml")
+    assert cutoff_warnings(large, "large.yaml") == []
+    cells = synthetic_cells(large["fits"]["recovery"])
+    assert {len(c) for c in cells} == {256, 255}  # every fourth lacks an atom
+    assert min(min(perpendicular_heights(c)) for c in cells) > 2 * 5.5

@@ -193,17 +193,18 @@ def rattled_cells(
     seed: int = 0,
     lattice: str = "fcc",
     vacancies: bool = True,
+    repeat: Sequence[int] | None = None,
 ) -> list[Any]:
-    """Unlabelled cubic cells (2×2×1 or 2×2×2 conventional), each strained by up to ±4 %
-    and rattled by 0.1 Å (seed ``1000·seed + k``); with ``vacancies`` every fourth one
-    lacks an atom."""
+    """Unlabelled cubic cells (``repeat`` conventional cells; default 2×2×1 and 2×2×2 in turn),
+    each strained by up to ±4 % and rattled by 0.1 Å (seed ``1000·seed + k``); with
+    ``vacancies`` every fourth one lacks an atom."""
     from ase.build import bulk
 
     rng = np.random.default_rng(seed)
     cells = []
     for k in range(n_structures):
         a = lattice_constant_A * (1 + 0.04 * rng.uniform(-1, 1))
-        atoms = bulk(element, lattice, a=a, cubic=True).repeat((2, 2, 1 + k % 2))
+        atoms = bulk(element, lattice, a=a, cubic=True).repeat(tuple(repeat) if repeat else (2, 2, 1 + k % 2))
         atoms.rattle(0.1, seed=seed * 1000 + k)
         if vacancies and k % 4 == 3:
             del atoms[0]

@@ -87,6 +87,7 @@ def synthetic_cells(fit: Mapping[str, Any]) -> list[Any]:
     """The unlabelled cells of a fit's ``structures.synthetic`` section: any prototype or compound
     (``lattice``/``formula``) by :func:`random_cells`, else rattled cells of the fit's element."""
     synthetic = fit["structures"]["synthetic"]
+    repeat = synthetic.get("repeat")
     if "lattice" in synthetic or "formula" in synthetic:
         return random_cells(
             synthetic.get("lattice", "fcc"),
@@ -94,10 +95,12 @@ def synthetic_cells(fit: Mapping[str, Any]) -> list[Any]:
             fit["potential"].get("species") or [fit["element"]],
             formula=synthetic.get("formula"),
             n_structures=synthetic["n_structures"],
-            repeat=(1, 1, 1) if "formula" in synthetic else (2, 2, 2),
+            repeat=repeat or ((1, 1, 1) if "formula" in synthetic else (2, 2, 2)),
             seed=synthetic["seed"],
         )
-    return rattled_cells(fit["element"], synthetic["n_structures"], synthetic["lattice_constant_A"], synthetic["seed"])
+    return rattled_cells(
+        fit["element"], synthetic["n_structures"], synthetic["lattice_constant_A"], synthetic["seed"], repeat=repeat
+    )
 
 
 def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunctor, float]]:
