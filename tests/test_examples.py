@@ -93,3 +93,21 @@ def test_the_covalent_example_fits_sw_silicon_to_tersoff_cells_and_writes_the_po
     names = [f["name"] for f in params["potential_files"]]
     assert names == ["potential.lammps", "potential/fitted.sw"]
     assert "pair_coeff * * potential/fitted.sw Si" in (results / "silicon_sw" / "potential.lammps").read_text()
+
+
+@pytest.mark.slow
+def test_the_expression_example_fits_a_lepton_morse_and_runs_it_in_lammps(tmp_path, venv_env):
+    def reduce(fit):
+        fit["optimizer"]["max_evaluations"] = 4
+        fit["crystal"]["validate"] = ["C44_GPa"]
+
+    results = run_reduced(tmp_path, "copper_lepton.yaml", reduce, venv_env)
+    params = json.loads((results / "params.json").read_text())["copper_lepton"]
+    assert params["potential"]["form"] == "lepton" and set(params["parameters"]) == {"D", "a", "r0"}
+    assert params["potential"]["expression"] == "D*(exp(-2*a*(r-r0))-2*exp(-a*(r-r0)))"
+    table = pd.read_csv(results / "properties.csv").set_index("property")
+    assert table.loc["a0_A", "fitted_to"] and table.loc["a0_A", "target"] == 3.615
+    assert abs(table.loc["a0_A", "fitted"] / 3.615 - 1) < 0.05 and table.loc["C44_GPa", "fitted"] > 0
+    assert not table.loc["C44_GPa", "fitted_to"] and table.loc["C44_GPa", "target"] == 75.8  # reported only
+    assert table.loc["max_relative_difference_energy", "fitted"] < 1e-8  # LAMMPS pair_style lepton round trip
+    assert "pair_style lepton" in (results / "copper_lepton" / "potential.lammps").read_text()
