@@ -12,6 +12,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
+from gradient_checks import check_parameter_gradients
 from lammps_reference import lammps_reference
 from test_pair_models import distort, evaluate, relative_differences
 
@@ -180,25 +181,8 @@ def test_forces_are_minus_energy_gradient():
 
 def test_parameter_gradients_through_model_tensors_match_central_differences():
     form = form_of("dsf-fitted-charges")
-    params = params_of(form)
-    state = atoms_to_state(crystals(2, seed=12))
-    model = form.model(params)
-    atom, comp = 5, 1
-
-    def quantities(values: dict) -> torch.Tensor:
-        out = torch.func.functional_call(model, form.model_tensors(values), (state,))
-        return torch.stack([out["energy"].sum(), out["forces"][atom, comp], out["stress"][0, 0, 1]])
-
-    x = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
-    q = quantities(x)
-    grads = [torch.autograd.grad(q[k], list(x.values()), retain_graph=True) for k in range(3)]
-    for n, (name, value) in enumerate(params.items()):
-        h = 1e-4 * abs(value)  # A, C linear and q quadratic: central differences exact; rho: O(h²)
-        with torch.no_grad():
-            up, down = (quantities({**params, name: value + sign * h}) for sign in (1, -1))
-        numeric = ((up - down) / (2 * h)).numpy()
-        for k in range(3):
-            assert grads[k][n].item() == pytest.approx(numeric[k], rel=1e-6, abs=1e-10), (name, k)
+    # A, C linear and q quadratic: central differences exact; rho: O(h²)
+    check_parameter_gradients(form, params_of(form), atoms_to_state(crystals(2, seed=12)), rel_step=1e-4, rel=1e-6)
 
 
 # -- parameter recovery ---------------------------------------------------------------------------

@@ -252,18 +252,23 @@ run {{ production_steps }}
 """
 
 
-def test_a_flexible_molecules_gas_phase_energy_is_half_kT_per_bond(tmp_path):
-    """Isolated harmonic diatomics at T: ⟨U_gas⟩ = k_B T / 2 per molecule (one vibrational degree
-    of freedom), independent of the LJ parameters (intramolecular pairs excluded): zero gradient."""
-    molecule = tmp_path / "X2.mol"
+def flexible_diatomic(folder):
+    """A LAMMPS molecule file of one harmonic diatomic (1.1 Å bond), written in ``folder``."""
+    molecule = folder / "X2.mol"
     molecule.write_text(
         "# flexible diatomic\n\n2 atoms\n1 bonds\n\nCoords\n\n1 0 0 -0.55\n2 0 0 0.55\n\n"
         "Types\n\n1 1\n2 1\n\nBonds\n\n1 1 1 2\n"
     )
-    gas = GasPhaseRun(
+    return molecule
+
+
+def diatomic_gas(template, workdir, molecule, steps, dump_every, form=None):
+    """Twenty isolated diatomics at 77.355 K (seed 5) with reruns for gradients; ``steps``:
+    (equilibration, production)."""
+    return GasPhaseRun(
         name="gas",
-        template=GAS_TEMPLATE,
-        workdir=tmp_path / "work",
+        template=template,
+        workdir=workdir,
         temperature_K=77.355,
         molecules=Molecules(20, 2),
         seed=5,
@@ -271,13 +276,21 @@ def test_a_flexible_molecules_gas_phase_energy_is_half_kT_per_bond(tmp_path):
             "mass_g_mol": 14.0067,
             "molecule_file": "X2.mol",
             "cutoff_sigma": 3.0,
-            "equilibration_steps": 1000,
-            "production_steps": 20000,
+            "equilibration_steps": steps[0],
+            "production_steps": steps[1],
         },
         gradients=True,
-        dump_every=200,
+        dump_every=dump_every,
         files=[molecule],
+        form=form,
     )
+
+
+def test_a_flexible_molecules_gas_phase_energy_is_half_kT_per_bond(tmp_path):
+    """Isolated harmonic diatomics at T: ⟨U_gas⟩ = k_B T / 2 per molecule (one vibrational degree
+    of freedom), independent of the LJ parameters (intramolecular pairs excluded): zero gradient."""
+    molecule = flexible_diatomic(tmp_path)
+    gas = diatomic_gas(GAS_TEMPLATE, tmp_path / "work", molecule, steps=(1000, 20000), dump_every=200)
     result = gas({"epsilon_K": 35.0, "sigma_A": 3.3})
     half_rt = 0.5 * GAS_CONSTANT_KJ_PER_MOL_K * 77.355
     assert abs(result.energy_kJ_mol - half_rt) < 4 * result.energy_kJ_mol_sem + 0.02 * half_rt, result
@@ -385,36 +398,15 @@ def test_the_gas_phase_template_gets_the_forms_pair_lines(tmp_path):
     seed) gives the same energies, and its reruns (gradients) render the form's lines too."""
     from chemfit_core.models.forms import potential_form
 
-    molecule = tmp_path / "X2.mol"
-    molecule.write_text(
-        "# flexible diatomic\n\n2 atoms\n1 bonds\n\nCoords\n\n1 0 0 -0.55\n2 0 0 0.55\n\n"
-        "Types\n\n1 1\n2 1\n\nBonds\n\n1 1 1 2\n"
-    )
+    molecule = flexible_diatomic(tmp_path)
     hand = "pair_style lj/cut {{ cutoff_sigma * sigma_A }}\npair_coeff 1 1 {{ epsilon_K * kB_eV_per_K }} {{ sigma_A }}"
     assert hand in GAS_TEMPLATE
     form = potential_form({"form": "lj/cut", "element": "N", "cutoff_sigma": 3.0, "tail_correction": False})
     theta = {"epsilon_K": 35.0, "sigma_A": 3.3}
     energies = []
     for template, lammps_form in ((GAS_TEMPLATE, None), (GAS_TEMPLATE.replace(hand, "{{ pair_lines }}"), form)):
-        gas = GasPhaseRun(
-            name="gas",
-            template=template,
-            workdir=tmp_path / f"work{len(energies)}",
-            temperature_K=77.355,
-            molecules=Molecules(20, 2),
-            seed=5,
-            template_variables={
-                "mass_g_mol": 14.0067,
-                "molecule_file": "X2.mol",
-                "cutoff_sigma": 3.0,
-                "equilibration_steps": 200,
-                "production_steps": 1000,
-            },
-            gradients=True,
-            dump_every=100,
-            files=[molecule],
-            form=lammps_form,
-        )
+        workdir = tmp_path / f"work{len(energies)}"
+        gas = diatomic_gas(template, workdir, molecule, steps=(200, 1000), dump_every=100, form=lammps_form)
         result = gas(theta)
         energies.append(result.energy_kJ_mol)
         assert result.gradient == {"epsilon_K": 0.0, "sigma_A": 0.0}  # intermolecular pairs excluded

@@ -17,7 +17,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 from lammps_reference import lammps_reference
-from test_pair_models import KINDS, distort, random_rotation
+from test_pair_models import KINDS, distort, evaluate, random_rotation
 
 from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.errors import LammpsError
@@ -78,19 +78,6 @@ def mixed_cells(seed: int, compound: str = "Si", a: float = 5.431) -> list[Atoms
     small = cluster[np.linalg.norm(cluster.positions - cluster.positions[0], axis=1) < 4.0]
     small.set_cell(np.zeros((3, 3)))
     return [slab, side, cluster, small]
-
-
-def evaluate(model, structures: list[Atoms], dtype=torch.float64) -> list[dict]:
-    out = model(atoms_to_state(structures, dtype=dtype))
-    bounds = np.cumsum([0] + [len(s) for s in structures])
-    return [
-        {
-            "energy": out["energy"][k].item(),
-            "forces": out["forces"][bounds[k] : bounds[k + 1]].detach().double().numpy(),
-            "stress": out["stress"][k].detach().double().numpy(),
-        }
-        for k in range(len(structures))
-    ]
 
 
 def largest_differences(got: list[dict], ref: list[dict]) -> dict[str, float]:

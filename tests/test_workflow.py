@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 from ase.io import read
+from test_report_browser import _browser, _why_no_browser
 
 from chemfit_core.stages.config import TEMPLATE_DIR
 
@@ -548,42 +549,6 @@ def test_snakemake_report_holds_every_plot_with_its_caption(finished_run, tmp_pa
     assert html.count("data:image/png;base64,") >= 2  # convergence and properties, embedded
 
 
-def _why_no_browser() -> str | None:
-    """Why the headless-browser test cannot run here, or None."""
-    import os
-    import shutil
-
-    if shutil.which("chromium") and shutil.which("chromedriver"):
-        return None
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return "no chromium/chromedriver, and installing their Debian packages needs root and apt-get"
-    return None
-
-
-def headless_chromium(width: int = 1280, height: int = 1600):
-    """A real headless Chromium driven through WebDriver (Debian packages, installed by
-    tests/browser/install_chromium.sh when missing)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    installed = subprocess.run(
-        ["bash", str(REPO / "tests" / "browser" / "install_chromium.sh")], capture_output=True, text=True, timeout=600
-    )
-    assert installed.returncode == 0, installed.stderr[-2000:]
-    paths = dict(line.split(" ", 1) for line in installed.stdout.splitlines())
-    options = webdriver.ChromeOptions()
-    options.binary_location = paths["chromium"]
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        f"--window-size={width},{height}",
-    ):
-        options.add_argument(argument)
-    return webdriver.Chrome(service=Service(paths["chromedriver"]), options=options)
-
-
 def _painted_fraction(png: Path) -> float:
     """Share of a screenshot's pixels that are not background white."""
     import matplotlib.image
@@ -600,7 +565,7 @@ def test_reports_open_in_a_headless_browser_and_show_the_plots(finished_run, tmp
     workdir, env = finished_run
     done = snakemake(workdir, env, "--report", str(tmp_path / "snakemake_report.html"))
     assert done.returncode == 0, done.stderr[-2000:]
-    browser = headless_chromium()
+    browser = _browser(1280, 1600)
     try:
         browser.get((workdir / "results" / "report.html").as_uri())
         assert browser.title == "chemfit-workflow report"

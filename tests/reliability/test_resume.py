@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_processes import snakemake_command
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "tests" / "programs" / "resumable_fit.py"
@@ -77,18 +78,6 @@ def test_snakemake_fit_killed_mid_run_resumes_to_the_same_parameters(tmp_path, v
     `snakemake --unlock` and `snakemake` again replay the cached evaluations and give the
     params.json of an uninterrupted run."""
 
-    def command(workdir):
-        return [
-            str(Path(sys.executable).parent / "snakemake"),
-            "-s",
-            str(REPO / "Snakefile"),
-            "--configfile",
-            "config.yaml",
-            "--cores",
-            "2",
-            "results/argon/params.json",
-        ]
-
     plain, killed = tmp_path / "plain", tmp_path / "killed"
     for workdir in (plain, killed):
         workdir.mkdir()
@@ -97,10 +86,10 @@ def test_snakemake_fit_killed_mid_run_resumes_to_the_same_parameters(tmp_path, v
         config = yaml.safe_load((workdir / "config.yaml").read_text())
         config["fits"]["argon"]["optimizer"]["max_evaluations"] = 5
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    done = subprocess.run(command(plain), cwd=plain, env=venv_env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(snakemake_command(), cwd=plain, env=venv_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     process = subprocess.Popen(
-        command(killed),
+        snakemake_command(),
         cwd=killed,
         env=venv_env,
         start_new_session=True,
@@ -110,9 +99,11 @@ def test_snakemake_fit_killed_mid_run_resumes_to_the_same_parameters(tmp_path, v
     held = kill_after(process, killed / "work" / "argon" / "cache", 2, timeout=300)
     assert not (killed / "results" / "argon" / "params.json").exists()
     # a killed Snakemake leaves its lock behind: `snakemake --unlock` is the documented first step
-    unlock = subprocess.run([*command(killed), "--unlock"], cwd=killed, env=venv_env, capture_output=True, text=True)
+    unlock = subprocess.run(
+        [*snakemake_command(), "--unlock"], cwd=killed, env=venv_env, capture_output=True, text=True
+    )
     assert unlock.returncode == 0, unlock.stderr[-2000:]
-    done = subprocess.run(command(killed), cwd=killed, env=venv_env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(snakemake_command(), cwd=killed, env=venv_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((killed / "results" / "argon" / "fit.json").read_text())
     print(

@@ -1,0 +1,35 @@
+"""Parameter gradients of a form's torch model against central finite differences (shared by the form tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+import torch
+
+from chemfit_core.engine.state import SimState
+
+
+def check_parameter_gradients(
+    form, params: Mapping[str, float], state: SimState, rel_step: float, rel: float, atom: int = 5, comp: int = 1
+) -> list[float]:
+    """Autograd d/dθ of (total energy, one force component, one stress component) through
+    ``form.model_tensors`` equals central differences with step ``rel_step``·|θ| to ``rel``;
+    returns the energy gradient per parameter (eV per parameter unit)."""
+    model = form.model(params)
+
+    def quantities(values: Mapping) -> torch.Tensor:
+        out = torch.func.functional_call(model, form.model_tensors(values), (state,))
+        return torch.stack([out["energy"].sum(), out["forces"][atom, comp], out["stress"][0, 0, 1]])
+
+    x = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    q = quantities(x)
+    grads = [torch.autograd.grad(q[k], list(x.values()), retain_graph=True) for k in range(3)]
+    for n, (name, value) in enumerate(params.items()):
+        h = rel_step * abs(value)
+        with torch.no_grad():
+            up, down = (quantities({**params, name: value + sign * h}) for sign in (1, -1))
+        numeric = ((up - down) / (2 * h)).numpy()
+        for k in range(3):
+            assert grads[k][n].item() == pytest.approx(numeric[k], rel=rel, abs=1e-10), (name, k)
+    return [g.item() for g in grads[0]]
