@@ -25,6 +25,7 @@ from chemfit_core.engine.state import atoms_to_state
 from chemfit_core.models.analytic_eam import AnalyticEAM
 from chemfit_core.models.eam import EAM
 from chemfit_core.models.forms import potential_form
+from chemfit_core.science.roundtrip import round_trip
 from chemfit_core.science.targets import StructureTarget, label
 from chemfit_core.stages.config import validate_config
 from chemfit_core.stages.objective import targets_from_config
@@ -77,6 +78,8 @@ def test_alloy_equals_lammps_eam_alloy_through_its_setfl(tmp_path, cu_ni):
     print("analytic", analytic, "tabulated", tabulated)
     assert max(analytic.values()) <= 1e-6, analytic
     assert max(tabulated.values()) <= 1e-8, tabulated  # the file holds every element as LAMMPS reads it
+    # the workflow's round trip (results/<fit>/potential/) sees the same
+    assert max(round_trip(form, CUNI, cu_ni[:8], tmp_path / "round_trip").values()) <= 1e-6
 
 
 def test_the_species_order_of_the_form_is_free(cu_ni):
