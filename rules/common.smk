@@ -63,6 +63,13 @@ def solid_config(wildcards):
     return canonical({"element": fit["element"], "solid": fit["solid"]})
 
 
+def _fitted_crystal(section):
+    """A crystal section without what only the validation reads."""
+    return {
+        k: v for k, v in section.items() if k not in ("validate", "validation_references")
+    }
+
+
 def fit_core_config(wildcards):
     """What the fit itself depends on: editing anything else must not rerun it."""
     fit = {
@@ -71,11 +78,9 @@ def fit_core_config(wildcards):
     if "liquid" in fit:
         fit["liquid"] = {k: v for k, v in fit["liquid"].items() if k != "validation"}
     if "crystal" in fit:
-        fit["crystal"] = {
-            k: v
-            for k, v in fit["crystal"].items()
-            if k not in ("validate", "validation_references")
-        }
+        fit["crystal"] = _fitted_crystal(fit["crystal"])
+    if "crystals" in fit:
+        fit["crystals"] = {name: _fitted_crystal(c) for name, c in fit["crystals"].items()}
     return canonical(fit)
 
 
@@ -109,6 +114,17 @@ def _reference_files(fit):
 def reference_files(wildcards):
     """Reference data the objective reads (an RDF curve): a changed file reruns the fit."""
     return _reference_files(CONFIG["fits"][wildcards.fit])
+
+
+def _crystal_files(fit):
+    """Structure files of a fit's crystals (``crystal``, ``crystals.<name>``, ``lattice: file``)."""
+    sections = [fit.get("crystal", {}), *fit.get("crystals", {}).values()]
+    return [c["structure_file"] for c in sections if c.get("structure_file")]
+
+
+def crystal_files(wildcards):
+    """Structure files the crystal targets start from: a changed file reruns the fit."""
+    return _crystal_files(CONFIG["fits"][wildcards.fit])
 
 
 def structure_files(wildcards):
@@ -212,6 +228,7 @@ def all_inputs(wildcards=None):
             files += _reference_files(fit)
         if "file" in fit.get("structures", {}):
             files.append(fit["structures"]["file"])
+        files += _crystal_files(fit)
         if fit["solid"]["enabled"]:
             files += [spec["file"] for spec in fit["solid"]["sets"].values()]
     return sorted(set(files))

@@ -5,6 +5,7 @@ rule fit:
         files=liquid_files,
         references=reference_files,
         structures=structure_files,
+        crystals=crystal_files,
     output:
         fit="results/{fit}/fit.json",
         params="results/{fit}/params.json",

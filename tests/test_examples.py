@@ -56,17 +56,24 @@ def test_the_binary_alloy_example_fits_per_pair_morse_and_reports_the_compound(t
     def reduce(fit):
         fit["optimizer"]["max_evaluations"] = 2
         fit["structures"]["lammps"]["cells"].update(n_structures=2, repeat=[3, 3, 3])
-        fit["crystal"]["validate"] = ["a0_A", "C44_GPa"]
+        fit["crystals"]["B2"]["validate"] = ["a0_A", "C44_GPa"]
+        for name in ("Cu_fcc", "Ni_fcc"):
+            fit["crystals"][name]["validate"] = []
 
     results = run_reduced(tmp_path, "cuni_morse.yaml", reduce, venv_env)
     params = json.loads((results / "params.json").read_text())["cuni"]
     assert params["potential"]["form"] == "morse" and params["potential"]["species"] == ["Cu", "Ni"]
     assert {"D_eV:Cu-Cu", "D_eV:Cu-Ni", "r0_A:Ni-Ni"} <= set(params["parameters"])
-    table = pd.read_csv(results / "properties.csv").set_index("property")
-    assert table.loc["formation_eV", "fitted_to"] and table.loc["formation_eV", "target"] == 0.1118
-    assert not table.loc["a0_A", "fitted_to"] and abs(table.loc["a0_A", "fitted"] / 2.8925 - 1) < 0.1  # reported only
-    assert table.loc["C44_GPa", "fitted"] > 0
-    assert table.loc["max_relative_difference_forces", "fitted"] < 1e-8  # LAMMPS morse, two types, round trip
+    table = pd.read_csv(results / "properties.csv").set_index(["state_point", "property"])
+    b2 = table.loc["crystal:B2"]
+    assert b2.loc["formation_eV", "fitted_to"] and b2.loc["formation_eV", "target"] == 0.1118
+    assert not b2.loc["a0_A", "fitted_to"] and abs(b2.loc["a0_A", "fitted"] / 2.8925 - 1) < 0.1  # reported only
+    assert b2.loc["C44_GPa", "fitted"] > 0
+    for name, a0 in (("crystal:Cu_fcc", 3.615), ("crystal:Ni_fcc", 3.52)):  # the elements' own crystals
+        assert table.loc[(name, "a0_A"), "fitted_to"] and table.loc[(name, "a0_A"), "target"] == a0
+        assert abs(table.loc[(name, "a0_A"), "fitted"] / a0 - 1) < 0.05 and table.loc[(name, "Ec_eV"), "fitted_to"]
+    forces = table.loc[("lammps_round_trip", "max_relative_difference_forces"), "fitted"]
+    assert forces < 1e-8  # LAMMPS morse, two types, round trip
 
 
 @pytest.mark.slow

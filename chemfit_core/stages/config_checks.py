@@ -49,23 +49,37 @@ def _lammps_label_problems(where: str, spec: Mapping[str, Any]) -> list[str]:
 
 
 def _crystal_problems(where: str, fit: Mapping[str, Any]) -> list[str]:
-    """The crystal a fit's crystal target builds, and whether it has the properties the config names."""
+    """Every crystal target of a fit (``crystal``, ``crystals.<name>``): its name, the crystal it
+    builds and whether that has the properties the config names; fitted crystals need a
+    finite-difference Jacobian."""
     from chemfit_core.science.crystal import property_problem
-    from chemfit_core.stages.objective import crystal_setup
+    from chemfit_core.stages.crystal_inputs import crystal_entries, crystal_name_problems, entry_setup
 
-    crystal = fit["crystal"]
-    if crystal.get("structure_file") and not Path(crystal["structure_file"]).is_file():
-        return [
-            f"{where}.crystal.structure_file: expected a structure file (relative to the config file), "
-            f"got {crystal['structure_file']!r} (no such file)"
-        ]
-    try:
-        setup = crystal_setup(crystal.get("formula", fit["element"]), crystal)
-        setup.species  # noqa: B018 - parses the formula
-    except (ValueError, KeyError) as exc:
-        return [f"{where}.crystal: {exc}"]
-    problem = property_problem(setup, [*crystal["references"], *crystal.get("validate", [])])
-    return [] if problem is None else [f"{where}.crystal.references: {problem}"]
+    problems = crystal_name_problems(where, fit)
+    for entry in crystal_entries(fit):
+        crystal, key = entry.section, f"{where}.{entry.key}"
+        if crystal.get("structure_file") and not Path(crystal["structure_file"]).is_file():
+            problems.append(
+                f"{key}.structure_file: expected a structure file (relative to the config file), "
+                f"got {crystal['structure_file']!r} (no such file)"
+            )
+            continue
+        try:
+            setup = entry_setup(fit, entry)
+            setup.species  # noqa: B018 - parses the formula
+        except (ValueError, KeyError) as exc:
+            problems.append(f"{key}: {exc}")
+            continue
+        problem = property_problem(setup, [*crystal["references"], *crystal.get("validate", [])])
+        problems += [] if problem is None else [f"{key}.references: {problem}"]
+    fitted = [e.key for e in crystal_entries(fit) if e.section["weight"] > 0]
+    jacobian = fit["optimizer"].get("jacobian")
+    if jacobian in ("analytic", "fluctuation") and fitted:
+        problems.append(
+            f"{where}.optimizer.jacobian: crystal targets have no analytic Jacobian; expected 2-point or "
+            f"3-point, got {jacobian} (fitted crystals: {', '.join(fitted)})"
+        )
+    return problems
 
 
 def _run_length_problems(where: str, fit: Mapping[str, Any]) -> list[str]:

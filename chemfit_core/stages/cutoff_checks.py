@@ -81,18 +81,15 @@ def _defect_and_labelled_cells(fit: Mapping[str, Any]) -> list[tuple[str, list[A
     environment — a crystal target's vacancy supercell, the synthetic, LAMMPS-labelled or file
     structures — as the targets build them (a crystal's own cell is exempt: its images are its lattice)."""
     from chemfit_core.science.targets import random_cells
-    from chemfit_core.stages.objective import crystal_setup, synthetic_cells
+    from chemfit_core.stages.crystal_inputs import crystal_entries, entry_setup
+    from chemfit_core.stages.objective import synthetic_cells
 
     out: list[tuple[str, list[Any]]] = []
-    crystal = fit.get("crystal")
-    if crystal and any(k.startswith("vacancy") for k in [*crystal["references"], *crystal.get("validate", [])]):
-        n = crystal["vacancy_cells"]
-        out.append(
-            (
-                "crystal.vacancy_cells",
-                [crystal_setup(crystal.get("formula", fit["element"]), crystal).build().repeat(n)],
-            )
-        )
+    for entry in crystal_entries(fit):
+        crystal = entry.section
+        if any(k.startswith("vacancy") for k in [*crystal["references"], *crystal.get("validate", [])]):
+            cells = [entry_setup(fit, entry).build().repeat(crystal["vacancy_cells"])]
+            out.append((f"{entry.key}.vacancy_cells", cells))
     spec = fit.get("structures", {})
     if "lammps" in spec:
         out.append(
@@ -115,7 +112,8 @@ def cutoff_warnings(config: Mapping[str, Any], source: str = "<config>") -> list
     target's lattice at ``a_guess_A`` (the first shell for three-body forms, which are meant to cut
     between the two)."""
     from chemfit_core.models.threebody_form import ThreeBodyForm
-    from chemfit_core.stages.objective import crystal_setup, potential_form_of
+    from chemfit_core.stages.crystal_inputs import crystal_entries, entry_setup
+    from chemfit_core.stages.objective import potential_form_of
 
     warnings = []
     for fit_name, fit in config["fits"].items():
@@ -137,25 +135,23 @@ def cutoff_warnings(config: Mapping[str, Any], source: str = "<config>") -> list
                     "with its own periodic image (a vacancy or a displacement sees its copies); repeat the cells "
                     "or shorten the cutoff"
                 )
-        crystal = fit.get("crystal")
-        if crystal is None:
-            continue
-        try:
-            setup = crystal_setup(crystal.get("formula", fit["element"]), crystal)
-            first, second = neighbour_shells(setup.build())
-        except (ValueError, KeyError, OSError):
-            continue  # the crystal check names what is wrong with it
-        three_body = isinstance(form, ThreeBodyForm)
-        shell, which = (first, "first") if three_body else (second, "second")
-        if low < shell:
-            warnings.append(
-                f"{source}: {key}: {said} is shorter than the {which}-neighbour shell ({shell:.4g} Å) of "
-                f"{setup.element} {setup.lattice} at fits.{fit_name}.crystal.a_guess_A = {setup.a_guess_A} Å"
-                + (
-                    ": no bonds within the cutoff"
-                    if three_body
-                    else f" (first shell {first:.4g} Å): the crystal's energy then barely distinguishes its "
-                    "lattices; a cutoff between the second and third shells is the usual choice"
+        for entry in crystal_entries(fit):
+            try:
+                setup = entry_setup(fit, entry)
+                first, second = neighbour_shells(setup.build())
+            except (ValueError, KeyError, OSError):
+                continue  # the crystal check names what is wrong with it
+            three_body = isinstance(form, ThreeBodyForm)
+            shell, which = (first, "first") if three_body else (second, "second")
+            if low < shell:
+                warnings.append(
+                    f"{source}: {key}: {said} is shorter than the {which}-neighbour shell ({shell:.4g} Å) of "
+                    f"{setup.element} {setup.lattice} at fits.{fit_name}.{entry.key}.a_guess_A = {setup.a_guess_A} Å"
+                    + (
+                        ": no bonds within the cutoff"
+                        if three_body
+                        else f" (first shell {first:.4g} Å): the crystal's energy then barely distinguishes its "
+                        "lattices; a cutoff between the second and third shells is the usual choice"
+                    )
                 )
-            )
     return warnings

@@ -18,7 +18,6 @@ from chemfit_core.combined_objective_function import CombinedObjectiveFunction
 from chemfit_core.errors import ChemFitError
 from chemfit_core.file_based_computer import flatten_parameters
 from chemfit_core.models.forms import PotentialForm, potential_form
-from chemfit_core.science.crystal import CrystalSetup
 from chemfit_core.science.liquid import (
     DIFFUSION_KEY,
     TARGET_UNITS,
@@ -29,7 +28,6 @@ from chemfit_core.science.liquid import (
 from chemfit_core.science.observables import RESPONSE_KEYWORDS, ThermoObservable
 from chemfit_core.science.structure_observables import RdfTarget, read_reference_rdf
 from chemfit_core.science.targets import (
-    CrystalTarget,
     StructureTarget,
     label,
     label_with_lammps,
@@ -37,6 +35,7 @@ from chemfit_core.science.targets import (
     rattled_cells,
 )
 from chemfit_core.stages.config import derived_seed
+from chemfit_core.stages.crystal_inputs import crystal_targets
 from chemfit_core.stages.molecule_inputs import (  # noqa: F401 - the stages import them from here
     atoms_per_molecule,
     gas_phase_run,
@@ -56,22 +55,6 @@ GRADIENT_JACOBIANS = ("analytic", "fluctuation")
 def potential_form_of(fit: Mapping[str, Any]) -> PotentialForm:
     """The potential form of a fit's config (``potential`` section and ``element``)."""
     return potential_form({**fit["potential"], "element": fit["element"]})
-
-
-def crystal_setup(element: str, crystal: Mapping[str, Any]) -> CrystalSetup:
-    """The :class:`CrystalSetup` of a config's ``crystal`` section."""
-    return CrystalSetup(
-        element,
-        lattice=crystal["lattice"],
-        a_guess_A=crystal["a_guess_A"],
-        strain=crystal["strain"],
-        vacancy_cells=crystal["vacancy_cells"],
-        slab_layers=crystal["slab_layers"],
-        fmax=crystal["fmax"],
-        c_over_a=crystal.get("c_over_a"),
-        structure_file=crystal.get("structure_file"),
-        element_references={k: (v["lattice"], v["a_guess_A"]) for k, v in crystal["element_references"].items()},
-    )
 
 
 def lammps_labelled_structures(spec: Mapping[str, Any], n_structures: int | None = None) -> list[Any]:
@@ -104,28 +87,12 @@ def synthetic_cells(fit: Mapping[str, Any]) -> list[Any]:
 
 
 def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunctor, float]]:
-    """(name, term, weight) of a fit's in-process targets: ``crystal`` and ``structures``."""
+    """(name, term, weight) of a fit's in-process targets: its crystals (``crystal``, ``crystal:<name>``:
+    :func:`~chemfit_core.stages.crystal_inputs.crystal_targets`) and ``structures``."""
     from ase.io import read
 
     form = potential_form_of(fit)
-    terms: list[tuple[str, ObjectiveFunctor, float]] = []
-    if "crystal" in fit:
-        crystal = fit["crystal"]
-        references = {
-            k: Reference(r["value"], r["denominator"], r.get("source", "")) for k, r in crystal["references"].items()
-        }
-        terms.append(
-            (
-                "crystal",
-                CrystalTarget(
-                    form,
-                    crystal_setup(crystal.get("formula", fit["element"]), crystal),
-                    references,
-                    crystal.get("validate", []),
-                ),
-                crystal["weight"],
-            )
-        )
+    terms: list[tuple[str, ObjectiveFunctor, float]] = [*crystal_targets(fit, form)]
     if "structures" in fit:
         spec = fit["structures"]
         if "file" in spec:
@@ -317,7 +284,7 @@ def build_objective(
     """All of a fit's terms: liquid state points (LAMMPS), then crystal and structures (in-process).
 
     Returns the combined objective and, per term, its name and state point (``crystal``,
-    ``structures`` for in-process terms), and for liquid terms replica and seed. ``runs``:
+    ``crystal:<name>``, ``structures`` for in-process terms), and for liquid terms replica and seed. ``runs``:
     the LAMMPS run cache (None: every run is computed).
     """
     cob, terms_info = (

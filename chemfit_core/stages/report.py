@@ -136,7 +136,7 @@ def _kind_text(config: Mapping[str, Any]) -> str:
             "of the fit; their statistical uncertainty is one standard error of the mean (block averages, "
             "combined over replicas)."
         )
-    if "crystal" in config:
+    if "crystal" in config or "crystals" in config:
         parts.append(
             "Crystal properties are computed in-process on the relaxed static lattice at the fitted "
             "parameters: they carry no statistical noise."

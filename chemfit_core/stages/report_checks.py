@@ -12,10 +12,12 @@ from typing import Any
 
 import pandas as pd
 
+from chemfit_core.stages.crystal_inputs import crystal_entries, crystal_label, is_crystal_term
 from chemfit_core.stages.report_format import Table, as_number, format_value_uncertainty, state_label, yes_no
 
 IN_PROCESS = ("crystal", "structures", "solid")
-"""State points of properties computed in-process (no temperature or pressure)."""
+"""State points of properties computed in-process (no temperature or pressure); the crystals of a
+``crystals`` section are ``crystal:<name>`` (:func:`~chemfit_core.stages.crystal_inputs.is_crystal_term`)."""
 ROUND_TRIP = "lammps_round_trip"
 """The state point of the LAMMPS round-trip rows of properties.csv (diagnostics, not properties)."""
 FITTED_TOLERANCE = 2.0
@@ -46,8 +48,9 @@ def denominators(config: Mapping[str, Any]) -> dict[tuple[str, str], float]:
             out[(sp["name"], key)] = float(spec["denominator"])
         if "rdf" in sp:  # the RDF's property is its RMS deviation from the reference curve
             out[(sp["name"], "rdf_rmsd")] = float(sp["rdf"]["denominator"])
-    for key, spec in config.get("crystal", {}).get("references", {}).items():
-        out[("crystal", key)] = float(spec["denominator"])
+    for entry in crystal_entries(config):  # each crystal's references, by its term's name
+        for key, spec in entry.section.get("references", {}).items():
+            out[(entry.term, key)] = float(spec["denominator"])
     structures = config.get("structures", {})
     for key, spec_key in (("energy_rmse_eV_atom", "energy_denominator"), ("force_rmse_eV_A", "force_denominator")):
         if structures.get(spec_key) is not None:
@@ -114,6 +117,13 @@ def round_trip_rows(properties: pd.DataFrame, fit_name: str) -> dict[str, float]
     return {str(r["property"]).removeprefix("max_relative_difference_"): float(r["fitted"]) for _, r in rows.iterrows()}
 
 
+def _named(row: Mapping[str, Any]) -> str:
+    """A property's name, with its crystal's where a fit has several (``a0_A (B2)``)."""
+    state = row.get("state_point")
+    named = is_crystal_term(state) and state != "crystal"
+    return f"{row['property']} ({crystal_label(state)})" if named else str(row["property"])
+
+
 def property_warnings(
     properties: pd.DataFrame, fit_name: str, config: Mapping[str, Any], solid: pd.DataFrame | None = None
 ) -> list[dict[str, str]]:
@@ -133,6 +143,8 @@ def property_warnings(
             continue
         if r.get("state_point") == "solid":
             name = f"{r['property']} ({r.get('structure', 'solid')}, solid stage)"
+        elif is_crystal_term(r.get("state_point")) and r.get("state_point") != "crystal":
+            name = f"{r['property']} of crystal {crystal_label(r['state_point'])}"
         elif r.get("state_point") in IN_PROCESS:
             name = str(r["property"])
         else:
@@ -153,7 +165,7 @@ def property_warnings(
                 }
             )
     missing = [
-        c["row"]["property"]
+        _named(c["row"])
         for c in checks
         if not c["fitted"] and c["status"] == "no reference" and c["row"].get("state_point") != "solid"
     ]

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chemfit_core.stages.crystal_inputs import crystal_label, is_crystal_term
+
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
@@ -102,10 +104,13 @@ def combined_uncertainty(row: Mapping[str, Any]) -> float | None:
 
 def state_label(row: Mapping[str, Any]) -> str:
     """A property row's state point in words: ``normal_boiling_point (87.302 K, 1.01325 bar)``,
-    ``fcc`` for a solid-stage row, empty for crystal and structure terms."""
+    ``fcc`` for a solid-stage row, ``crystal B2`` for a crystal of a ``crystals`` section (its
+    ``crystal:<name>`` term), empty for the single crystal and the structure terms."""
     state = row.get("state_point")
     if not isinstance(state, str) or state in ("crystal", "structures"):
         return ""
+    if is_crystal_term(state):
+        return f"crystal {crystal_label(state)}"
     if state == "solid":
         structure = row.get("structure")
         return structure if isinstance(structure, str) else ""

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from chemfit_core.results import atomic_write_text, write_csv
+from chemfit_core.stages.crystal_inputs import crystal_entries
 from chemfit_core.stages.report_checks import (
     FITTED_TOLERANCE,
     IN_PROCESS,
@@ -82,15 +83,16 @@ def figure_flags(fit: Mapping[str, Any]) -> dict[str, bool]:
     its full config (captions depend on it):
     ``liquid``/``crystal``/``structures`` terms, ``references`` (a parity panel of properties with
     reference values) and ``validation`` (unfitted properties with a reference: the red points)."""
-    crystal = fit.get("crystal", {})
-    fitted_refs = set(crystal.get("references", {}))
-    validated = {p for p in crystal.get("validate", []) if p in crystal.get("validation_references", {})}
+    crystals = [entry.section for entry in crystal_entries(fit)]  # ``crystal`` and ``crystals.<name>``
+    fitted_refs = {(k, p) for k, c in enumerate(crystals) for p in c.get("references", {})}
+    validated = {(k, p) for k, c in enumerate(crystals) for p in c.get("validate", [])}
+    validated &= {(k, p) for k, c in enumerate(crystals) for p in c.get("validation_references", {})}
     solid = fit.get("solid", {})
     solid_refs = bool(solid.get("enabled") and solid.get("references"))
     validation = bool(validated - fitted_refs) or solid_refs
     return {
         "liquid": "liquid" in fit,
-        "crystal": "crystal" in fit,
+        "crystal": bool(crystals),
         "structures": "structures" in fit,
         "references": "liquid" in fit or bool(fitted_refs) or validation,
         "validation": validation,

@@ -26,6 +26,7 @@ from chemfit_core.science.molecules import RIGID, GasPhaseResult
 from chemfit_core.science.observables import RESPONSE_UNITS
 from chemfit_core.science.targets import propagate
 from chemfit_core.stages.config import derived_seed
+from chemfit_core.stages.crystal_inputs import crystal_entries, has_crystals
 from chemfit_core.stages.objective import (
     gas_phase_run,
     molecules_of,
@@ -96,7 +97,7 @@ def analyse_validation(
     record = read_json(fit_json)
     gas = _gas_phase(fit_name, fit, record, logs, Path(workdir or Path(out_csv).parent / "roundtrip").parent / "gas")
     rows = _liquid_rows(fit_name, fit, record.get("initial_properties", {}), logs, _liquid_gradients(record), gas)
-    if "crystal" in fit or "structures" in fit:
+    if has_crystals(fit) or "structures" in fit:
         rows += _in_process_rows(fit_name, fit, record, Path(workdir or Path(out_csv).parent / "roundtrip"))
     frame = pd.DataFrame(rows)
     write_csv(out_csv, frame)
@@ -242,38 +243,15 @@ def _liquid_rows(
 def _in_process_rows(
     fit_name: str, fit: Mapping[str, Any], record: Mapping[str, Any], workdir: Path
 ) -> list[dict[str, Any]]:
-    from chemfit_core.science.crystal import UNITS
     from chemfit_core.science.roundtrip import round_trip
 
     fitted = record["parameters"]
-    names = record.get("parameter_names") or list(fitted)
-    covariance = np.array(record["covariance"]) if record.get("covariance") else None
     initial = record.get("initial_properties", {})
     rows = []
+    crystals = {entry.term: entry.section for entry in crystal_entries(fit)}
     for name, term, _ in targets_from_config(fit):
-        if name == "crystal":
-            values = term.properties(fitted)
-            if "crystal" not in initial:  # a weight-0 crystal term is not evaluated during the fit
-                initial = {
-                    **initial,
-                    "crystal": term.properties({n: p["initial"] for n, p in fit["parameters"].items()}),
-                }
-            errors = propagate(term.properties, fitted, covariance, names) if covariance is not None else {}
-            refs = {**fit["crystal"].get("validation_references", {}), **fit["crystal"]["references"]}
-            for prop, value in values.items():
-                rows.append(
-                    _row(
-                        fit_name,
-                        "crystal",
-                        prop,
-                        UNITS[prop],
-                        refs.get(prop),
-                        prop in term.references and fit["crystal"]["weight"] > 0,  # weight 0: reported
-                        initial.get("crystal", {}).get(prop, np.nan),
-                        value,
-                        parameter_uncertainty=errors.get(prop, np.nan),
-                    )
-                )
+        if name in crystals:
+            rows += _crystal_rows(fit_name, fit, name, crystals[name], term, record, initial.get(name))
         else:
             from chemfit_core.abstract_objective_function import EvaluateContext
 
@@ -296,7 +274,8 @@ def _in_process_rows(
     if "structures" not in fit:  # round trip on rattled crystals of the fitted lattice
         from chemfit_core.science.targets import rattled_cells
 
-        a0 = next((r["fitted"] for r in rows if r["property"] == "a0_A"), fit["crystal"]["a_guess_A"])
+        a_guess = next(iter(crystals.values()))["a_guess_A"]
+        a0 = next((r["fitted"] for r in rows if r["property"] == "a0_A"), a_guess)
         structures = rattled_cells(fit["element"], 6, a0, seed=0)  # evaluated by torch and LAMMPS in round_trip
     worst = round_trip(potential_form_of(fit), fitted, structures, workdir)
     for key, value in worst.items():
@@ -304,6 +283,45 @@ def _in_process_rows(
             _row(fit_name, "lammps_round_trip", f"max_relative_difference_{key}", "1", None, False, np.nan, value)
         )
     return rows
+
+
+def _crystal_rows(
+    fit_name: str,
+    fit: Mapping[str, Any],
+    name: str,
+    section: Mapping[str, Any],
+    term: Any,
+    record: Mapping[str, Any],
+    initial: Mapping[str, float] | None,
+) -> list[dict[str, Any]]:
+    """One crystal target's properties at the fitted parameters (units of
+    :data:`chemfit_core.science.crystal.UNITS`), state point ``name``, with the parameter
+    covariance propagated; a weight-0 crystal, not evaluated during the fit, is evaluated at the
+    initial parameters here."""
+    from chemfit_core.science.crystal import UNITS
+
+    fitted = record["parameters"]
+    names = record.get("parameter_names") or list(fitted)
+    covariance = np.array(record["covariance"]) if record.get("covariance") else None
+    values = term.properties(fitted)
+    if initial is None:
+        initial = term.properties({n: p["initial"] for n, p in fit["parameters"].items()})
+    errors = propagate(term.properties, fitted, covariance, names) if covariance is not None else {}
+    refs = {**section.get("validation_references", {}), **section["references"]}
+    return [
+        _row(
+            fit_name,
+            name,
+            prop,
+            UNITS[prop],
+            refs.get(prop),
+            prop in term.references and section["weight"] > 0,  # weight 0: reported
+            initial.get(prop, np.nan),
+            value,
+            parameter_uncertainty=errors.get(prop, np.nan),
+        )
+        for prop, value in values.items()
+    ]
 
 
 def collect_results(
