@@ -28,7 +28,7 @@ from chemfit_core.models.forms import potential_form
 from chemfit_core.science.roundtrip import round_trip
 from chemfit_core.science.targets import StructureTarget, label
 from chemfit_core.stages.config import validate_config
-from chemfit_core.stages.objective import targets_from_config
+from chemfit_core.stages.objective import potential_form_of, targets_from_config
 
 CUNI = {  # made up, near copper (Cu) and nickel (Ni); Cu-Ni in between
     "D_eV:Cu-Cu": 0.05,
@@ -294,3 +294,16 @@ def test_the_config_check_names_the_key_of_a_bad_parameter():
         with pytest.raises(ConfigError) as info:
             validate_config(config, "alloy.yaml")
         assert key in str(info.value) and detail in str(info.value), str(info.value)
+
+
+def test_a_config_may_give_re_per_element_and_a_bad_one_is_named():
+    config = alloy_config("CuNi.eam.alloy")
+    fit = config["fits"]["cuni"]
+    fit["structures"]["lammps"]["files"] = []
+    fit["potential"]["re_A"] = {"Cu": 2.556, "Ni": 2.49}
+    checked = validate_config(copy.deepcopy(config), "alloy.yaml")["fits"]["cuni"]
+    assert potential_form_of(checked).re_values() == [2.556, 2.49]
+    fit["potential"]["re_A"] = {"Cu": 2.556, "Ni": -1.0}
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, "alloy.yaml")
+    assert "fits.cuni.potential.re_A" in str(info.value) and "alloy.yaml" in str(info.value), str(info.value)
