@@ -26,6 +26,7 @@ import torch
 from chemfit_core.engine.neighbors import Pairs
 from chemfit_core.engine.state import SimState
 from chemfit_core.models.base import Model, Sums, tracks_graph
+from chemfit_core.models.eam_blocks import assemble_tabulated, interval_columns
 from chemfit_core.models.registry import potential_file, register_model
 from chemfit_core.units import LAMMPS_HARTREE_BOHR
 
@@ -204,6 +205,9 @@ class EAM(_EAMBase):
         self.register_buffer("frho_spline", spline(frho))
         self.register_buffer("rhor_spline", spline(rhor))
         self.register_buffer("z2r_spline", spline(z2r.reshape(n * n, -1)))
+        # the same splines as contiguous coefficient columns for the blocked path (eam_blocks)
+        self.register_buffer("rhor_rows", interval_columns(self.rhor_spline), persistent=False)
+        self.register_buffer("z2r_rows", interval_columns(self.z2r_spline), persistent=False)
 
     @classmethod
     def from_setfl(cls, path: str | Path, species: Sequence[int] | None = None, **options) -> EAM:
@@ -284,6 +288,14 @@ class EAM(_EAMBase):
             elements=[chemical_symbols[z]],
             **options,
         )
+
+    def assemble(self, state: SimState, pairs: Pairs, compute_stress: bool = True) -> dict[str, torch.Tensor]:
+        """Energies (eV), forces (eV/Å), stresses (eV/Å³): without a graph to keep in blocks with the
+        splines' own derivatives (:func:`~chemfit_core.models.eam_blocks.assemble_tabulated`), else
+        differentiably (:meth:`_EAMBase.assemble`)."""
+        if tracks_graph(self, state):
+            return super().assemble(state, pairs, compute_stress)
+        return assemble_tabulated(self, state, pairs, compute_stress)
 
     def embedding_and_slope(self, rho, types, graph):
         """F(ρ) and F'(ρ) from the spline's own derivative (no autograd) unless a graph is kept."""
