@@ -15,6 +15,8 @@ from scipy import constants
 
 KB_EV_PER_K = constants.k / constants.e
 """Boltzmann constant, eV/K."""
+AVOGADRO = constants.N_A
+"""Avogadro constant, 1/mol (g/mol per atom to g)."""
 EV_PER_ATOM_TO_KJ_PER_MOL = constants.e * constants.N_A / 1000.0
 """1 eV per atom (or molecule) in kJ/mol."""
 GAS_CONSTANT_KJ_PER_MOL_K = constants.R / 1000.0

@@ -97,6 +97,13 @@ class PotentialForm:
             },
         }
 
+    @property
+    def species(self) -> list[str]:
+        """The chemical symbols in LAMMPS type order: the ``species`` option where the form has one,
+        else the fit's element alone."""
+        value = self.options.get("species") if "species" in self.option_defaults else None
+        return [value] if isinstance(value, str) else list(value or [self.element])
+
     def check(self, params: Mapping[str, Any]) -> None:
         """Raise naming the parameters this form needs but ``params`` lacks, or does not know."""
         missing = [n for n in self.parameter_names if n not in params]

@@ -93,7 +93,7 @@ class ModelDerivatives:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(timesteps ``[n]``, U in eV ``[n]``, ∂U/∂θ in eV per parameter unit ``[n, p]``) of the
         frames in ``dump``."""
-        frames = read_frames(dump, [self.form.element])
+        frames = read_frames(dump, self.form.species)  # LAMMPS type k + 1 is species[k]
         steps = np.array([int(f.info["timestep"]) for f in frames])
         energy, d_energy = energy_derivatives(frames, self.form.model(parameters), self.form.model_tensors, parameters)
         return steps, energy, d_energy

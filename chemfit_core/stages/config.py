@@ -22,6 +22,7 @@ import yaml
 
 from chemfit_core.errors import ConfigError
 from chemfit_core.models.forms import form_class
+from chemfit_core.stages.composition import composition_problems
 from chemfit_core.stages.config_checks import (  # noqa: F401 - re-exported: config's public checks
     MAX_STRUCTURE_PROBLEMS,
     _crystal_problems,
@@ -300,7 +301,7 @@ def _semantic_problems(
             )
         elif set(fit["parameters"]) == expected:  # else the template's parameters are undefined too
             problems += _template_problems(f"{where}.liquid.template", template, fit)
-        problems += _run_length_problems(where, fit)
+        problems += _run_length_problems(where, fit) + composition_problems(where, fit)
         from chemfit_core.stages.objective import liquid_problems  # molecules, rerun gradients
 
         problems += liquid_problems(where, fit, checked_dir)

@@ -27,6 +27,7 @@ from chemfit_core.cache import EvaluationCache, OutputCache, namespace_of
 from chemfit_core.combined_objective_function import CombinedObjectiveFunction
 from chemfit_core.fitter import Fitter
 from chemfit_core.results import write_csv, write_json
+from chemfit_core.stages.composition import given_masses
 from chemfit_core.stages.config import config_hash, derived_seed
 from chemfit_core.stages.objective import build_objective, potential_form_of
 from chemfit_core.stages.optimizers import minimise
@@ -219,8 +220,7 @@ def _fit_and_write(
     if potential_dir is not None:
         from chemfit_core.science.roundtrip import write_potential
 
-        masses = {fit["element"]: fit["mass_g_mol"]} if "mass_g_mol" in fit else None
-        files = write_potential(potential_form_of(fit), fitted, potential_dir, masses)
+        files = write_potential(potential_form_of(fit), fitted, potential_dir, given_masses(fit))
         summary[fit_name]["potential_files"] = files
         logger.info(
             "fit %s: fitted potential written to %s (%s)", fit_name, potential_dir, ", ".join(f["name"] for f in files)

@@ -34,6 +34,7 @@ from chemfit_core.science.targets import (
     random_cells,
     rattled_cells,
 )
+from chemfit_core.stages.composition import composition_template_variables
 from chemfit_core.stages.config import derived_seed
 from chemfit_core.stages.crystal_inputs import crystal_targets
 from chemfit_core.stages.molecule_inputs import (  # noqa: F401 - the stages import them from here
@@ -116,8 +117,9 @@ def targets_from_config(fit: Mapping[str, Any]) -> list[tuple[str, ObjectiveFunc
 
 def liquid_template_variables(fit: Mapping[str, Any]) -> dict[str, Any]:
     """Fixed values of a fit's config the liquid template needs besides parameters, state point and
-    seed: the MD settings, the mass, the potential form's options (``cutoff_sigma``...) and, for a
-    molecular liquid, :func:`molecule_template_variables`."""
+    seed: the MD settings, the masses and composition (:mod:`~chemfit_core.stages.composition`),
+    the potential form's options (``cutoff_sigma``...) and, for a molecular liquid,
+    :func:`molecule_template_variables`."""
     md = dict(fit["liquid"]["md"])
     for key in ("n_blocks", "timeout_s", "dump_every"):
         md.pop(key, None)
@@ -125,6 +127,7 @@ def liquid_template_variables(fit: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **md,
         "mass_g_mol": fit["mass_g_mol"],
+        **composition_template_variables(fit),
         **options,
         "kB_eV_per_K": KB_EV_PER_K,
         "thermo_columns": thermo_columns(fit),

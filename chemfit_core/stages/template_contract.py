@@ -24,6 +24,10 @@ TEMPLATE_VARIABLES: Mapping[str, str] = {
     "kB_eV_per_K": "Boltzmann's constant, eV/K (ε/k_B in K times it gives ε in eV)",
     "dump_every": "steps between frames.dump frames for fluctuation gradients; 0: no frames wanted",
     "mass_g_mol": "atomic mass, g/mol",
+    "n_types": "LAMMPS atom types: the potential's species (1 for one element)",
+    "masses": "mass of each type in type order, g/mol (mass_g_mol for the fit's element, masses_g_mol or ASE's)",
+    "type_ratios": "liquid.composition as conversions of type-1 atoms, in order: [{type, ratio}] for "
+    "`set type 1 type/ratio <type> <ratio> <seed>` ([] for one element)",
     "n_cells": "md.n_cells: fcc cells per box edge (the shipped template: 4 n³ atoms)",
     "timestep_fs": "md.timestep_fs: MD time step, fs (LAMMPS metal units take ps: divide by 1000)",
     "melt_temperature_K": "md.melt_temperature_K: start temperature of the melt, K",
@@ -184,12 +188,15 @@ def config_warnings(
         keys = {name: f"liquid.md.{name}" for name in fit["liquid"]["md"] if name not in ("n_blocks", "timeout_s")}
         keys.pop("dump_every", None)
         keys["mass_g_mol"] = "mass_g_mol"
+        keys.update(masses="masses_g_mol", type_ratios="liquid.composition")
         options = potential_form_of(fit).spec()
         keys.update({name: f"potential.{name}" for name in options if name not in ("form", "element")})
         if given is not None:
             mine = given.get("fits", {}).get(fit_name, {})  # type: ignore[union-attr]
             written = {f"liquid.md.{k}" for k in mine.get("liquid", {}).get("md", {})}
-            written |= {f"potential.{k}" for k in mine.get("potential", {})} | ({"mass_g_mol"} & set(mine))
+            written |= {f"potential.{k}" for k in mine.get("potential", {})}
+            written |= {"mass_g_mol", "masses_g_mol"} & set(mine)
+            written |= {f"liquid.{k}" for k in ("composition",) if k in mine.get("liquid", {})}
             keys = {name: key for name, key in keys.items() if key in written}
         text = Path(template).read_text()
         if "pair_lines" in referenced_variables(text):  # the form's options are in its LAMMPS lines
