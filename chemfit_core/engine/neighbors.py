@@ -205,7 +205,13 @@ class Pairs:
         for k, a in enumerate(starts):
             b = min(a + size, self.n_pairs)
             i, j = self.pi[a:b].long(), self.pj[a:b].long()
-            vectors = torch.stack([pos[c].index_select(0, j) - pos[c].index_select(0, i) for c in range(3)])
+            if graph:
+                vectors = torch.stack([pos[c].index_select(0, j) - pos[c].index_select(0, i) for c in range(3)])
+            else:  # gathered into one buffer, no stacking copy
+                vectors = torch.empty((3, b - a), dtype=pos.dtype, device=pos.device)
+                for c in range(3):
+                    torch.index_select(pos[c], 0, j, out=vectors[c])
+                    vectors[c].sub_(pos[c].index_select(0, i))
             lo, hi = bounds[k], bounds[k + 1]
             if hi > lo and graph:
                 vectors = vectors.index_add(1, self.image[lo:hi] - a, offsets[:, lo:hi])
@@ -251,21 +257,11 @@ class NeighborList:
 
             calculator = vesin.torch.NeighborList(cutoff=list_cutoff, full_list=False)
             i, j, shifts = calculator.compute(pos, box, pbc.detach(), "ijS")
+            image = torch.nonzero(shifts.to(device=pos.device).any(dim=1)).flatten()
+            image_shifts = shifts.to(device=pos.device)[image].to(pos.dtype)
         else:
-            # vesin's numpy interface: ~4x faster than its torch one on CPU (no autograd needed here)
-            import vesin
-
-            # sorted by i: a block's pairs then touch few atoms, so its gathers and force sums stay in the cache
-            calculator = vesin.NeighborList(cutoff=list_cutoff, full_list=False, sorted=True)
-            i, j, shifts = calculator.compute(
-                pos.cpu().numpy().astype(np.float64), box.cpu().numpy().astype(np.float64), pbc.cpu().numpy(), "ijS"
-            )
-            # int32 at once: vesin's uint64 indices would double the list while it is converted
-            i, j = torch.from_numpy(i.astype(np.int32)), torch.from_numpy(j.astype(np.int32))
-            shifts = torch.from_numpy(shifts)
-        shifts = shifts.to(device=pos.device)
-        image = torch.nonzero(shifts.any(dim=1)).flatten()
-        image_shifts = shifts[image].to(pos.dtype)
+            i, j, image, image_shifts = _cpu_list(pos, box, pbc, list_cutoff)
+            image_shifts = image_shifts.to(pos.dtype)
         self.builds += 1
         return SystemPairs(
             i=i.to(device=pos.device, dtype=torch.int32),
@@ -342,3 +338,51 @@ def _join(entries: list[SystemPairs], state: SimState) -> Pairs:
         ),
         counts=counts,
     )
+
+
+INTERLEAVE_ATOMS = 256
+"""Atoms whose pairs a CPU list interleaves (:func:`_interleaved`)."""
+
+
+def _cpu_list(
+    pos: torch.Tensor, box: torch.Tensor, pbc: torch.Tensor, cutoff: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """vesin's half list of one system within ``cutoff`` (Å) on a CPU, in :func:`_interleaved` order:
+    int32 ``i``, ``j``, the positions of the pairs with a nonzero shift and their integer shifts."""
+    import vesin  # its numpy interface: ~4x faster than its torch one on CPU (no autograd needed here)
+
+    calculator = vesin.NeighborList(cutoff=cutoff, full_list=False, sorted=True)
+    as_array = lambda t: t.cpu().numpy().astype(np.float64)  # noqa: E731
+    i, j, shifts = calculator.compute(as_array(pos), as_array(box), pbc.cpu().numpy(), "ijS")
+    # int32 at once: vesin's uint64 indices would double the list while it is converted
+    i, j = i.astype(np.int32), j.astype(np.int32)
+    shifted = shifts.any(axis=1)
+    if len(i):
+        order = _interleaved(i)
+        i, j, shifted = i[order], j[order], shifted[order]
+        image = np.flatnonzero(shifted)
+        image_shifts = shifts[order[image]]
+    else:
+        image, image_shifts = np.flatnonzero(shifted), shifts
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(pos.device)  # noqa: E731
+    return as_tensor(i), as_tensor(j), as_tensor(image.astype(np.int64)), as_tensor(image_shifts)
+
+
+def _interleaved(i: np.ndarray, atoms: int = INTERLEAVE_ATOMS) -> np.ndarray:
+    """An order of pairs sorted by ``i`` in which, per group of ``atoms`` consecutive atoms, the
+    first pair of every atom comes first, then every second pair, and so on.
+
+    A block of pairs then touches few atoms (its gathers and sums stay in the cache), and
+    consecutive pairs belong to different atoms: summing a force or density into the same
+    atom pair after pair makes every addition wait for the one before (measured: the sum into
+    ``i`` took 2.5x the one into ``j`` when sorted by ``i`` alone).
+    """
+    n_atoms = -(-(int(i[-1]) + 1) // atoms) * atoms
+    degree = np.bincount(i, minlength=n_atoms)
+    width = int(degree.max())
+    rank = np.arange(len(i)) - (np.cumsum(degree) - degree)[i]  # the pair's place among its atom's
+    index = np.int32 if len(i) < 2**31 else np.int64  # the list's own size, not twice it
+    dense = np.full(n_atoms * width, -1, dtype=index)
+    dense[i.astype(np.int64) * width + rank] = np.arange(len(i), dtype=index)
+    dense = dense.reshape(n_atoms // atoms, atoms, width).transpose(0, 2, 1).ravel()
+    return dense[dense >= 0]
