@@ -60,12 +60,14 @@ class _Intervals:
         return [columns[k].index_select(0, row) for k in range(count)]
 
     def value(self, c: list[torch.Tensor]) -> torch.Tensor:
+        """((c3 p + c4) p + c5) p + c6 at every pair's fraction p."""
         f = self.frac
-        return ((c[0] * f).add_(c[1]).mul_(f).add_(c[2])).mul_(f).add_(c[3])
+        return torch.addcmul(c[3], torch.addcmul(c[2], torch.addcmul(c[1], c[0], f), f), f)
 
     def slope(self, c: list[torch.Tensor], delta: float) -> torch.Tensor:
+        """((3 c3 p + 2 c4) p + c5) / ``delta``: halved and doubled again, which is exact in floating point."""
         f = self.frac
-        return ((3 * c[0] * f).add_(2 * c[1]).mul_(f).add_(c[2])).div_(delta)
+        return torch.addcmul(c[2], torch.addcmul(c[1], c[0], f, value=1.5), f, value=2.0).div_(delta)
 
 
 def assemble_tabulated(model, state: SimState, pairs: Pairs, compute_stress: bool) -> dict[str, torch.Tensor]:
