@@ -358,8 +358,8 @@ REAL_TEMPLATE = (TEMPLATE_DIR / "lj_liquid_npt.lammps.j2").read_text()
 
 
 def test_template_syntax_error_names_file_and_line(tmp_path):
-    broken = REAL_TEMPLATE.replace("mass            1 {{ mass_g_mol }}", "mass            1 {{ mass_g_mol }")
-    line = REAL_TEMPLATE.splitlines().index("mass            1 {{ mass_g_mol }}") + 1
+    broken = REAL_TEMPLATE.replace("timestep        {{ timestep_fs / 1000.0 }}", "timestep        {{ timestep_fs / 1000.0 }")
+    line = REAL_TEMPLATE.splitlines().index("timestep        {{ timestep_fs / 1000.0 }}") + 1
     folder = template_dir_with(tmp_path, broken)
     assert_names(
         problems_of(argon(), folder),
