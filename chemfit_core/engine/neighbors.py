@@ -89,7 +89,7 @@ class PairBlock:
         under autograd, where a masked NaN would still reach the gradients).
         """
         v = self.vectors
-        r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2]
+        r2 = torch.addcmul(torch.addcmul(v[0] * v[0], v[1], v[1]), v[2], v[2])
         near = r2 < cutoff * cutoff
         if bool(near.all()):
             return dataclasses.replace(self, r2=r2)

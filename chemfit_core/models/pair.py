@@ -115,8 +115,9 @@ class LennardJones(PairModel):
         sig = self.parameter(self.sigma, ti, tj, r2.dtype)
         sr2 = sig * sig / r2
         sr6 = sr2 * sr2 * sr2
-        energy = 4 * eps * (sr6 * sr6 - sr6)
-        dedr_over_r = -24 * eps * (2 * sr6 * sr6 - sr6) / r2
+        sr12 = sr6 * sr6
+        energy = 4 * eps * (sr12 - sr6)
+        dedr_over_r = -24 * eps * (2 * sr12 - sr6) / r2
         if self.shift:
             src6 = (sig / self.cutoff) ** 6
             energy = energy - 4 * eps * (src6 * src6 - src6)
