@@ -48,11 +48,13 @@ class SystemPairs:
     max_shift: float  # largest |shift| component, for the cell-change bound
 
 
-PAIR_BLOCK_CPU = 65_536
+PAIR_BLOCK_CPU = 32_768
 """Pairs evaluated at once on a CPU per thread: large enough that torch's cost per operation (~2 µs,
 ~90 operations per EAM block) is small against the work, small enough that a block's temporaries
-(~200 bytes a pair) stay in the L3 cache. Measured at 108,000 atoms, one thread, µs/atom per EAM
-force call: 2.0 at 8,192, 1.63 at 16,384, 1.47 at 32,768, 1.39 at 65,536, 1.46 at 131,072."""
+(~200 bytes a pair) stay in the caches. Measured on one thread, µs/atom per EAM force call at 108,000
+atoms: 2.0 at 8,192, 1.63 at 16,384, 1.47 at 32,768, 1.39 at 65,536, 1.46 at 131,072; per relaxation
+step at 10,976 atoms 65,536 was 7 % slower than 32,768 (2.35–2.47 against 2.19–2.27), at 108,000 atoms
+1–10 % faster (the machine was shared: differences of a few % are noise)."""
 PAIR_BLOCK_MEMORY_BYTES = 256 * 2**20
 """Memory a block's temporaries may take on a GPU (bytes); blocks are as large as this allows."""
 BYTES_PER_PAIR = 256
