@@ -2,9 +2,10 @@
 
 The same two passes over the half list as LAMMPS's ``pair_eam.cpp``: pass 1 sums the
 densities ρ_i, pass 2 gives each pair's dE/dr = φ'(r) + F'(ρ_i) ρ_j'(r) + F'(ρ_j) ρ_i'(r).
-What makes it fast in eager torch is the number of passes over the pairs, not the
-arithmetic: per block, the interval index and fraction are computed once and shared by
-ρ, φ and their derivatives (the density and pair tables share the r grid), each spline
+In eager torch every operation is one pass over a block's pairs, so what counts is
+their number and kind (gathers and sums into atoms cost most), not the arithmetic: per
+block, the interval index and fraction are computed once and shared by ρ, φ and their
+derivatives (the density and pair tables share the r grid), each spline
 coefficient is gathered from its own contiguous column (a row gather of [n, 4] costs
 four times one column), the pairs beyond the cutoff point at a row of zeros instead of
 having every term masked, and 1/r comes from one ``rsqrt``.
