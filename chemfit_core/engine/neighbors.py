@@ -354,14 +354,15 @@ def _cpu_list(
     int32 ``i``, ``j``, the positions of the pairs with a nonzero shift and their integer shifts."""
     import vesin  # its numpy interface: ~4x faster than its torch one on CPU (no autograd needed here)
 
-    calculator = vesin.NeighborList(cutoff=cutoff, full_list=False, sorted=True)
+    calculator = vesin.NeighborList(cutoff=cutoff, full_list=False)
     as_array = lambda t: t.cpu().numpy().astype(np.float64)  # noqa: E731
     i, j, shifts = calculator.compute(as_array(pos), as_array(box), pbc.cpu().numpy(), "ijS")
     # int32 at once: vesin's uint64 indices would double the list while it is converted
     i, j = i.astype(np.int32), j.astype(np.int32)
     shifted = shifts.any(axis=1)
     if len(i):
-        order = _interleaved(i)
+        by_i = np.argsort(i, kind="stable")  # faster than vesin's sorted=True (0.1 against 0.2 s at 4M pairs)
+        order = by_i[_interleaved(i[by_i])]
         i, j, shifted = i[order], j[order], shifted[order]
         image = np.flatnonzero(shifted)
         image_shifts = shifts[order[image]]
