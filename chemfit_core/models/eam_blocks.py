@@ -115,5 +115,8 @@ def assemble_tabulated(model, state: SimState, pairs: Pairs, compute_stress: boo
             dedr.addcmul_(fp_i, at.slope(at.gather(rho_cols, tj, 3), dr))
             dedr.addcmul_(fp_j, at.slope(at.gather(rho_cols, ti, 3), dr))
         sums.add_energy(block, phi)
-        sums.add_pair_gradient(block, block.vectors * dedr.mul_(at.inv_r))
+        dedr_over_r = dedr.mul_(at.inv_r)
+        # without a stress the block's own vectors are not needed again: scaled in place
+        grad = block.vectors * dedr_over_r if compute_stress else block.vectors.mul_(dedr_over_r)
+        sums.add_pair_gradient(block, grad)
     return sums.result()
