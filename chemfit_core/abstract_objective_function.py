@@ -230,34 +230,23 @@ def accepts_context(func: Callable[..., Any]) -> bool:
     return takes_second_argument(func, ("ctx", "context"))
 
 
-class WrappedObjectiveFunctor(ObjectiveFunctor):
-    """Adapts a plain callable to :class:`ObjectiveFunctor`.
-
-    ``pass_ctx=None`` (the default) decides from the signature whether the
-    callable takes the context.
-    """
-
-    def __init__(self, func: Callable[..., float], pass_ctx: bool | None = None):
-        self.func = func
-        self.pass_ctx = accepts_context(func) if pass_ctx is None else pass_ctx
-        self.name = getattr(func, "name", None) or getattr(func, "__name__", None)
-
-    def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:
-        if ctx is None:
-            ctx = EvaluateContext()
-        value = self.func(parameters, ctx) if self.pass_ctx else self.func(parameters)
-        ctx.parameters = parameters
-        ctx.loss = value
-        return value
-
-
 def as_objective_functor(func: Callable[..., float]) -> ObjectiveFunctor:
     """Return ``func`` itself if it is an :class:`ObjectiveFunctor`, else wrap it."""
     if isinstance(func, ObjectiveFunctor):
         return func
     if not callable(func):
         raise TypeError(f"an objective term must be callable, got {type(func).__name__}")
+    from chemfit_core.wrap_funcs import WrappedObjectiveFunctor
+
     return WrappedObjectiveFunctor(func)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WrappedObjectiveFunctor":  # its home is chemfit_core.wrap_funcs, ChemFit's path
+        from chemfit_core.wrap_funcs import WrappedObjectiveFunctor
+
+        return WrappedObjectiveFunctor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class QuantityComputer:

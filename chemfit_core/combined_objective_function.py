@@ -191,16 +191,17 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
         self._last_lock = threading.Lock()
 
     @property
-    def reduction(self) -> Reducer | Aggregator | Callable[..., float]:
-        """The reduction as given; assigning a new one decides its call form again."""
+    def reduction(self) -> Aggregator:
+        """The reduction as an :class:`Aggregator`: an aggregator as given, a reducer inside a
+        :class:`WrappedReducer` (``.to_reducer()`` gives it back), as ChemFit stores it; assigning
+        a new one decides its call form again."""
         return self._reduction
 
     @reduction.setter
     def reduction(self, reduction: Reducer | Aggregator | Callable[..., float]) -> None:
         if not callable(reduction):
             raise TypeError(f"reduction must be callable, got {type(reduction).__name__}")
-        self._reduction = reduction
-        self._reduction_is_aggregator = is_aggregator(reduction)
+        self._reduction = reduction if is_aggregator(reduction) else WrappedReducer(reduction)
 
     # -- building ---------------------------------------------------------------------
     def _append(self, func: Callable[..., float], weight: float, name: str | None) -> None:
@@ -311,13 +312,11 @@ class CombinedObjectiveFunction(ObjectiveFunctor):
             )
         if not kept:
             ctx.loss = 0.0
-        elif self._reduction_is_aggregator:
+        else:
             quantities = [child.quantities for child, v in zip(ctx.children, values) if v is not None]
             if len(quantities) != len(kept):  # no per-term contexts (a caller reducing by hand)
                 quantities = [None] * len(kept)
             ctx.loss = self._reduction(kept, quantities, ctx)
-        else:
-            ctx.loss = self._reduction(kept)
         return ctx.loss
 
     def __call__(self, parameters: Parameters, ctx: EvaluateContext | None = None) -> float:

@@ -25,6 +25,7 @@ from chemfit_core import (
     TermEvaluationError,
     WrappedReducer,
     check_params_near_bounds,
+    mean_reducer,
     nan_exception_handler,
     root_mean_reducer,
     skip_exception_handler,
@@ -344,3 +345,9 @@ def test_log_all_methods_reports_calls_and_forwards_attributes():
     logged.set()
     assert target.is_set() and logged.is_set() is True
     assert any("set" in m for m in messages)
+
+
+def test_a_plain_reducer_is_stored_wrapped_and_given_back():
+    cob = CombinedObjectiveFunction([lambda p: p["x"], lambda p: 2 * p["x"]], reduction=mean_reducer)
+    assert isinstance(cob.reduction, WrappedReducer) and cob.reduction.to_reducer() is mean_reducer
+    assert cob({"x": 2.0}) == pytest.approx(3.0)
