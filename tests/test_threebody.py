@@ -170,8 +170,8 @@ def test_a_batch_equals_its_systems_alone_and_float32_is_close(case):
         np.testing.assert_allclose(b["forces"], alone["forces"], rtol=1e-11, atol=1e-12)
     single = evaluate(model.to(torch.float32), structures, dtype=torch.float32)
     for s, d in zip(single, batch):
-        # float32: SW within ~2e-6; Tersoff's bond order (b = (1 + (βζ)^n)^(-1/2n), n = 0.73 and 0.79 in SiC.tersoff, β ~ 1e-7) loses
-        # more, 2e-7 ... 1.7e-5 on these cells depending on the order the pairs are summed in
+        # float32: SW within ~2e-6; Tersoff's bond order (1 + (βζ)^n)^(-1/2n) (n = 0.73 and 0.79, β ~ 1e-7
+        # in SiC.tersoff) loses more, 2e-7 ... 1.7e-5 on these cells depending on the pairs' summation order
         assert s["energy"] == pytest.approx(d["energy"], rel=5e-5)
         np.testing.assert_allclose(s["forces"], d["forces"], atol=2e-3 * np.abs(d["forces"]).max())
 
