@@ -26,7 +26,8 @@ is restarted with Linux's ``clear_refs``).
 
 Printed per case: steps, total time, time per step (ours: wall / force calls; LAMMPS:
 its ``Loop time`` / force evaluations), µs per atom per step, peak memory per atom, the
-final energy per atom, and the ratios ours / LAMMPS.
+final energy per atom, and the ratios ours / LAMMPS; for ours also how many times the
+neighbour list was built (each build is in the time per step).
 
 Usage: python bench/relax_scaling.py [--quick] [--sizes 256 2048 10976 108000 1048576]
        [--potentials lj eam] [--cell | --cell-only] [--threads 1] [--fire-flavor fire2] [--skip-lammps]
@@ -155,6 +156,7 @@ def case_ours(potential: str, n_atoms: int, cell: bool, flavour: str | None) -> 
         "peak_process": peak_rss_bytes(),
         "e_atom": float(res.energies[0]) / n_atoms,
         "converged": bool(res.converged[0]),
+        "builds": m.neighbor_list.builds,
     }
 
 
@@ -291,7 +293,8 @@ def main() -> None:
                 ours = run_case(args, kind="ours", potential=potential, n_atoms=n, cell=cell, flavour=args.fire_flavor)
                 print(fmt_row("ours", n, ours, "peak_added"), flush=True)
                 if "peak_process" in ours:
-                    print(f"{'':<14}{'':>9}  whole process peak {ours['peak_process'] / 2**30:.2f} GiB", flush=True)
+                    peak, builds = ours["peak_process"] / 2**30, ours["builds"]
+                    print(f"{'':<23}  whole process peak {peak:.2f} GiB, {builds} list builds", flush=True)
                 if args.skip_lammps:
                     continue
                 ref = run_case(args, kind="lammps", potential=potential, n_atoms=n, cell=cell)
