@@ -255,16 +255,27 @@ def dof_dot(
     state: SimState, a: tuple[torch.Tensor, torch.Tensor | None], b: tuple[torch.Tensor, torch.Tensor | None]
 ) -> torch.Tensor:
     """``[n_systems]`` dot products of two DOF vectors."""
-    out = per_system_sum((a[0] * b[0]).sum(1), state.system_idx, state.n_systems)
+    out = per_system_sum(row_dot(a[0], b[0]), state.system_idx, state.n_systems)
     if a[1] is not None:
         out = out + (a[1] * b[1]).sum((1, 2))
     return out
 
 
+def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[n]`` row-wise dot products of two ``[n, 3]`` tensors, summed column by column in order.
+
+    The same numbers as ``(a * b).sum(1)``, but fast for any layout: a model's forces are often a
+    transposed ``[3, n]`` buffer, where torch's row reductions (``sum(1)``, ``norm(dim=1)``) take
+    ~40x longer (1 ms at 11k atoms on a CPU core, a tenth of an LJ relaxation step).
+    """
+    return a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2]
+
+
 def max_row_norm(state: SimState, atoms: torch.Tensor, cell: torch.Tensor | None) -> torch.Tensor:
     """``[n_systems]`` largest row norm of a DOF vector (ASE's per-atom norm, cell rows included)."""
     out = torch.zeros(state.n_systems, dtype=atoms.dtype, device=atoms.device)
-    out = out.scatter_reduce(0, state.system_idx, atoms.norm(dim=1), reduce="amax", include_self=True)
+    squared = out.scatter_reduce(0, state.system_idx, row_dot(atoms, atoms), reduce="amax", include_self=True)
+    out = squared.sqrt()  # the largest norm is the root of the largest square (sqrt is monotonic)
     if cell is not None:
         out = torch.maximum(out, cell.norm(dim=2).amax(dim=1))
     return out

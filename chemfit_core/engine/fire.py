@@ -40,6 +40,7 @@ from chemfit_core.engine.cell_filter import (
     move_dofs,
     moving_systems,
     per_system_sum,
+    row_dot,
 )
 from chemfit_core.engine.state import SimState
 from chemfit_core.units import LAMMPS_METAL_FTM2V
@@ -216,9 +217,9 @@ def move(state: FireState, params: FireParameters = DEFAULT_PARAMETERS, *, activ
 
     g_atoms, g_cell = dof_forces(state)
     v_atoms = state.velocities
-    vf = per_system_sum((g_atoms * v_atoms).sum(1), sys_idx, n_sys)
-    gg = per_system_sum((g_atoms * g_atoms).sum(1), sys_idx, n_sys)
-    vv = per_system_sum((v_atoms * v_atoms).sum(1), sys_idx, n_sys)
+    vf = per_system_sum(row_dot(g_atoms, v_atoms), sys_idx, n_sys)
+    gg = per_system_sum(row_dot(g_atoms, g_atoms), sys_idx, n_sys)
+    vv = per_system_sum(row_dot(v_atoms, v_atoms), sys_idx, n_sys)
     if state.relax_cell:
         v_cell = state.cell_velocities
         v_cell = torch.where(fresh.view(-1, 1, 1), torch.zeros_like(v_cell), v_cell)
@@ -242,7 +243,7 @@ def move(state: FireState, params: FireParameters = DEFAULT_PARAMETERS, *, activ
     v_atoms = keep[sys_idx].unsqueeze(1) * v_atoms + scale[sys_idx].unsqueeze(1) * g_atoms
     v_atoms = v_atoms + dt[sys_idx].unsqueeze(1) * g_atoms
     dr_atoms = dt[sys_idx].unsqueeze(1) * v_atoms
-    norm2 = per_system_sum((dr_atoms * dr_atoms).sum(1), sys_idx, n_sys)
+    norm2 = per_system_sum(row_dot(dr_atoms, dr_atoms), sys_idx, n_sys)
     dr_cell = None
     if state.relax_cell:
         v_cell = keep.view(-1, 1, 1) * v_cell + scale.view(-1, 1, 1) * g_cell + dt.view(-1, 1, 1) * g_cell
@@ -307,9 +308,9 @@ def move_fire2(
     atom_moving = moving[sys_idx].unsqueeze(1)
 
     v, f = state.velocities, state.forces
-    vf = per_system_sum((v * f).sum(1), sys_idx, n_sys)
-    vv = per_system_sum((v * v).sum(1), sys_idx, n_sys)
-    ff = per_system_sum((f * f).sum(1), sys_idx, n_sys)
+    vf = per_system_sum(row_dot(v, f), sys_idx, n_sys)
+    vv = per_system_sum(row_dot(v, v), sys_idx, n_sys)
+    ff = per_system_sum(row_dot(f, f), sys_idx, n_sys)
     since_negative = state.n_pos + 1  # LAMMPS: ntimestep - last_negative
     uphill_free = moving & (vf > 0)
     uphill = moving & ~(vf > 0)
