@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from form_checks import check_parameter_gradients, recovery_errors
 from lammps_reference import lammps_reference
 from test_pair_models import evaluate, relative_differences
 from test_species_pairs import binary_cells
@@ -26,7 +27,6 @@ from chemfit_core.models.analytic_eam import AnalyticEAM
 from chemfit_core.models.eam import EAM
 from chemfit_core.models.forms import potential_form
 from chemfit_core.science.roundtrip import round_trip
-from chemfit_core.science.targets import StructureTarget, label
 from chemfit_core.stages.config import validate_config
 from chemfit_core.stages.objective import potential_form_of, targets_from_config
 
@@ -95,40 +95,16 @@ def test_the_species_order_of_the_form_is_free(cu_ni):
 
 # -- parameter gradients ----------------------------------------------------------------------------
 def test_parameter_gradients_match_central_differences(cu_ni):
-    form = alloy_form()
     cells = [s for s in cu_ni if s.pbc.all() and len(s) <= 48][:2]
-    state = atoms_to_state(cells)
-    model = form.model(CUNI)
-    atom, comp = 3, 2
-
-    def quantities(values: dict) -> torch.Tensor:
-        out = torch.func.functional_call(model, form.model_tensors(values), (state,))
-        return torch.stack([out["energy"].sum(), out["forces"][atom, comp], out["stress"][0, 1, 2]])
-
-    x = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in CUNI.items()}
-    q = quantities(x)
-    grads = [torch.autograd.grad(q[k], list(x.values()), retain_graph=True) for k in range(3)]
-    for n, (name, value) in enumerate(CUNI.items()):
-        h = 1e-5 * abs(value)
-        with torch.no_grad():
-            up, down = (quantities({**CUNI, name: value + sign * h}) for sign in (1, -1))
-        numeric = ((up - down) / (2 * h)).numpy()
-        for k in range(3):
-            assert grads[k][n].item() == pytest.approx(numeric[k], rel=2e-6, abs=1e-10), (name, k)
-        assert abs(grads[0][n].item()) > 1e-6, name  # every parameter moves the energy
+    energy_gradients = check_parameter_gradients(alloy_form(), CUNI, atoms_to_state(cells), rel_step=1e-5, rel=2e-6)
+    assert all(abs(g) > 1e-6 for g in energy_gradients), energy_gradients  # every parameter moves the energy
 
 
 # -- parameter recovery -----------------------------------------------------------------------------
 def test_two_element_parameters_are_recovered_from_labelled_cells(cu_ni):
-    form = alloy_form()
     cells = [s for s in cu_ni if s.pbc.all() and len(s) <= 48][:6]
     assert len(cells) == 6
-    target = StructureTarget(form, label(cells, form.model(CUNI)), stress_denominator=1e-3)
-    start = {k: v * (1.05 if i % 2 else 0.96) for i, (k, v) in enumerate(CUNI.items())}
-    fitter = Fitter(target, start, progress=False)
-    fitted = fitter.fit_least_squares(jac="analytic", xtol=1e-15, ftol=1e-15, gtol=1e-15)
-    errors = {name: abs(fitted[name] / value - 1) for name, value in CUNI.items()}
-    print("recovery: largest relative error", max(errors.values()), "evaluations", fitter.result.n_evaluations)
+    errors = recovery_errors(alloy_form(), CUNI, cells)
     assert max(errors.values()) < 1e-6, errors
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
-from gradient_checks import check_parameter_gradients
+from form_checks import check_parameter_gradients
 from lammps_reference import lammps_reference
 from test_pair_models import distort, evaluate, relative_differences
 
