@@ -1,12 +1,14 @@
-"""Checks every potential form's tests share: parameter gradients against central finite differences,
-and parameters recovered from cells labelled at known values."""
+"""Checks every potential form's tests share: forces and parameter gradients against central finite
+differences, and parameters recovered from cells labelled at known values."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import pytest
 import torch
+from test_pair_models import evaluate
 
 from chemfit_core import Fitter
 from chemfit_core.engine.state import SimState
@@ -48,3 +50,17 @@ def recovery_errors(form, truth: Mapping[str, float], cells: list) -> dict[str, 
     errors = {name: abs(fitted[name] / value - 1) for name, value in truth.items()}
     print("recovery: largest relative error", max(errors.values()), "evaluations", fitter.result.n_evaluations)
     return errors
+
+
+def check_forces_against_energy_differences(model, atoms, picks, h: float = 1e-5, rtol: float = 1e-6, atol=1e-8):
+    """The model's force components ``picks`` ((atom, axis), eV/Å) equal −ΔE/Δx by central differences."""
+    moved = []
+    for i, c in picks:
+        for sign in (1, -1):
+            m = atoms.copy()
+            m.positions[i, c] += sign * h
+            moved.append(m)
+    energies = np.array([r["energy"] for r in evaluate(model, moved)])
+    forces = evaluate(model, [atoms])[0]["forces"]
+    numeric = -(energies[0::2] - energies[1::2]) / (2 * h)
+    np.testing.assert_allclose([forces[i, c] for i, c in picks], numeric, rtol=rtol, atol=atol)

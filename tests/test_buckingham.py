@@ -12,7 +12,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
-from form_checks import check_parameter_gradients
+from form_checks import check_forces_against_energy_differences, check_parameter_gradients
 from lammps_reference import lammps_reference
 from test_pair_models import distort, evaluate, relative_differences
 
@@ -166,17 +166,7 @@ def test_forces_are_minus_energy_gradient():
     form = form_of("dsf-shifted-shorter-coulomb")
     model = form.model(params_of(form))
     atoms = crystals(2, seed=4)[1]
-    h, picks = 1e-5, [(0, 0), (3, 1), (7, 2), (10, 0)]
-    moved = []
-    for i, c in picks:
-        for sign in (1, -1):
-            m = atoms.copy()
-            m.positions[i, c] += sign * h
-            moved.append(m)
-    energies = np.array([r["energy"] for r in evaluate(model, moved)])
-    forces = evaluate(model, [atoms])[0]["forces"]
-    numeric = -(energies[0::2] - energies[1::2]) / (2 * h)
-    np.testing.assert_allclose([forces[i, c] for i, c in picks], numeric, rtol=1e-5, atol=1e-6)
+    check_forces_against_energy_differences(model, atoms, [(0, 0), (3, 1), (7, 2), (10, 0)], rtol=1e-5, atol=1e-6)
 
 
 def test_parameter_gradients_through_model_tensors_match_central_differences():

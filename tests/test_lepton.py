@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from form_checks import check_forces_against_energy_differences
 from lammps_reference import lammps_reference
 from test_pair_models import crystals, evaluate, mixed_structures, random_crystal
 
@@ -167,17 +168,7 @@ def test_forces_and_stress_are_derivatives_of_the_energy(structures):
     """The symbolic dE/dr against central differences of the energy (LAMMPS aside)."""
     model = lepton_model("functions")
     atoms = structures[1]
-    h = 1e-5
-    moved = []
-    for i, c in [(0, 0), (3, 1), (7, 2)]:
-        for sign in (1, -1):
-            m = atoms.copy()
-            m.positions[i, c] += sign * h
-            moved.append(m)
-    energies = np.array([r["energy"] for r in evaluate(model, moved)])
-    forces = evaluate(model, [atoms])[0]["forces"]
-    numeric = -(energies[0::2] - energies[1::2]) / (2 * h)
-    np.testing.assert_allclose([forces[0, 0], forces[3, 1], forces[7, 2]], numeric, rtol=1e-6, atol=1e-8)
+    check_forces_against_energy_differences(model, atoms, [(0, 0), (3, 1), (7, 2)])
 
 
 def _quantities(model, state) -> list[torch.Tensor]:
