@@ -358,8 +358,9 @@ REAL_TEMPLATE = (TEMPLATE_DIR / "lj_liquid_npt.lammps.j2").read_text()
 
 
 def test_template_syntax_error_names_file_and_line(tmp_path):
-    broken = REAL_TEMPLATE.replace("timestep        {{ timestep_fs / 1000.0 }}", "timestep        {{ timestep_fs / 1000.0 }")
-    line = REAL_TEMPLATE.splitlines().index("timestep        {{ timestep_fs / 1000.0 }}") + 1
+    good = "timestep        {{ timestep_fs / 1000.0 }}"
+    broken = REAL_TEMPLATE.replace(good, good[:-1])  # an unclosed expression
+    line = REAL_TEMPLATE.splitlines().index(good) + 1
     folder = template_dir_with(tmp_path, broken)
     assert_names(
         problems_of(argon(), folder),
