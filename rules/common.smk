@@ -66,7 +66,9 @@ def solid_config(wildcards):
 def _fitted_crystal(section):
     """A crystal section without what only the validation reads."""
     return {
-        k: v for k, v in section.items() if k not in ("validate", "validation_references")
+        k: v
+        for k, v in section.items()
+        if k not in ("validate", "validation_references")
     }
 
 
@@ -80,7 +82,9 @@ def fit_core_config(wildcards):
     if "crystal" in fit:
         fit["crystal"] = _fitted_crystal(fit["crystal"])
     if "crystals" in fit:
-        fit["crystals"] = {name: _fitted_crystal(c) for name, c in fit["crystals"].items()}
+        fit["crystals"] = {
+            name: _fitted_crystal(c) for name, c in fit["crystals"].items()
+        }
     return canonical(fit)
 
 
