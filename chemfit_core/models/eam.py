@@ -27,6 +27,7 @@ from chemfit_core.engine.neighbors import Pairs
 from chemfit_core.engine.state import SimState
 from chemfit_core.models.base import Model, Sums, tracks_graph
 from chemfit_core.models.eam_blocks import assemble_tabulated, interval_columns
+from chemfit_core.models.eam_kernel import assemble_compiled
 from chemfit_core.models.registry import potential_file, register_model
 from chemfit_core.units import LAMMPS_HARTREE_BOHR
 
@@ -201,6 +202,7 @@ class EAM(_EAMBase):
         self.drho, self.dr = float(drho), float(dr)
         self.rhomax = (frho.shape[1] - 1) * self.drho
         self.style, self.file, self.elements = style, file, list(elements)
+        self.compiled = True  # CPU forces without a graph from the compiled loops (eam_kernel); False: torch blocks
         spline = lambda rows: torch.from_numpy(np.stack([lammps_spline(v) for v in rows]))  # noqa: E731
         self.register_buffer("frho_spline", spline(frho))
         self.register_buffer("rhor_spline", spline(rhor))
@@ -292,9 +294,12 @@ class EAM(_EAMBase):
     def assemble(self, state: SimState, pairs: Pairs, compute_stress: bool = True) -> dict[str, torch.Tensor]:
         """Energies (eV), forces (eV/Å), stresses (eV/Å³): without a graph to keep in blocks with the
         splines' own derivatives (:func:`~chemfit_core.models.eam_blocks.assemble_tabulated`), else
-        differentiably (:meth:`_EAMBase.assemble`)."""
+        differentiably (:meth:`_EAMBase.assemble`). On a CPU the blocks are two compiled loops
+        (:func:`~chemfit_core.models.eam_kernel.assemble_compiled`) unless ``compiled`` is False."""
         if tracks_graph(self, state):
             return super().assemble(state, pairs, compute_stress)
+        if state.device.type == "cpu" and self.compiled:
+            return assemble_compiled(self, state, pairs, compute_stress)
         return assemble_tabulated(self, state, pairs, compute_stress)
 
     def embedding_and_slope(self, rho, types, graph):

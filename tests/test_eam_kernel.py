@@ -1,0 +1,61 @@
+"""The compiled CPU loops of tabulated EAM (``models/eam_kernel.py``) against the torch blocks.
+
+The two are independent implementations of LAMMPS's interpolation: the compiled loops
+(the default on a CPU without a graph) and the torch blocks (the GPU path, ``compiled =
+False``). They must agree to rounding on batches that mix periodicities, small cells and
+species, in float64 and float32, on one thread and split over several; LAMMPS itself is
+compared in tests/test_eam.py through the default path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_scaling import batch
+
+from chemfit_core.engine.state import atoms_to_state
+from chemfit_core.models import eam_kernel
+from chemfit_core.models.eam import EAM
+from chemfit_core.models.registry import potential_file
+
+FILES = {"Cu": ("Cu_mishin1.eam.alloy", None), "CuNi": ("CuNi.eam.alloy", "Ni")}
+
+
+def evaluate(model: EAM, structures, compiled: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    model.compiled = compiled
+    with torch.no_grad():
+        return model(atoms_to_state(structures, dtype=dtype), compute_stress=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_compiled_loops_equal_torch_blocks(name, dtype):
+    file, second = FILES[name]
+    model = EAM.from_setfl(potential_file(file)).to(dtype)
+    structures = batch("Cu", 3.615, second)
+    torch_blocks = evaluate(model, structures, False, dtype)
+    compiled = evaluate(model, structures, True, dtype)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for key in ("energy", "forces", "stress"):
+        ours, ref = compiled[key], torch_blocks[key]
+        assert ours.dtype == dtype and ours.shape == ref.shape
+        scale = float(ref.abs().max())
+        np.testing.assert_allclose(ours.double(), ref.double(), rtol=0, atol=tol * scale, err_msg=key)
+    assert float(torch_blocks["forces"].abs().max()) > 0.1  # rattled: the comparison has forces to compare
+
+
+def test_threads_split_the_list_and_give_the_same_sums(monkeypatch):
+    model = EAM.from_setfl(potential_file("CuNi.eam.alloy"))
+    structures = batch("Cu", 3.615, "Ni")
+    one = evaluate(model, structures, True, torch.float64)
+    monkeypatch.setattr(eam_kernel, "MIN_PAIRS_PER_THREAD", 100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert len(eam_kernel._ranges(10_000)) == 3
+        split = evaluate(model, structures, True, torch.float64)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("energy", "forces", "stress"):
+        np.testing.assert_allclose(split[key], one[key], rtol=1e-12, atol=1e-12 * float(one[key].abs().max()))
