@@ -11,26 +11,21 @@ and sums energies, forces and the virial. The interpolation is LAMMPS's, as
 :func:`chemfit_core.models.eam._spline` gives it: index clamped to the table, fraction
 clamped at 1 (zero slope beyond the table's end); pairs at or beyond the cutoff add nothing.
 
-Work is split into contiguous ranges of the list, one per intra-op thread
-(``torch.get_num_threads()``), each summing into its own buffers; the loops release the
-GIL, so the threads run at once. Results equal the torch blocked path
+Work is split into contiguous ranges of the list, one per intra-op thread, each summing
+into its own buffers (:mod:`chemfit_core.engine.compiled`). Results equal the torch blocked path
 (:func:`chemfit_core.models.eam_blocks.assemble_tabulated`) to rounding; the order of the
 sums differs.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import torch
 
+from chemfit_core.engine.compiled import ListArrays, as_array, result_buffers, run_ranges, summed_results, thread_ranges
 from chemfit_core.engine.neighbors import Pairs
 from chemfit_core.engine.state import SimState
-
-MIN_PAIRS_PER_THREAD = 65_536
-"""Pairs below which one more thread is not worth its start (a range of the list per thread)."""
 
 
 @numba.njit(cache=True, nogil=True)
@@ -146,68 +141,26 @@ def _forces(
             virial[s, 2, 2] += dz * gz
 
 
-def _ranges(n_pairs: int) -> list[tuple[int, int]]:
-    """Contiguous ranges of the list, one per thread that has enough pairs to be worth it."""
-    threads = max(1, min(torch.get_num_threads(), n_pairs // MIN_PAIRS_PER_THREAD))
-    edges = np.linspace(0, n_pairs, threads + 1).astype(np.int64).tolist()
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def _run(kernel, ranges: list[tuple[int, int]], buffers: list[tuple], args: tuple) -> None:
-    """``kernel(*args, start, stop, *buffers[t])`` for every range, on threads when there are several."""
-    if len(ranges) == 1:
-        kernel(*args, *ranges[0], *buffers[0])
-        return
-    with ThreadPoolExecutor(len(ranges)) as pool:
-        list(pool.map(lambda t: kernel(*args, *ranges[t], *buffers[t]), range(len(ranges))))
-
-
 def assemble_compiled(model, state: SimState, pairs: Pairs, compute_stress: bool) -> dict[str, torch.Tensor]:
     """Energies (eV), forces (eV/Å) and stresses (eV/Å³) of tabulated ``model``
     (:class:`~chemfit_core.models.eam.EAM`) on a CPU, without a graph (see the module's docstring)."""
-    dtype = state.dtype
-    np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    as_array = lambda t, kind=np_dtype: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=kind)  # noqa: E731
-    pos = as_array(state.positions)
+    arrays = ListArrays.of(state, pairs)
+    kind = arrays.float_type
     types = as_array(model.types(state), np.int64)
-    rhor, z2r = as_array(model.rhor_spline), as_array(model.z2r_spline)
-    pi, pj = pairs.pi.numpy(), pairs.pj.numpy()
-    image = np.ascontiguousarray(pairs.image.numpy(), dtype=np.int64)
-    offsets = as_array(pairs.image_offsets(state.cell))
-    dr, cutoff = np_dtype(model.dr), np_dtype(model.cutoff)
-    n_atoms, n_systems = state.n_atoms, state.n_systems
-    ranges = _ranges(pairs.n_pairs)
-
-    rho_parts = [np.zeros(n_atoms, dtype=np_dtype) for _ in ranges]
+    rhor, z2r = as_array(model.rhor_spline, kind), as_array(model.z2r_spline, kind)
+    dr, cutoff = kind(model.dr), kind(model.cutoff)
     single = len(model.species) == 1
-    _run(
-        _densities,
-        ranges,
-        [(rho,) for rho in rho_parts],
-        (pos, pi, pj, image, offsets, types, single, rhor, dr, cutoff),
-    )
-    rho = torch.from_numpy(np.sum(rho_parts, axis=0) if len(ranges) > 1 else rho_parts[0])
+    ranges = thread_ranges(pairs.n_pairs)
+
+    rho_parts = [(np.zeros(state.n_atoms, dtype=kind),) for _ in ranges]
+    run_ranges(_densities, ranges, rho_parts, (*arrays.loop_arguments, types, single, rhor, dr, cutoff))
+    rho = torch.from_numpy(np.sum([p[0] for p in rho_parts], axis=0) if len(ranges) > 1 else rho_parts[0][0])
     atom_energy, fp = model.embedding_and_slope(rho, model.types(state).cpu(), False)
 
-    system = as_array(state.system_idx, np.int64)
-    parts = [
-        (
-            np.zeros(n_systems, dtype=np_dtype),
-            np.zeros((n_atoms, 3), dtype=np_dtype),
-            np.zeros((n_systems if compute_stress else 0, 3, 3), dtype=np_dtype),
-        )
-        for _ in ranges
-    ]
-    fp_array = np.ascontiguousarray(fp.numpy(), dtype=np_dtype)
-    args = (pos, pi, pj, image, offsets, types, single, system, rhor, z2r, fp_array, dr, cutoff)
-    _run(_forces, ranges, [(compute_stress, *part) for part in parts], args)
-    energy, forces, virial = (np.sum(arrays, axis=0) if len(parts) > 1 else arrays[0] for arrays in zip(*parts))
-
-    device = state.device
-    energy = torch.from_numpy(energy).to(device).index_add_(0, state.system_idx, atom_energy.to(device, dtype))
-    out = {"energy": energy, "forces": torch.from_numpy(forces).to(device)}
-    if compute_stress:
-        volume = torch.linalg.det(state.cell.detach()).abs().clamp_min(1e-30)
-        stress = torch.from_numpy(virial).to(device) / volume.view(-1, 1, 1)
-        out["stress"] = torch.where(state.system_pbc.all(dim=1).view(-1, 1, 1), stress, torch.zeros_like(stress))
+    parts = result_buffers(state, arrays, compute_stress, len(ranges))
+    fp_array = as_array(fp, kind)
+    args = (*arrays.loop_arguments, types, single, arrays.system, rhor, z2r, fp_array, dr, cutoff)
+    run_ranges(_forces, ranges, [(compute_stress, *part) for part in parts], args)
+    out = summed_results(state, parts, compute_stress)
+    out["energy"].index_add_(0, state.system_idx, atom_energy.to(state.device, state.dtype))
     return out

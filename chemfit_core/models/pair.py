@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
-from chemfit_core.models.base import PairModel
+from chemfit_core.models.base import PairModel, tracks_graph
 from chemfit_core.models.forms import atomic_number, register_form
+from chemfit_core.models.pair_kernel import assemble_lennard_jones
 from chemfit_core.models.registry import register_model
 from chemfit_core.models.species_pairs import SpeciesPairForm
 from chemfit_core.units import KB_EV_PER_K
@@ -68,6 +69,7 @@ class LennardJones(PairModel):
         self.sigma = torch.nn.Parameter(_pair_table(sigma, n, "sigma"))
         self.shift = shift
         self.tail_correction = tail_correction
+        self.compiled = True  # CPU sums without a graph from the compiled loop (pair_kernel); False: torch blocks
 
     def forward(self, state, compute_stress: bool | None = None):
         """Pair sum, plus the tail correction when enabled."""
@@ -100,6 +102,13 @@ class LennardJones(PairModel):
                 periodic.view(-1, 1, 1), tail_stress, torch.zeros_like(tail_stress)
             )
         return out
+
+    def assemble(self, state, pairs, compute_stress: bool = True):
+        """The pair sum: on a CPU without a graph in one compiled loop
+        (:func:`~chemfit_core.models.pair_kernel.assemble_lennard_jones`) unless ``compiled`` is False."""
+        if self.compiled and state.device.type == "cpu" and not tracks_graph(self, state):
+            return assemble_lennard_jones(self, state, pairs, compute_stress)
+        return super().assemble(state, pairs, compute_stress)
 
     def lammps_commands(self, species: Sequence[str]) -> list[str]:
         """The same potential in LAMMPS input commands (types numbered in ``self.species`` order)."""

@@ -1,4 +1,4 @@
-"""The compiled CPU loops of tabulated EAM (``models/eam_kernel.py``) against the torch blocks.
+"""The compiled CPU loops (tabulated EAM, Lennard-Jones) against the torch blocks.
 
 The two are independent implementations of LAMMPS's interpolation: the compiled loops
 (the default on a CPU without a graph) and the torch blocks (the GPU path, ``compiled =
@@ -14,9 +14,10 @@ import pytest
 import torch
 from test_scaling import batch
 
+from chemfit_core.engine import compiled
 from chemfit_core.engine.state import atoms_to_state
-from chemfit_core.models import eam_kernel
 from chemfit_core.models.eam import EAM
+from chemfit_core.models.pair import LennardJones
 from chemfit_core.models.registry import potential_file
 
 FILES = {"Cu": ("Cu_mishin1.eam.alloy", None), "CuNi": ("CuNi.eam.alloy", "Ni")}
@@ -49,13 +50,41 @@ def test_threads_split_the_list_and_give_the_same_sums(monkeypatch):
     model = EAM.from_setfl(potential_file("CuNi.eam.alloy"))
     structures = batch("Cu", 3.615, "Ni")
     one = evaluate(model, structures, True, torch.float64)
-    monkeypatch.setattr(eam_kernel, "MIN_PAIRS_PER_THREAD", 100)
+    monkeypatch.setattr(compiled, "MIN_PAIRS_PER_THREAD", 100)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        assert len(eam_kernel._ranges(10_000)) == 3
+        assert len(compiled.thread_ranges(10_000)) == 3
         split = evaluate(model, structures, True, torch.float64)
     finally:
         torch.set_num_threads(threads)
     for key in ("energy", "forces", "stress"):
         np.testing.assert_allclose(split[key], one[key], rtol=1e-12, atol=1e-12 * float(one[key].abs().max()))
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("second", [None, "Kr"])
+def test_compiled_lennard_jones_equals_torch_blocks(second, dtype, shift):
+    if second:
+        model = LennardJones(
+            epsilon=[[0.0104, 0.0124], [0.0124, 0.0140]],
+            sigma=[[3.40, 3.52], [3.52, 3.65]],
+            cutoff=8.5,
+            species=(18, 36),
+            shift=shift,
+        )
+    else:
+        model = LennardJones(0.0104, 3.40, cutoff=8.5, shift=shift)
+    model = model.to(dtype)
+    structures = batch("Ar", 5.26, second)
+    results = []
+    for use_loop in (False, True):
+        model.compiled = use_loop
+        with torch.no_grad():
+            results.append(model(atoms_to_state(structures, dtype=dtype), compute_stress=True))
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for key in ("energy", "forces", "stress"):
+        ref, ours = results[0][key], results[1][key]
+        assert ours.dtype == dtype
+        np.testing.assert_allclose(ours.double(), ref.double(), rtol=0, atol=tol * float(ref.abs().max()), err_msg=key)
