@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import re
 import resource
@@ -52,6 +53,10 @@ import numpy as np
 EPS, SIG, RC, FMAX = 0.0104, 3.40, 8.5, 0.01
 LATTICE = {"lj": ("Ar", 5.26), "eam": ("Cu", 3.615)}
 EAM_FILE = "Cu_mishin1.eam.alloy"
+PROGRESS_ATOMS = 500_000
+"""Relaxations of this many atoms or more print progress lines (to stderr) while they run."""
+PROGRESS_EVERY_S = 60.0
+
 DEFAULT_SIZES = [256, 2048, 10976, 108000]
 QUICK_SIZES = [256, 2048, 8788]
 MEMORY_LINE = r"memory allocation \(min/avg/max\) = \S+ \| (\S+) \|"  # LAMMPS's log, Mbytes
@@ -142,7 +147,7 @@ def case_ours(potential: str, n_atoms: int, cell: bool, flavour: str | None) -> 
         engine="torch",
         device="cpu",
         dtype=torch.float64,
-        progress_every_s=None,
+        progress_every_s=PROGRESS_EVERY_S if n_atoms >= PROGRESS_ATOMS else None,
         max_memory_scaler=float(n_atoms),
         **options,
     )
@@ -233,10 +238,11 @@ def run_case(args: argparse.Namespace, **case) -> dict:
     """One case in a fresh interpreter (its own peak memory), or an error line."""
     command = [sys.executable, __file__, "--case", json.dumps(case), "--threads", str(args.threads)]
     command += ["--fmax", repr(args.fmax)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    # stderr passes through: the progress lines of large relaxations and any traceback
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail) or f"exit {done.returncode}"}
+        tail = done.stdout.strip().splitlines()[-3:]
+        return {"error": " | ".join(tail) or f"exit {done.returncode} (traceback above)"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -270,6 +276,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+        logging.basicConfig(level=logging.INFO, format="    [%(asctime)s] %(message)s", stream=sys.stderr)
         globals()["FMAX"] = args.fmax  # the cases read the module's tolerance
         case = json.loads(args.case)
         kind = case.pop("kind")
