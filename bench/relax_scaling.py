@@ -276,7 +276,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        logging.basicConfig(level=logging.INFO, format="    [%(asctime)s] %(message)s", stream=sys.stderr)
+        logging.basicConfig(format="    [%(asctime)s] %(message)s", stream=sys.stderr)
+        logging.getLogger("chemfit_core.engine.relax").setLevel(logging.INFO)  # its progress lines only
         globals()["FMAX"] = args.fmax  # the cases read the module's tolerance
         case = json.loads(args.case)
         kind = case.pop("kind")
