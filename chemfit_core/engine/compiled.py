@@ -6,6 +6,10 @@ half list and sums into its own buffers: per-system energies (eV), per-atom forc
 each intra-op thread (``torch.get_num_threads()``) one range; :func:`summed_results` adds the
 threads' buffers and turns the virial into the stress (eV/Å³) as
 :class:`~chemfit_core.models.base.Sums` does.
+
+The loops themselves repeat a few lines each (the pair's vector with its image offset, the
+force and virial sums): moved into shared compiled functions, even inlined, they made the
+EAM force pass 1.35–1.7× slower per pair (measured, 10,976 atoms), so each loop keeps its own.
 """
 
 from __future__ import annotations
