@@ -88,3 +88,28 @@ def test_compiled_lennard_jones_equals_torch_blocks(second, dtype, shift):
         ref, ours = results[0][key], results[1][key]
         assert ours.dtype == dtype
         np.testing.assert_allclose(ours.double(), ref.double(), rtol=0, atol=tol * float(ref.abs().max()), err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["lj", "eam"])
+def test_coincident_atoms_give_non_finite_results_not_an_exception(name):
+    from ase import Atoms
+
+    model = EAM.from_setfl(potential_file("Cu_mishin1.eam.alloy")) if name == "eam" else LennardJones(0.0104, 3.40, 8.5)
+    symbol = "Cu" if name == "eam" else "Ar"
+    atoms = Atoms(symbol * 3, positions=[[0, 0, 0], [0, 0, 0], [2.5, 0, 0]], cell=[12, 12, 12], pbc=True)
+    state = atoms_to_state([atoms], dtype=torch.float64)
+    assert compiled.runs_compiled(model, state, graph=False)
+    with torch.no_grad():
+        out = model(state)
+    assert not bool(torch.isfinite(out["energy"]).all()) or not bool(torch.isfinite(out["forces"]).all())
+
+
+def test_a_non_finite_position_takes_the_torch_path():
+    model = LennardJones(0.0104, 3.40, 8.5)
+    structures = batch("Ar", 5.26, None)
+    state = atoms_to_state(structures, dtype=torch.float64)
+    assert compiled.runs_compiled(model, state, graph=False)
+    state.positions[1, 0] = float("nan")
+    assert not compiled.runs_compiled(model, state, graph=False)
+    model.compiled = False
+    assert not compiled.runs_compiled(model, atoms_to_state(structures, dtype=torch.float64), graph=False)

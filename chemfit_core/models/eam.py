@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chemfit_core.engine.compiled import runs_compiled
 from chemfit_core.engine.neighbors import Pairs
 from chemfit_core.engine.state import SimState
 from chemfit_core.models.base import Model, Sums, tracks_graph
@@ -298,7 +299,7 @@ class EAM(_EAMBase):
         (:func:`~chemfit_core.models.eam_kernel.assemble_compiled`) unless ``compiled`` is False."""
         if tracks_graph(self, state):
             return super().assemble(state, pairs, compute_stress)
-        if state.device.type == "cpu" and self.compiled:
+        if runs_compiled(self, state, graph=False):
             return assemble_compiled(self, state, pairs, compute_stress)
         return assemble_tabulated(self, state, pairs, compute_stress)
 

@@ -28,7 +28,7 @@ from chemfit_core.engine.neighbors import Pairs
 from chemfit_core.engine.state import SimState
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _densities(pos, pi, pj, image, offsets, types, single, rhor, dr, cutoff, start, stop, rho):
     """Pass 1 over pairs ``start:stop``: add ρ_tj(r) to atom i and ρ_ti(r) to atom j.
 
@@ -54,7 +54,7 @@ def _densities(pos, pi, pj, image, offsets, types, single, rhor, dr, cutoff, sta
         r2 = dx * dx + dy * dy + dz * dz
         w = 1.0 if r2 < rc2 else 0.0
         q = np.sqrt(r2) * inv_dr
-        m = min(int(q), n - 2)
+        m = max(0, min(int(q), n - 2))
         f = min(q - m, 1.0)
         if not single:
             ta, tb = types[a], types[b]
@@ -62,7 +62,7 @@ def _densities(pos, pi, pj, image, offsets, types, single, rhor, dr, cutoff, sta
         rho[b] += w * (((rhor[ta, m, 0] * f + rhor[ta, m, 1]) * f + rhor[ta, m, 2]) * f + rhor[ta, m, 3])
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _forces(
     pos,
     pi,
@@ -107,7 +107,7 @@ def _forces(
         w = 1.0 if r2 < rc2 else 0.0
         inv_r = 1.0 / np.sqrt(r2)
         q = r2 * inv_r * inv_dr
-        m = min(int(q), n - 2)
+        m = max(0, min(int(q), n - 2))
         f = q - m
         ws = w if f <= 1.0 else 0.0  # the slope's weight: zero where the fraction is clamped
         f = min(f, 1.0)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from chemfit_core.engine.compiled import runs_compiled
 from chemfit_core.models.base import PairModel, tracks_graph
 from chemfit_core.models.forms import atomic_number, register_form
 from chemfit_core.models.pair_kernel import assemble_lennard_jones
@@ -106,7 +107,7 @@ class LennardJones(PairModel):
     def assemble(self, state, pairs, compute_stress: bool = True):
         """The pair sum: on a CPU without a graph in one compiled loop
         (:func:`~chemfit_core.models.pair_kernel.assemble_lennard_jones`) unless ``compiled`` is False."""
-        if self.compiled and state.device.type == "cpu" and not tracks_graph(self, state):
+        if runs_compiled(self, state, tracks_graph(self, state)):
             return assemble_lennard_jones(self, state, pairs, compute_stress)
         return super().assemble(state, pairs, compute_stress)
 
