@@ -126,7 +126,7 @@ def write_data(atoms, path: Path) -> None:
         np.savetxt(out, table, fmt=["%d", "%d", "%.17g", "%.17g", "%.17g"])
 
 
-def case_ours(potential: str, n_atoms: int, cell: bool, flavour: str | None) -> dict:
+def case_ours(potential: str, n_atoms: int, cell: bool, flavour: str | None, cell_factor: str = "n_atoms") -> dict:
     import torch
 
     from chemfit_core.engine.relax import relax_structures
@@ -135,6 +135,8 @@ def case_ours(potential: str, n_atoms: int, cell: bool, flavour: str | None) -> 
     m = model(potential)
     relax_structures([structure(potential, 256)], model(potential), fmax=FMAX, engine="torch", progress_every_s=None)
     options = {"fire_flavor": flavour} if flavour and not cell else {}  # FIRE 2.0: fixed cells
+    if cell and cell_factor == "sqrt":  # √N · (V/N)^(1/3): the cell as stiff as an atom
+        options["cell_factor"] = float(np.sqrt(n_atoms) * np.cbrt(atoms.get_volume() / n_atoms))
     gc.collect()
     reset_peak()
     before = peak_rss_bytes()
@@ -267,6 +269,12 @@ def main() -> None:
     parser.add_argument("--cell-only", action="store_true", help="only the cell relaxation")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (LAMMPS stays serial)")
     parser.add_argument("--fire-flavor", default=None, help="our FIRE flavour (default: relax_structures's)")
+    parser.add_argument(
+        "--cell-factor",
+        choices=["n_atoms", "sqrt"],
+        default="n_atoms",
+        help="our cell filter's scale: N (ASE's default) or √N·(V/N)^(1/3) (relax_structures(cell_factor=...))",
+    )
     parser.add_argument("--skip-lammps", action="store_true")
     parser.add_argument("--fmax", type=float, default=FMAX, help="force tolerance, eV/Å")
     parser.add_argument("--skip-force", action="store_true", help="no single force-call cases")
@@ -298,7 +306,15 @@ def main() -> None:
                 f"{'µs/atom/st':>11}{'kB/atom':>10}{'E/atom (eV)':>16}"
             )
             for n in sizes:
-                ours = run_case(args, kind="ours", potential=potential, n_atoms=n, cell=cell, flavour=args.fire_flavor)
+                ours = run_case(
+                    args,
+                    kind="ours",
+                    potential=potential,
+                    n_atoms=n,
+                    cell=cell,
+                    flavour=args.fire_flavor,
+                    cell_factor=args.cell_factor,
+                )
                 print(fmt_row("ours", n, ours, "peak_added"), flush=True)
                 if "peak_process" in ours:
                     peak, builds = ours["peak_process"] / 2**30, ours["builds"]

@@ -116,6 +116,10 @@ def _cmd_relax(args: argparse.Namespace) -> None:
         raise ChemFitError(f"--fmax must be a finite number > 0 (eV/Å), got {args.fmax}")
     if args.max_steps < 1:
         raise ChemFitError(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.cell_factor is not None and not (
+        args.relax_cell and math.isfinite(args.cell_factor) and args.cell_factor > 0
+    ):
+        raise ChemFitError(f"--cell-factor needs --relax-cell and a finite number > 0 (Å), got {args.cell_factor}")
     if args.fit_params:
         model = _fitted_model(args)
     elif args.model:
@@ -129,6 +133,7 @@ def _cmd_relax(args: argparse.Namespace) -> None:
         fmax=args.fmax,
         max_steps=args.max_steps,
         relax_cell=args.relax_cell,
+        cell_factor=args.cell_factor,
         device=None if args.device in (None, "auto") else args.device,
         dtype=getattr(torch, args.dtype),
         progress_every_s=5.0,
@@ -211,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=0.01, help="largest force at convergence, eV/Å (0.01)")
     p.add_argument("--max-steps", type=int, default=10_000, help="FIRE steps per structure at most")
     p.add_argument("--relax-cell", action="store_true", help="relax the cell too (zero stress)")
+    p.add_argument(
+        "--cell-factor",
+        type=float,
+        default=None,
+        help="the cell filter's scale, Å (default: the number of atoms N; about √N·(V/N)^(1/3) for large cells)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--engine",

@@ -121,6 +121,34 @@ def test_cell_relaxation_finds_the_pressure_free_lattice_constant():
     assert result.energies[0] / 32 == pytest.approx(reference.get_potential_energy() / 32, abs=1e-6)
 
 
+def test_a_cell_factor_relaxes_as_ases_unit_cell_filter_with_it_and_bounds_the_stress():
+    atoms = bulk("Ar", "fcc", a=5.32, cubic=True).repeat((3, 3, 3))  # strained by +1 %
+    atoms.rattle(0.02, seed=3)
+    factor = float(np.sqrt(len(atoms)) * np.cbrt(atoms.get_volume() / len(atoms)))  # √N · (V/N)^(1/3), Å
+    fmax = 1e-3
+    result = relax_structures(
+        [atoms], shifted_lj(), relax_cell=True, cell_factor=factor, fmax=fmax, progress_every_s=None, engine="torch"
+    )
+    reference = atoms.copy()
+    reference.calc = AseLJ(epsilon=EPS, sigma=SIG, rc=RC, smooth=False)
+    opt = FIRE(UnitCellFilter(reference, cell_factor=factor), logfile=None)
+    opt.run(fmax=fmax, steps=5000)
+    ours = result.structures[0]
+    assert result.converged[0] and int(result.n_steps[0]) == opt.nsteps
+    np.testing.assert_allclose(ours.cell.array, reference.cell.array, atol=1e-6)
+    assert result.energies[0] == pytest.approx(reference.get_potential_energy(), abs=1e-8)
+    # the cell rows' forces are V·σ/cell_factor: held to fmax, the stress is within fmax·cell_factor/V
+    assert np.abs(ours.get_stress()).max() <= fmax * factor / ours.get_volume()
+
+
+def test_cell_factor_is_checked():
+    atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
+    with pytest.raises(ValueError, match="cell_factor must be a finite number > 0"):
+        relax_structures([atoms], shifted_lj(), relax_cell=True, cell_factor=0.0, engine="torch")
+    with pytest.raises(ValueError, match="needs relax_cell=True"):
+        relax_structures([atoms], shifted_lj(), cell_factor=10.0, engine="torch")
+
+
 def test_mixed_pbc_batch_gives_each_system_its_own_energy():
     structures = workload()[-2:] + workload()[:1]  # triclinic crystal, slab, cube
     together = relax_structures(structures, shifted_lj(), progress_every_s=None, engine="torch")
@@ -261,3 +289,18 @@ def test_threads_option_sets_torch_threads_for_the_run_only():
     assert one.n_steps.tolist() == default.n_steps.tolist()
     with pytest.raises(ValueError, match="threads must be >= 1"):
         relax_structures(structures, shifted_lj(), engine="torch", threads=0)
+
+
+def test_cli_relaxes_cells_with_a_cell_factor_and_checks_it(tmp_path):
+    atoms = bulk("Ar", "fcc", a=5.32, cubic=True).repeat((3, 3, 3))
+    write(tmp_path / "in.extxyz", [atoms], format="extxyz")
+    command = [sys.executable, "-m", "chemfit_core", "relax", str(tmp_path / "in.extxyz"), str(tmp_path / "o.extxyz")]
+    command += ["--model", "lj/cut", "--param", f"epsilon={EPS}", "--param", f"sigma={SIG}", "--cutoff", str(RC)]
+    command += ["--device", "cpu", "--fmax", "1e-3"]
+    unchecked = subprocess.run([*command, "--cell-factor", "20"], capture_output=True, text=True)
+    assert unchecked.returncode == 1 and "--cell-factor needs --relax-cell" in unchecked.stderr
+    done = subprocess.run([*command, "--relax-cell", "--cell-factor", "20"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    relaxed = read(tmp_path / "o.extxyz")
+    assert relaxed.info["relax_converged"]
+    assert np.abs(relaxed.get_stress()).max() <= 1e-3 * 20 / relaxed.get_volume()

@@ -85,6 +85,7 @@ def relax_structures(
     max_steps: int = 10_000,
     relax_cell: bool = False,
     pressure: float = 0.0,
+    cell_factor: float | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     max_memory_scaler: float | None = None,
@@ -110,6 +111,13 @@ def relax_structures(
         max_steps: optimiser steps per structure at most; a structure that reaches it
             is returned with ``converged=False``.
         relax_cell: relax the cell too (ASE's UnitCellFilter), to ``pressure`` (eV/Å³).
+        cell_factor: the cell filter's scale (Å): the cell's degrees of freedom are
+            ``cell_factor · F`` and their forces the virial / ``cell_factor`` (eV/Å), held to
+            ``fmax`` like the atoms'. Default: each structure's number of atoms N (ASE's and
+            torch-sim's), whose steps grow with N (a strain takes ~N/20 steps to undo);
+            for cells of more than a few thousand atoms give about ``√N · (V/N)^(1/3)``,
+            which makes the cell as stiff as an atom and its steps independent of N (and
+            holds the stress ~√N times tighter). See bench/README.md (``relax_scaling.py``).
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available (or where a model
             that fixes its device is).
         dtype: float64 (default, or a fixed-dtype model's) or float32.
@@ -157,6 +165,10 @@ def relax_structures(
         raise ValueError("the LAMMPS engine needs FIRE, fixed cells, ase.Atoms input and a model LAMMPS can express")
     if engine == "lammps" or (engine == "auto" and target.type == "cpu" and lammps_possible):
         return _relax_lammps(list(structures), model, fmax, max_steps, workers, progress_every_s)
+    if cell_factor is not None and not (math.isfinite(cell_factor) and cell_factor > 0):
+        raise ValueError(f"cell_factor must be a finite number > 0 Å, got {cell_factor}")
+    if cell_factor is not None and not relax_cell:
+        raise ValueError("cell_factor scales the cell filter: it needs relax_cell=True")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     previous_threads = torch.get_num_threads()
@@ -164,8 +176,9 @@ def relax_structures(
         torch.set_num_threads(threads)
     try:
         settings = _TorchRelax(
-            fmax, max_steps, relax_cell, pressure, max_memory_scaler, memory_scales_with, fire, method, options
-        )
+            fmax, max_steps, relax_cell, pressure, max_memory_scaler, memory_scales_with, fire, method, options,
+            cell_factor,
+        )  # fmt: skip
         return _relax_torch(structures, model, device, dtype, settings, progress_every_s)
     finally:
         torch.set_num_threads(previous_threads)
@@ -184,6 +197,7 @@ class _TorchRelax:
     fire: FireParameters | Fire2Parameters
     method: Optimizer
     options: Mapping[str, Any]
+    cell_factor: float | None = None  # Å; None: each structure's number of atoms
 
 
 def _relax_torch(
@@ -205,8 +219,9 @@ def _relax_torch(
         max_memory_scaler=settings.max_memory_scaler,
         max_iterations=settings.max_steps + 1,  # evaluations: the first comes before any step
     )
+    cell = {"cell_factor": settings.cell_factor} if settings.cell_factor is not None else {}
     batcher.load_states(
-        state_type.from_state(s, relax_cell=relax_cell, pressure=settings.pressure, **settings.options)
+        state_type.from_state(s, relax_cell=relax_cell, pressure=settings.pressure, **cell, **settings.options)
         for s in _singles(structures, device, dtype)
     )
     start = last_report = time.monotonic()
