@@ -28,7 +28,7 @@ from chemfit_core.engine.neighbors import Pairs
 from chemfit_core.engine.state import SimState
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _densities(pos, pi, pj, image, offsets, types, single, rhor, dr, cutoff, start, stop, rho):
     """Pass 1 over pairs ``start:stop``: add ρ_tj(r) to atom i and ρ_ti(r) to atom j.
 
@@ -58,11 +58,15 @@ def _densities(pos, pi, pj, image, offsets, types, single, rhor, dr, cutoff, sta
         f = min(q - m, 1.0)
         if not single:
             ta, tb = types[a], types[b]
-        rho[a] += w * (((rhor[tb, m, 0] * f + rhor[tb, m, 1]) * f + rhor[tb, m, 2]) * f + rhor[tb, m, 3])
-        rho[b] += w * (((rhor[ta, m, 0] * f + rhor[ta, m, 1]) * f + rhor[ta, m, 2]) * f + rhor[ta, m, 3])
+        rho_b = w * (((rhor[tb, m, 0] * f + rhor[tb, m, 1]) * f + rhor[tb, m, 2]) * f + rhor[tb, m, 3])
+        rho[a] += rho_b
+        if single:
+            rho[b] += rho_b
+        else:
+            rho[b] += w * (((rhor[ta, m, 0] * f + rhor[ta, m, 1]) * f + rhor[ta, m, 2]) * f + rhor[ta, m, 3])
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _forces(
     pos,
     pi,
@@ -117,7 +121,10 @@ def _forces(
         phi = w * (((z2r[z, m, 0] * f + z2r[z, m, 1]) * f + z2r[z, m, 2]) * f + z2r[z, m, 3]) * inv_r
         dz2r = ((3.0 * z2r[z, m, 0] * f + 2.0 * z2r[z, m, 1]) * f + z2r[z, m, 2]) * inv_dr
         drho_b = ((3.0 * rhor[tb, m, 0] * f + 2.0 * rhor[tb, m, 1]) * f + rhor[tb, m, 2]) * inv_dr
-        drho_a = ((3.0 * rhor[ta, m, 0] * f + 2.0 * rhor[ta, m, 1]) * f + rhor[ta, m, 2]) * inv_dr
+        if single:  # one density function: ρ'(r) is the same from both sides
+            drho_a = drho_b
+        else:
+            drho_a = ((3.0 * rhor[ta, m, 0] * f + 2.0 * rhor[ta, m, 1]) * f + rhor[ta, m, 2]) * inv_dr
         dedr = (ws * dz2r - phi) * inv_r + ws * (fp[a] * drho_b + fp[b] * drho_a)
         s = system[a]
         energy[s] += phi

@@ -19,7 +19,7 @@ from chemfit_core.engine.neighbors import Pairs
 from chemfit_core.engine.state import SimState
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _lj_forces(
     pos,
     pi,
