@@ -304,3 +304,19 @@ def test_cli_relaxes_cells_with_a_cell_factor_and_checks_it(tmp_path):
     relaxed = read(tmp_path / "o.extxyz")
     assert relaxed.info["relax_converged"]
     assert np.abs(relaxed.get_stress()).max() <= 1e-3 * 20 / relaxed.get_volume()
+
+
+def test_per_system_helpers_agree_for_one_system_and_many():
+    from chemfit_core.engine.cell_filter import per_atom, per_system_abs_max
+
+    structures = workload()[:3]
+    state = atoms_to_state(structures)
+    values = torch.randn(state.n_atoms, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    per_system = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    assert torch.equal(per_atom(per_system, state), per_system[state.system_idx].unsqueeze(1))
+    expected = [values[state.system_idx == s].abs().max() for s in range(3)]
+    assert torch.equal(per_system_abs_max(values, state), torch.stack(expected))
+    one = atoms_to_state(structures[:1])
+    first = values[: one.n_atoms]
+    assert torch.equal(per_system_abs_max(first, one), first.abs().max().view(1))
+    assert torch.equal((per_atom(per_system[:1], one) * first), per_system[0] * first)

@@ -246,6 +246,24 @@ def move_dofs(state: OptimState, d_atoms: torch.Tensor, d_cell: torch.Tensor | N
     state.cell = state.reference_cell @ new_deform.mT
 
 
+def per_atom(values: torch.Tensor, state: SimState) -> torch.Tensor:
+    """``[n_systems]`` values broadcast over the atoms: ``[n_atoms, 1]``, or ``[1, 1]`` for one
+    system (no gather of n_atoms values per use: a FIRE step of one large cell uses ~10)."""
+    if state.n_systems == 1:
+        return values.view(1, 1)
+    return values[state.system_idx].unsqueeze(1)
+
+
+def per_system_abs_max(values: torch.Tensor, state: SimState) -> torch.Tensor:
+    """``[n_systems]`` largest ``|value|`` of the ``[n_atoms, 3]`` ``values`` per system (0 for no atoms)."""
+    magnitude = values.abs()
+    if state.n_systems == 1:
+        return magnitude.amax().view(1) if magnitude.numel() else magnitude.new_zeros(1)
+    rows = torch.maximum(torch.maximum(magnitude[:, 0], magnitude[:, 1]), magnitude[:, 2])
+    out = torch.zeros(state.n_systems, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce(0, state.system_idx, rows, reduce="amax")
+
+
 def per_system_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     """``[n]`` sums of ``values`` grouped by ``index``."""
     return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, index, values)

@@ -39,6 +39,8 @@ from chemfit_core.engine.cell_filter import (
     max_force,
     move_dofs,
     moving_systems,
+    per_atom,
+    per_system_abs_max,
     per_system_sum,
     row_dot,
 )
@@ -240,9 +242,9 @@ def move(state: FireState, params: FireParameters = DEFAULT_PARAMETERS, *, activ
     new_npos = torch.where(uphill_free, state.n_pos + 1, torch.where(reset, torch.zeros_like(state.n_pos), state.n_pos))
 
     dt = torch.where(moving, new_dt, state.dt)
-    v_atoms = keep[sys_idx].unsqueeze(1) * v_atoms + scale[sys_idx].unsqueeze(1) * g_atoms
-    v_atoms = v_atoms + dt[sys_idx].unsqueeze(1) * g_atoms
-    dr_atoms = dt[sys_idx].unsqueeze(1) * v_atoms
+    v_atoms = per_atom(keep, state) * v_atoms + per_atom(scale, state) * g_atoms
+    v_atoms = v_atoms + per_atom(dt, state) * g_atoms
+    dr_atoms = per_atom(dt, state) * v_atoms
     norm2 = per_system_sum(row_dot(dr_atoms, dr_atoms), sys_idx, n_sys)
     dr_cell = None
     if state.relax_cell:
@@ -251,9 +253,9 @@ def move(state: FireState, params: FireParameters = DEFAULT_PARAMETERS, *, activ
         norm2 = norm2 + (dr_cell * dr_cell).sum((1, 2))
     norm = torch.sqrt(norm2)
     limit = torch.where(norm > params.max_step, params.max_step / norm.clamp_min(1e-300), torch.ones_like(norm))
-    moving_atoms = moving[sys_idx].unsqueeze(1)
+    moving_atoms = per_atom(moving, state)
     # held and not-yet-evaluated systems (dt may be NaN there) do not move
-    dr_atoms = torch.where(moving_atoms, dr_atoms * limit[sys_idx].unsqueeze(1), torch.zeros_like(dr_atoms))
+    dr_atoms = torch.where(moving_atoms, dr_atoms * per_atom(limit, state), torch.zeros_like(dr_atoms))
 
     state.velocities = torch.where(moving_atoms, v_atoms, state.velocities)
     state.dt = dt
@@ -305,7 +307,7 @@ def move_fire2(
     n_sys, sys_idx = state.n_systems, state.system_idx
     moving = moving_systems(state, active)
     _start_fresh(state, moving, params.dt_start, params.alpha0)
-    atom_moving = moving[sys_idx].unsqueeze(1)
+    atom_moving = per_atom(moving, state)
 
     v, f = state.velocities, state.forces
     vf = per_system_sum(row_dot(v, f), sys_idx, n_sys)
@@ -326,23 +328,22 @@ def move_fire2(
     state.n_pos = torch.where(
         uphill, torch.zeros_like(since_negative), torch.where(moving, since_negative, state.n_pos)
     )
-    back = uphill[sys_idx].unsqueeze(1)
+    back = per_atom(uphill, state)
     if params.halfstepback and bool((back & (v != 0)).any()):
         # LAMMPS steps back by half the new (shrunk) dt times v, not by half the last move
-        step_back = torch.where(back, -0.5 * dt[sys_idx].unsqueeze(1) * v, torch.zeros_like(v))
+        step_back = torch.where(back, -0.5 * per_atom(dt, state) * v, torch.zeros_like(v))
         move_dofs(state, step_back, None)
         evaluate(state, model)  # LAMMPS evaluates at the stepped-back positions
         f = state.forces
     v = torch.where(back, torch.zeros_like(v), v)
     accel = LAMMPS_METAL_FTM2V * f / state.masses.unsqueeze(1)  # Å/ps² per eV/Å
     # dmax: no component moves further than dmax, judged on v (or on dt·a after a reset)
-    probe = torch.where(back, dt[sys_idx].unsqueeze(1) * accel, v).abs().amax(dim=1)
-    vmax = torch.zeros(n_sys, dtype=v.dtype, device=v.device).scatter_reduce(0, sys_idx, probe, reduce="amax")
+    vmax = per_system_abs_max(torch.where(back, per_atom(dt, state) * accel, v), state)
     dtv = torch.where(dt * vmax > params.dmax, params.dmax / vmax.clamp_min(1e-300), dt)
-    v = v + dtv[sys_idx].unsqueeze(1) * accel
-    mixed = scale1[sys_idx].unsqueeze(1) * v + scale2[sys_idx].unsqueeze(1) * f
-    v = torch.where(uphill_free[sys_idx].unsqueeze(1), mixed, v)
-    dx = torch.where(atom_moving, dtv[sys_idx].unsqueeze(1) * v, torch.zeros_like(v))
+    v = v + per_atom(dtv, state) * accel
+    mixed = per_atom(scale1, state) * v + per_atom(scale2, state) * f
+    v = torch.where(per_atom(uphill_free, state), mixed, v)
+    dx = torch.where(atom_moving, per_atom(dtv, state) * v, torch.zeros_like(v))
 
     state.velocities = torch.where(atom_moving, v, state.velocities)
     state.dt = torch.where(moving, dt, state.dt)

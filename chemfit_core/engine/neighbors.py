@@ -291,10 +291,14 @@ class NeighborList:
             return missing
         ref = torch.cat([entries[s].ref_positions for s in ok])
         sys_ok = torch.tensor(ok, device=state.device)
-        atom_mask = torch.isin(state.system_idx, sys_ok)
-        moved = (state.positions.detach()[atom_mask] - ref).norm(dim=1)
         max_moved = torch.zeros(state.n_systems, dtype=state.dtype, device=state.device)
-        max_moved.scatter_reduce_(0, state.system_idx[atom_mask], moved, reduce="amax")
+        if len(ok) == 1 and state.n_systems == 1:  # one system (a large cell): no masks, one reduction
+            d = state.positions.detach() - ref
+            max_moved[0] = (d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]).amax().sqrt()
+        else:
+            atom_mask = torch.isin(state.system_idx, sys_ok)
+            moved = (state.positions.detach()[atom_mask] - ref).norm(dim=1)
+            max_moved.scatter_reduce_(0, state.system_idx[atom_mask], moved, reduce="amax")
         ref_cells = torch.stack([entries[s].ref_cell for s in ok])
         cell_change = (state.cell.detach()[sys_ok] - ref_cells).norm(dim=2).sum(dim=1)
         image_bound = torch.tensor([entries[s].max_shift + 1.0 for s in ok], dtype=state.dtype, device=state.device)
