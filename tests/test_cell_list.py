@@ -144,3 +144,46 @@ def test_a_batch_gets_every_system_its_own_list():
     for s, atoms in enumerate(structures):
         mine = (i >= first[s]) & (i < first[s + 1])
         assert canonical(i[mine] - first[s], j[mine] - first[s], shifts[mine]) == reference(atoms, 5.0)
+
+
+def strained_pairs_case(strain: float):
+    """A rattled argon cell evaluated once, then deformed affinely by ``strain`` along x and sheared."""
+    from chemfit_core.engine.state import atoms_to_state
+    from chemfit_core.models.pair import LennardJones
+
+    atoms = rattled(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3), 0.05, 6)
+    model = LennardJones(0.0104, 3.40, 8.5)
+    state = atoms_to_state([atoms], dtype=torch.float64)
+    with torch.no_grad():
+        model(state)
+    deformation = torch.eye(3, dtype=torch.float64)
+    deformation[0, 0] += strain
+    deformation[0, 1] += strain / 2
+    state.positions = state.positions @ deformation
+    state.cell = state.cell @ deformation
+    with torch.no_grad():
+        kept = model(state)
+        fresh = LennardJones(0.0104, 3.40, 8.5)(atoms_to_state(state.to_atoms(), dtype=torch.float64))
+    return model.neighbor_list.builds, kept, fresh
+
+
+def test_an_affinely_deformed_cell_keeps_its_list_while_the_bound_holds():
+    builds, kept, fresh = strained_pairs_case(0.02)  # ‖ε‖ ≈ 0.025: 9 Å · 0.025 < 0.5 Å of skin
+    assert builds == 1
+    for key in ("energy", "forces", "stress"):
+        np.testing.assert_allclose(kept[key], fresh[key], rtol=1e-12, atol=1e-14)
+    builds, _, _ = strained_pairs_case(0.06)  # 9 Å · 0.07 > 0.5 Å: rebuilt
+    assert builds == 2
+
+
+def test_a_molecule_in_a_box_keeps_its_list_when_the_box_changes():
+    from chemfit_core.engine.state import atoms_to_state
+
+    molecule = Atoms("Ar4", positions=[[0, 0, 0], [3.8, 0, 0], [0, 3.8, 0], [0, 0, 3.8]], cell=[20, 20, 20])
+    state = atoms_to_state([molecule], dtype=torch.float64)
+    neighbour_list = neighbors.NeighborList(8.5, skin=0.5)
+    neighbour_list.pairs(state)
+    state.cell = state.cell * 1.5  # the box of an open system holds no images
+    state.positions = state.positions + 0.1
+    neighbour_list.pairs(state)
+    assert neighbour_list.builds == 1

@@ -282,27 +282,50 @@ class NeighborList:
         )
 
     def _stale(self, state: SimState, entries: list[SystemPairs | None]) -> list[int]:
-        """Systems whose list is missing, built for another cutoff, or outrun by motion."""
+        """Systems whose list is missing, built for another cutoff, or outrun by motion.
+
+        A list stays valid while ``2·d + r_list·‖ε‖ ≤ skin``: ``d`` is the largest displacement
+        of an atom from where the cell's deformation since the build takes it (x_ref·H_ref⁻¹·H),
+        ``ε = H_ref⁻¹·H − 1`` that deformation (spectral norm), ``r_list`` the list's cutoff;
+        no pair can then have crossed from beyond ``r_list`` to within the cutoff. The bound
+        does not grow with the cell, so a large cell under cell relaxation keeps its list.
+        Partly periodic systems bound the images' motion by the cell rows' change instead.
+        """
         missing = [s for s, e in enumerate(entries) if e is None or e.list_cutoff != self.cutoff + self.skin]
         if self.skin == 0:
             return list(range(state.n_systems))
         ok = [s for s in range(state.n_systems) if s not in set(missing)]
         if not ok:
             return missing
-        ref = torch.cat([entries[s].ref_positions for s in ok])
         sys_ok = torch.tensor(ok, device=state.device)
-        max_moved = torch.zeros(state.n_systems, dtype=state.dtype, device=state.device)
-        if len(ok) == 1 and state.n_systems == 1:  # one system (a large cell): no masks, one reduction
-            d = state.positions.detach() - ref
-            max_moved[0] = (d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]).amax().sqrt()
-        else:
-            atom_mask = torch.isin(state.system_idx, sys_ok)
-            moved = (state.positions.detach()[atom_mask] - ref).norm(dim=1)
-            max_moved.scatter_reduce_(0, state.system_idx[atom_mask], moved, reduce="amax")
+        ref = torch.cat([entries[s].ref_positions for s in ok])
         ref_cells = torch.stack([entries[s].ref_cell for s in ok])
-        cell_change = (state.cell.detach()[sys_ok] - ref_cells).norm(dim=2).sum(dim=1)
+        cells = state.cell.detach()[sys_ok]
+        periodic = state.system_pbc[sys_ok]
+        affine = periodic.all(dim=1) & (torch.linalg.det(ref_cells).abs() > 1e-12)
+        strained = affine & (cells != ref_cells).flatten(1).any(dim=1)
+        eye = torch.eye(3, dtype=state.dtype, device=state.device).expand_as(ref_cells)
+        maps = torch.where(strained.view(-1, 1, 1), torch.linalg.solve(torch.where(
+            affine.view(-1, 1, 1), ref_cells, eye), cells), eye)  # fmt: skip
+        single = len(ok) == 1 and state.n_systems == 1
+        local = None if single else torch.isin(state.system_idx, sys_ok)
+        positions = state.positions.detach() if single else state.positions.detach()[local]
+        if bool(strained.any()):
+            index = torch.searchsorted(sys_ok, state.system_idx[local]) if not single else None
+            ref = ref @ maps[0] if single else torch.einsum("ni,nij->nj", ref, maps[index])
+        d = positions - ref
+        squared = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
+        max_moved = torch.zeros(state.n_systems, dtype=state.dtype, device=state.device)
+        if single:  # one system (a large cell): no masks, one reduction
+            max_moved[0] = squared.amax().sqrt()
+        else:
+            max_moved.scatter_reduce_(0, state.system_idx[local], squared.sqrt(), reduce="amax")
+        strain = torch.linalg.matrix_norm(maps - eye, ord=2)
         image_bound = torch.tensor([entries[s].max_shift + 1.0 for s in ok], dtype=state.dtype, device=state.device)
-        drift = 2 * max_moved[sys_ok] + cell_change * image_bound
+        rows_moved = (cells - ref_cells).norm(dim=2).sum(dim=1) * image_bound
+        cell_part = torch.where(affine, (self.cutoff + self.skin) * strain, rows_moved)
+        cell_part = torch.where(periodic.any(dim=1), cell_part, torch.zeros_like(cell_part))  # no images: no cell
+        drift = 2 * max_moved[sys_ok] + cell_part
         return sorted(missing + [ok[k] for k in torch.nonzero(drift > self.skin).flatten().tolist()])
 
     def pairs(self, state: SimState) -> Pairs:
