@@ -220,8 +220,7 @@ def dof_forces(state: OptimState) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Forces on the DOF, eV/Å: atoms (f·F under the cell filter) and cell rows (or None)."""
     if not state.relax_cell:
         return state.forces, None
-    deform = deformation_gradient(state)
-    return torch.einsum("ni,nij->nj", state.forces, deform[state.system_idx]), state.cell_forces
+    return rows_times(state.forces, deformation_gradient(state), state), state.cell_forces
 
 
 def dof_positions(state: OptimState) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -229,8 +228,7 @@ def dof_positions(state: OptimState) -> tuple[torch.Tensor, torch.Tensor | None]
     if not state.relax_cell:
         return state.positions, None
     deform = deformation_gradient(state)
-    frame = torch.linalg.solve(deform[state.system_idx], state.positions.unsqueeze(2)).squeeze(2)
-    return frame, state.cell_factor.view(-1, 1, 1) * deform
+    return rows_solved(state.positions, deform, state), state.cell_factor.view(-1, 1, 1) * deform
 
 
 def move_dofs(state: OptimState, d_atoms: torch.Tensor, d_cell: torch.Tensor | None) -> None:
@@ -238,12 +236,25 @@ def move_dofs(state: OptimState, d_atoms: torch.Tensor, d_cell: torch.Tensor | N
     if not state.relax_cell:
         state.positions = state.positions + d_atoms
         return
-    sys_idx = state.system_idx
     deform = deformation_gradient(state)
     new_deform = deform + d_cell / state.cell_factor.view(-1, 1, 1)
-    frame = torch.linalg.solve(deform[sys_idx], state.positions.unsqueeze(2)).squeeze(2)  # pos @ F^-T
-    state.positions = torch.einsum("nj,nij->ni", frame + d_atoms, new_deform[sys_idx])
+    frame = rows_solved(state.positions, deform, state)  # pos @ F^-T
+    state.positions = rows_times(frame + d_atoms, new_deform.mT, state)
     state.cell = state.reference_cell @ new_deform.mT
+
+
+def rows_times(rows: torch.Tensor, matrices: torch.Tensor, state: SimState) -> torch.Tensor:
+    """``[n_atoms, 3]``: each atom's row times its system's ``[3, 3]`` matrix (one matmul for one system)."""
+    if state.n_systems == 1:
+        return rows @ matrices[0]
+    return torch.einsum("ni,nij->nj", rows, matrices[state.system_idx])
+
+
+def rows_solved(rows: torch.Tensor, matrices: torch.Tensor, state: SimState) -> torch.Tensor:
+    """``[n_atoms, 3]``: each atom's row times its system's matrix⁻ᵀ (``solve(M, row)``; one solve for one system)."""
+    if state.n_systems == 1:
+        return torch.linalg.solve(matrices[0], rows.mT).mT
+    return torch.linalg.solve(matrices[state.system_idx], rows.unsqueeze(2)).squeeze(2)
 
 
 def per_atom(values: torch.Tensor, state: SimState) -> torch.Tensor:
