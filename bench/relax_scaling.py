@@ -167,6 +167,29 @@ def case_ours(potential: str, n_atoms: int, cell: bool, flavour: str | None, cel
     }
 
 
+def case_gradient(potential: str, n_atoms: int) -> dict:
+    """A fit's evaluation: energy and forces with their graph, then d(E + Σ|F|²)/d(parameters)
+    (LJ's ε and σ; the tabulated EAM has no parameters to fit, so it is not measured)."""
+    import torch
+
+    from chemfit_core.engine.state import atoms_to_state
+
+    m = model(potential).to(torch.float64)
+    state = atoms_to_state(structure(potential, n_atoms))
+    with torch.no_grad():
+        m(state)  # the list, built once as in a fit's repeated evaluations
+    gc.collect()
+    reset_peak()
+    before = peak_rss_bytes()
+    start = time.perf_counter()
+    out = m(state, compute_stress=False)
+    loss = out["energy"].sum() + (out["forces"] ** 2).sum()
+    grads = torch.autograd.grad(loss, [p for p in m.parameters() if p.requires_grad])
+    wall = time.perf_counter() - start
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
+    return {"wall": wall, "peak_added": peak_rss_bytes() - before}
+
+
 def case_force(potential: str, n_atoms: int) -> dict:
     """One force call with the list built, then five with it reused."""
     import torch
@@ -289,7 +312,7 @@ def main() -> None:
         globals()["FMAX"] = args.fmax  # the cases read the module's tolerance
         case = json.loads(args.case)
         kind = case.pop("kind")
-        run = {"ours": case_ours, "lammps": case_lammps, "force": case_force}[kind]
+        run = {"ours": case_ours, "lammps": case_lammps, "force": case_force, "gradient": case_gradient}[kind]
         print(json.dumps(run(**case)))
         return
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
@@ -342,6 +365,19 @@ def main() -> None:
             print(
                 f"{n:>9}{r['built'] * 1e3:>10.1f}{r['reused'] * 1e3:>11.1f}{r['reused'] / n * 1e6:>9.3f}"
                 f"{r['peak_added_build'] / n / 1024:>17.2f}{r['peak_added'] / n / 1024:>9.2f}",
+                flush=True,
+            )
+        if potential != "lj":
+            continue
+        print(f"\n{potential}, energy and forces with d(E + Σ|F|²)/d(ε, σ) (a fit's evaluation, list reused): ours")
+        print(f"{'atoms':>9}{'ms':>10}{'µs/atom':>9}{'kB/atom':>9}")
+        for n in sizes:
+            r = run_case(args, kind="gradient", potential=potential, n_atoms=n)
+            if "error" in r:
+                print(f"{n:>9}  failed: {r['error']}")
+                continue
+            print(
+                f"{n:>9}{r['wall'] * 1e3:>10.1f}{r['wall'] / n * 1e6:>9.3f}{r['peak_added'] / n / 1024:>9.2f}",
                 flush=True,
             )
 
