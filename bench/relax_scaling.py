@@ -12,7 +12,9 @@ Each cell is rattled by 0.05 Å (seed 0) and relaxed until the largest force is 
 with ``min_style fire`` (FIRE 2.0, ``min_modify norm max``). With ``--cell`` the cell is
 also strained by +1 % and relaxed with it to zero pressure: ours with the cell filter
 (ASE's UnitCellFilter, FIRE), LAMMPS with ``fix box/relax aniso 0.0`` under ``min_style
-cg`` (LAMMPS's FIRE cannot drive box/relax), to the same force tolerance.
+cg`` (LAMMPS's FIRE cannot drive box/relax), to the same force tolerance. Our cell
+filter's scale is ASE's ``cell_factor`` = N unless ``--cell-factor sqrt`` gives
+√N·(V/N)^(1/3) (``relax_structures(cell_factor=...)``).
 
 Every case runs in a fresh subprocess (``--case``), torch on one intra-op thread
 (``--threads``) and LAMMPS serial with ``OMP_NUM_THREADS=1``, so that peak memory is the
@@ -22,7 +24,8 @@ torch and the structure are already there); for LAMMPS the memory it reports all
 ("Per MPI rank memory allocation", avg). A ``force`` case times one model call with the
 neighbour list built and then reused (median of 5) and the memory each adds: the build
 above the size before it, the reused calls above the size with the list kept (the peak
-is restarted with Linux's ``clear_refs``).
+is restarted with Linux's ``clear_refs``). A ``gradient`` case (LJ) times a fit's evaluation:
+energy and forces with their graph and the gradient of E + Σ|F|² in ε and σ, list reused.
 
 Printed per case: steps, total time, time per step (ours: wall / force calls; LAMMPS:
 its ``Loop time`` / force evaluations), µs per atom per step, peak memory per atom, the
@@ -30,7 +33,8 @@ final energy per atom, and the ratios ours / LAMMPS; for ours also how many time
 neighbour list was built (each build is in the time per step).
 
 Usage: python bench/relax_scaling.py [--quick] [--sizes 256 2048 10976 108000 1048576]
-       [--potentials lj eam] [--cell | --cell-only] [--threads 1] [--fire-flavor fire2] [--skip-lammps]
+       [--potentials lj eam] [--cell | --cell-only] [--cell-factor sqrt] [--threads 1]
+       [--fire-flavor fire2] [--skip-lammps] [--skip-force]
 """
 
 from __future__ import annotations
