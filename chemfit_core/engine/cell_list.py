@@ -15,8 +15,6 @@ not resident) and resized in place when short or at the end.
 
 from __future__ import annotations
 
-import itertools
-
 import numba
 import numpy as np
 
@@ -57,7 +55,8 @@ def half_list(
     bin_width = extent / n_bins
     reach = np.ceil(cutoff * (1 + 1e-9) / np.maximum(bin_width, 1e-300))
     reach = np.where(periodic, reach, np.minimum(reach, n_bins - 1)).astype(np.int64)
-    offsets = np.array(list(itertools.product(*[range(-r, r + 1) for r in reach.tolist()])), dtype=np.int64)
+    grids = np.meshgrid(*[np.arange(-r, r + 1, dtype=np.int64) for r in reach.tolist()], indexing="ij")
+    offsets = np.ascontiguousarray(np.stack(grids, axis=-1).reshape(-1, 3))  # every bin offset within reach
     scale = np.where(span > 0, n_bins / np.where(span > 0, span, 1.0), 0.0)
     order, rank, bin_of, starts = _sort_into_bins(frac, lo, scale, n_bins)
     sorted_pos = frac[order] @ basis  # wrapped Cartesian positions in bin order, Å
