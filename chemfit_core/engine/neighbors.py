@@ -385,7 +385,7 @@ def _cpu_list(
     int32 ``i``, ``j``, the positions of the pairs with a nonzero shift and their integer shifts.
 
     The compiled cell list (:func:`chemfit_core.engine.cell_list.half_list`) writes it in that
-    order at once (about 0.5 kB an atom beyond the list, 7x faster than vesin's list sorted and
+    order at once (about 0.5 kB an atom with the list itself, 7x faster than vesin's list sorted and
     interleaved at 108,000 atoms); vesin builds it where the periodic cell vectors are degenerate."""
     positions = pos.detach().cpu().numpy().astype(np.float64)
     bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
