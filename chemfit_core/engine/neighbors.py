@@ -305,8 +305,8 @@ class NeighborList:
         affine = periodic.all(dim=1) & (torch.linalg.det(ref_cells).abs() > 1e-12)
         strained = affine & (cells != ref_cells).flatten(1).any(dim=1)
         eye = torch.eye(3, dtype=state.dtype, device=state.device).expand_as(ref_cells)
-        maps = torch.where(strained.view(-1, 1, 1), torch.linalg.solve(torch.where(
-            affine.view(-1, 1, 1), ref_cells, eye), cells), eye)  # fmt: skip
+        solvable = torch.where(affine.view(-1, 1, 1), ref_cells, eye)
+        maps = torch.where(strained.view(-1, 1, 1), torch.linalg.solve(solvable, cells), eye)  # H_ref⁻¹·H
         single = len(ok) == 1 and state.n_systems == 1
         local = None if single else torch.isin(state.system_idx, sys_ok)
         positions = state.positions.detach() if single else state.positions.detach()[local]
