@@ -275,6 +275,17 @@ def run_case(args: argparse.Namespace, **case) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def print_cases(
+    args: argparse.Namespace, kind: str, potential: str, sizes: list[int], title: str, header: str, row
+) -> None:
+    """A table of one ``kind`` of case at every size: ``row(n, result)`` is a line, or the error is."""
+    print(f"\n{potential}, {title}")
+    print(header)
+    for n in sizes:
+        r = run_case(args, kind=kind, potential=potential, n_atoms=n)
+        print(f"{n:>9}  failed: {r['error']}" if "error" in r else row(n, r), flush=True)
+
+
 def fmt_row(name: str, n: int, r: dict, peak_key: str) -> str:
     if "error" in r:
         return f"{name:<14}{n:>9}  failed: {r['error']}"
@@ -359,31 +370,24 @@ def main() -> None:
                     )
         if args.skip_force:
             continue
-        print(f"\n{potential}, one force call (no stress): ours")
-        print(f"{'atoms':>9}{'built ms':>10}{'reused ms':>11}{'µs/atom':>9}{'kB/atom (build)':>17}{'kB/atom':>9}")
-        for n in sizes:
-            r = run_case(args, kind="force", potential=potential, n_atoms=n)
-            if "error" in r:
-                print(f"{n:>9}  failed: {r['error']}")
-                continue
-            print(
+        force_table = (
+            "one force call (no stress): ours",
+            f"{'atoms':>9}{'built ms':>10}{'reused ms':>11}{'µs/atom':>9}{'kB/atom (build)':>17}{'kB/atom':>9}",
+            lambda n, r: (
                 f"{n:>9}{r['built'] * 1e3:>10.1f}{r['reused'] * 1e3:>11.1f}{r['reused'] / n * 1e6:>9.3f}"
-                f"{r['peak_added_build'] / n / 1024:>17.2f}{r['peak_added'] / n / 1024:>9.2f}",
-                flush=True,
+                f"{r['peak_added_build'] / n / 1024:>17.2f}{r['peak_added'] / n / 1024:>9.2f}"
+            ),
+        )
+        print_cases(args, "force", potential, sizes, *force_table)
+        if potential == "lj":
+            gradient_table = (
+                "energy and forces with d(E + Σ|F|²)/d(ε, σ) (a fit's evaluation, list reused): ours",
+                f"{'atoms':>9}{'ms':>10}{'µs/atom':>9}{'kB/atom':>9}",
+                lambda n, r: (
+                    f"{n:>9}{r['wall'] * 1e3:>10.1f}{r['wall'] / n * 1e6:>9.3f}{r['peak_added'] / n / 1024:>9.2f}"
+                ),
             )
-        if potential != "lj":
-            continue
-        print(f"\n{potential}, energy and forces with d(E + Σ|F|²)/d(ε, σ) (a fit's evaluation, list reused): ours")
-        print(f"{'atoms':>9}{'ms':>10}{'µs/atom':>9}{'kB/atom':>9}")
-        for n in sizes:
-            r = run_case(args, kind="gradient", potential=potential, n_atoms=n)
-            if "error" in r:
-                print(f"{n:>9}  failed: {r['error']}")
-                continue
-            print(
-                f"{n:>9}{r['wall'] * 1e3:>10.1f}{r['wall'] / n * 1e6:>9.3f}{r['peak_added'] / n / 1024:>9.2f}",
-                flush=True,
-            )
+            print_cases(args, "gradient", potential, sizes, *gradient_table)
 
 
 if __name__ == "__main__":
