@@ -145,8 +145,9 @@ def test_cell_factor_is_checked():
     atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
     with pytest.raises(ValueError, match="cell_factor must be a finite number > 0"):
         relax_structures([atoms], shifted_lj(), relax_cell=True, cell_factor=0.0, engine="torch")
-    with pytest.raises(ValueError, match="needs relax_cell=True"):
-        relax_structures([atoms], shifted_lj(), cell_factor=10.0, engine="torch")
+    for engine in ("torch", "auto"):  # auto would hand fixed cells to LAMMPS: the option must not vanish there
+        with pytest.raises(ValueError, match="needs relax_cell=True"):
+            relax_structures([atoms], shifted_lj(), cell_factor=10.0, engine=engine, device="cpu")
 
 
 def test_mixed_pbc_batch_gives_each_system_its_own_energy():

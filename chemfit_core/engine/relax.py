@@ -149,6 +149,10 @@ def relax_structures(
         raise ValueError(f"fmax must be a finite number > 0 eV/Å, got {fmax}")
     if engine not in ("auto", "torch", "lammps"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'lammps', got {engine!r}")
+    if cell_factor is not None and not (math.isfinite(cell_factor) and cell_factor > 0):
+        raise ValueError(f"cell_factor must be a finite number > 0 Å, got {cell_factor}")
+    if cell_factor is not None and not relax_cell:
+        raise ValueError("cell_factor scales the cell filter: it needs relax_cell=True")
     method = find_optimizer(optimizer)
     fire = _fire_parameters(fire, fire_flavor, relax_cell)
     options = dict(optimizer_options or {})
@@ -166,10 +170,6 @@ def relax_structures(
         raise ValueError("the LAMMPS engine needs FIRE, fixed cells, ase.Atoms input and a model LAMMPS can express")
     if engine == "lammps" or (engine == "auto" and target.type == "cpu" and lammps_possible):
         return _relax_lammps(list(structures), model, fmax, max_steps, workers, progress_every_s)
-    if cell_factor is not None and not (math.isfinite(cell_factor) and cell_factor > 0):
-        raise ValueError(f"cell_factor must be a finite number > 0 Å, got {cell_factor}")
-    if cell_factor is not None and not relax_cell:
-        raise ValueError("cell_factor scales the cell filter: it needs relax_cell=True")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     previous_threads = torch.get_num_threads()
@@ -177,9 +177,17 @@ def relax_structures(
         torch.set_num_threads(threads)
     try:
         settings = _TorchRelax(
-            fmax, max_steps, relax_cell, pressure, max_memory_scaler, memory_scales_with, fire, method, options,
-            cell_factor,
-        )  # fmt: skip
+            fmax,
+            max_steps,
+            relax_cell,
+            pressure,
+            max_memory_scaler,
+            memory_scales_with,
+            fire,
+            method,
+            options,
+            cell_factor=cell_factor,
+        )
         return _relax_torch(structures, model, device, dtype, settings, progress_every_s)
     finally:
         torch.set_num_threads(previous_threads)
