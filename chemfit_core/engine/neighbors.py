@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from chemfit_core.engine.cell_filter import row_dot
 from chemfit_core.engine.cell_list import half_list
 from chemfit_core.engine.state import SimState
 from chemfit_core.errors import ChemFitError
@@ -310,11 +311,12 @@ class NeighborList:
         single = len(ok) == 1 and state.n_systems == 1
         local = None if single else torch.isin(state.system_idx, sys_ok)
         positions = state.positions.detach() if single else state.positions.detach()[local]
-        if bool(strained.any()):
-            index = torch.searchsorted(sys_ok, state.system_idx[local]) if not single else None
-            ref = ref @ maps[0] if single else torch.einsum("ni,nij->nj", ref, maps[index])
+        if bool(strained.any()) and single:
+            ref = ref @ maps[0]
+        elif bool(strained.any()):
+            ref = torch.einsum("ni,nij->nj", ref, maps[torch.searchsorted(sys_ok, state.system_idx[local])])
         d = positions - ref
-        squared = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
+        squared = row_dot(d, d)
         max_moved = torch.zeros(state.n_systems, dtype=state.dtype, device=state.device)
         if single:  # one system (a large cell): no masks, one reduction
             max_moved[0] = squared.amax().sqrt()
@@ -391,18 +393,16 @@ def _cpu_list(
     bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
     if len(bad):
         raise ChemFitError(f"atom {int(bad[0])} has a non-finite position {positions[bad[0]].tolist()} (Å)")
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(pos.device)  # noqa: E731
     built = half_list(positions, box.detach().cpu().numpy(), pbc.cpu().numpy(), cutoff, INTERLEAVE_ATOMS)
-    if built is not None:
-        i, j, image, image_shifts = built
-        return as_tensor(i), as_tensor(j), as_tensor(image), as_tensor(image_shifts.astype(np.float64))
-    return _vesin_list(positions, box, pbc, cutoff)
+    if built is None:
+        built = _vesin_list(positions, box, pbc, cutoff)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in built)  # shifts become the state's dtype later
 
 
 def _vesin_list(
     positions: np.ndarray, box: torch.Tensor, pbc: torch.Tensor, cutoff: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_cpu_list` from vesin's half list, sorted and interleaved."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_cpu_list`'s arrays from vesin's half list, sorted and interleaved."""
     import vesin  # its numpy interface: ~4x faster than its torch one on CPU (no autograd needed here)
 
     calculator = vesin.NeighborList(cutoff=cutoff, full_list=False)
@@ -418,8 +418,7 @@ def _vesin_list(
         image_shifts = shifts[order[image]]
     else:
         image, image_shifts = np.flatnonzero(shifted), shifts
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    return as_tensor(i), as_tensor(j), as_tensor(image.astype(np.int64)), as_tensor(image_shifts)
+    return i, j, image.astype(np.int64), image_shifts
 
 
 def _interleaved(i: np.ndarray, atoms: int = INTERLEAVE_ATOMS) -> np.ndarray:
